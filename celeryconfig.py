@@ -1,0 +1,57 @@
+"""Every Celery setting of warmpool, read from the environment (DESIGN.md).
+
+Imported by the worker app (tasks) and the producers alike, so both sides
+agree on broker, backend, serializer and routing.
+"""
+
+from __future__ import annotations
+
+from tasks.config import Settings
+
+_settings = Settings.from_env()
+
+broker_url = _settings.broker_url
+result_backend = _settings.result_backend
+
+# JSON only: a pickle payload on the queue is refused, never deserialized.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# Pool jobs go to the single serialized pool worker; AWS side effects (and the
+# refresh, which reads AWS) go to "aws", where any number of workers may run.
+task_default_queue = "pool"
+task_routes = {
+    "warmpool.aws.*": {"queue": "aws"},
+    "warmpool.refresh": {"queue": "aws"},
+    "warmpool.*": {"queue": "pool"},
+}
+
+# A job is acknowledged only after it ran: a killed worker's job is delivered
+# again (every job is idempotent), never lost.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 4
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None  # keep reconnecting after a broker restart
+result_expires = 3600
+result_backend_always_retry = True
+result_backend_max_retries = 10
+redis_backend_health_check_interval = 30
+worker_cancel_long_running_tasks_on_connection_loss = True
+task_time_limit = 120
+task_soft_time_limit = 100
+
+timezone = "UTC"
+enable_utc = True
+
+beat_schedule = {
+    "refresh": {
+        "task": "warmpool.refresh",
+        "schedule": _settings.refresh_seconds,
+        # A refresh that waited longer than one interval is superseded by the next.
+        "options": {"queue": "aws", "expires": max(1.0, _settings.refresh_seconds)},
+    },
+}

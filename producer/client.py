@@ -1,0 +1,153 @@
+"""PoolClient: enqueue pool jobs and turn their results into values or errors.
+
+Producers never touch pool state: they send a job to the ``pool`` queue and
+wait for its result in the result backend. Every job carries an expiry equal
+to the caller's deadline, so a job still queued when its caller gave up is
+discarded by the worker instead of handing a machine to nobody.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+from tasks.contract import (
+    CODE_INVALID_PROJECT,
+    CODE_NO_CAPACITY,
+    CODE_STORE_UNAVAILABLE,
+    POOL_QUEUE,
+    STATUS_ASSIGNED,
+    STATUS_FAILED,
+    STATUS_NOT_ASSIGNED,
+    STATUS_RELEASED,
+    TASK_ASSIGN,
+    TASK_RELEASE,
+    TASK_STATUS,
+    AssignedMachine,
+    validate_project_id,
+)
+from tasks.errors import (
+    InvalidProject,
+    InvalidRequest,
+    JobFailed,
+    NoCapacity,
+    PoolUnavailable,
+)
+
+MAX_WAIT_S = 3600.0
+DEFAULT_REPLY_TIMEOUT_S = 10.0
+RETRY_INTERVAL_S = 0.25
+
+
+def make_app() -> Celery:
+    """A Celery app configured like the workers (celeryconfig), used only to send."""
+    app = Celery("warmpool-producer")
+    app.config_from_object("celeryconfig")
+    return app
+
+
+def check_wait(wait: Any) -> float:
+    """Validate a caller's wait in seconds: a finite number in [0, MAX_WAIT_S]."""
+    if isinstance(wait, bool) or not isinstance(wait, int | float):
+        raise InvalidRequest(f"wait must be a number of seconds, got {type(wait).__name__}")
+    if not math.isfinite(wait) or wait < 0 or wait > MAX_WAIT_S:
+        raise InvalidRequest(f"wait must be between 0 and {MAX_WAIT_S:.0f} seconds, got {wait!r}")
+    return float(wait)
+
+
+def result_or_raise(result: Any, state: str) -> Any:
+    """A job's result; a job that raised becomes JobFailed, an expired one PoolUnavailable."""
+    if state == "REVOKED":
+        raise PoolUnavailable("the job expired in the queue before a pool worker took it")
+    if isinstance(result, BaseException):
+        raise JobFailed(f"the pool worker failed the job: {type(result).__name__}: {result}")
+    return result
+
+
+def raise_for_failure(result: Any) -> Mapping[str, Any]:
+    """Map a job result onto the contract's exceptions; return it when it is a success."""
+    if not isinstance(result, Mapping) or "status" not in result:
+        raise JobFailed(f"unexpected result from the pool worker: {result!r:.200}")
+    if result["status"] != STATUS_FAILED:
+        return result
+    code, message = result.get("code"), str(result.get("message", ""))
+    if code == CODE_INVALID_PROJECT:
+        raise InvalidProject(message)
+    if code == CODE_NO_CAPACITY:
+        raise NoCapacity(message, capped=bool(result.get("capped")), max_size=result.get("max_size"))
+    if code == CODE_STORE_UNAVAILABLE:
+        raise PoolUnavailable(message)
+    raise JobFailed(f"{code}: {message}")
+
+
+class PoolClient:
+    """Synchronous client for backends. Configuration comes from the environment."""
+
+    def __init__(self, *, app: Celery | None = None, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> None:
+        self.app = app or make_app()
+        self.reply_timeout_s = reply_timeout_s
+
+    def call(self, task: str, *args: Any, timeout_s: float) -> Any:
+        """Send one pool job and return its raw result; PoolUnavailable on timeout."""
+        try:
+            async_result = self.app.send_task(task, args=args, queue=POOL_QUEUE, expires=timeout_s)
+        except Exception as exc:  # kombu raises many types for an unreachable broker
+            raise PoolUnavailable(f"broker unreachable: {exc}") from exc
+        try:
+            result = async_result.get(timeout=timeout_s, propagate=False, disable_sync_subtasks=False)
+        except CeleryTimeoutError:
+            raise PoolUnavailable(f"no pool worker answered within {timeout_s:.1f}s") from None
+        except Exception as exc:
+            raise PoolUnavailable(f"result backend unreachable: {exc}") from exc
+        return result_or_raise(result, async_result.state)
+
+    def assign_result(self, project_id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """Assign and return the raw result dict (the CLI's and gateway's --json shape)."""
+        validate_project_id(project_id)
+        wait = check_wait(wait)
+        deadline = time.monotonic() + (wait if wait > 0 else self.reply_timeout_s)
+        while True:
+            remaining = max(0.05, deadline - time.monotonic())
+            result = self.call(TASK_ASSIGN, project_id, timeout_s=remaining)
+            raise_for_failure_except_capacity(result)
+            if result.get("status") == STATUS_ASSIGNED or result.get("code") != CODE_NO_CAPACITY:
+                return dict(result)
+            if time.monotonic() + RETRY_INTERVAL_S >= deadline or wait <= 0:
+                return dict(result)
+            time.sleep(RETRY_INTERVAL_S)
+
+    def assign(self, project_id: str, *, wait: float = 0.0) -> AssignedMachine:
+        """Return the project's machine; NoCapacity if none became idle within ``wait``."""
+        result = raise_for_failure(self.assign_result(project_id, wait=wait))
+        return AssignedMachine.from_result(result)
+
+    def release_result(self, project_id: str) -> dict[str, Any]:
+        validate_project_id(project_id)
+        result = self.call(TASK_RELEASE, project_id, timeout_s=self.reply_timeout_s)
+        return dict(raise_for_failure(result))
+
+    def release(self, project_id: str) -> bool:
+        """Release the project's machine: True if one was released, False if none was held."""
+        result = self.release_result(project_id)
+        if result["status"] not in (STATUS_RELEASED, STATUS_NOT_ASSIGNED):
+            raise JobFailed(f"unexpected release result {result!r:.200}")
+        return bool(result["status"] == STATUS_RELEASED)
+
+    def status(self) -> dict[str, Any]:
+        """The pool snapshot: counts by state, machines, desired/min/max, lost machines."""
+        result = self.call(TASK_STATUS, timeout_s=self.reply_timeout_s)
+        if not isinstance(result, dict) or "counts" not in result:
+            raise JobFailed(f"unexpected status result {result!r:.200}")
+        return result
+
+
+def raise_for_failure_except_capacity(result: Any) -> None:
+    """raise_for_failure, except that no_capacity is left to the waiting loop."""
+    if isinstance(result, Mapping) and result.get("code") == CODE_NO_CAPACITY:
+        return
+    raise_for_failure(result)

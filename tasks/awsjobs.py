@@ -1,0 +1,87 @@
+"""aws-queue jobs: the refresh read and the side effects. Idempotent, retried on throttling.
+
+Retries back off exponentially (with jitter) on throttling and AWS outages;
+validation answers are final. Whatever a retry budget cannot fix, the next
+refresh detects and re-issues (PoolService._converge).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tasks.celery_app import app, cloud
+from tasks.contract import (
+    POOL_QUEUE,
+    TASK_APPLY_SNAPSHOT,
+    TASK_AWS_SET_DESIRED,
+    TASK_AWS_TAG,
+    TASK_AWS_TERMINATE,
+    TASK_REFRESH,
+    validate_project_id,
+)
+from tasks.errors import (
+    CapacityRejected,
+    CloudError,
+    CloudThrottled,
+    CloudUnavailable,
+    InvalidProject,
+)
+from tasks.model import snapshot_to_json
+
+log = logging.getLogger("warmpool.aws")
+
+_RETRY = {
+    "autoretry_for": (CloudThrottled, CloudUnavailable),
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 12,
+    "ignore_result": True,
+}
+
+
+def _instance_id(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("i-") or len(value) > 32:
+        raise ValueError(f"not an instance id: {value!r}")
+    return value
+
+
+@app.task(name=TASK_REFRESH, ignore_result=True)
+def refresh() -> dict[str, Any]:
+    """Read the group from AWS and hand the snapshot to the pool worker."""
+    try:
+        snapshot = cloud().describe_group()
+    except CloudError as exc:
+        log.error("refresh failed", extra={"error": str(exc), "action": exc.action})
+        app.send_task(TASK_APPLY_SNAPSHOT, args=[{"error": str(exc)}], queue=POOL_QUEUE)
+        return {"ok": False, "error": str(exc)}
+    app.send_task(TASK_APPLY_SNAPSHOT, args=[snapshot_to_json(snapshot)], queue=POOL_QUEUE)
+    return {"ok": True, "instances": len(snapshot.instances)}
+
+
+@app.task(name=TASK_AWS_TAG, **_RETRY)
+def tag_assigned(instance_id: Any, *, project_id: Any, assigned_at: Any) -> bool:
+    try:
+        validate_project_id(project_id)
+    except InvalidProject:
+        raise ValueError(f"refusing to tag with invalid project id {project_id!r}") from None
+    return cloud().tag_assigned(_instance_id(instance_id), project_id=project_id, assigned_at=str(assigned_at))
+
+
+@app.task(name=TASK_AWS_TERMINATE, **_RETRY)
+def terminate(instance_id: Any, *, decrement: Any = True) -> bool:
+    return cloud().terminate_instance(_instance_id(instance_id), decrement=bool(decrement))
+
+
+@app.task(name=TASK_AWS_SET_DESIRED, **_RETRY)
+def set_desired(desired: Any) -> bool:
+    if not isinstance(desired, int) or isinstance(desired, bool) or desired < 0:
+        raise ValueError(f"not a capacity: {desired!r}")
+    try:
+        cloud().set_desired_capacity(desired)
+    except CapacityRejected as exc:
+        # Bounds changed since the last refresh; the next rebalance clamps anew.
+        log.warning("capacity change rejected", extra={"desired": desired, "error": str(exc)})
+        return False
+    return True

@@ -1,0 +1,40 @@
+"""The worker's Celery app and its per-process runtime (store, cloud, service)."""
+
+from __future__ import annotations
+
+import functools
+
+from celery import Celery
+
+from tasks.cloud import Boto3Cloud, Cloud
+from tasks.config import Settings
+from tasks.effects import CelerySideEffects
+from tasks.service import PoolConfig, PoolService
+from tasks.store import RedisStore
+
+app = Celery("warmpool")
+app.config_from_object("celeryconfig")
+app.conf.include = ["tasks.jobs", "tasks.awsjobs"]
+
+
+@functools.cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@functools.cache
+def service() -> PoolService:
+    """The pool service of this worker process, built on first use."""
+    s = settings()
+    return PoolService(
+        RedisStore.from_url(s.redis_url, s.asg_name),
+        CelerySideEffects(app),
+        config=PoolConfig(asg_name=s.asg_name, idle_target=s.idle_target, address=s.address),
+    )
+
+
+@functools.cache
+def cloud() -> Cloud:
+    """The AWS adapter of this worker process (credentials: boto3's default chain)."""
+    s = settings()
+    return Boto3Cloud(s.asg_name, region=s.region)

@@ -1,0 +1,265 @@
+"""The cloud port (Auto Scaling + EC2) and its boto3 implementation.
+
+Every method is idempotent: calling it twice has the effect of calling it once,
+so side-effect jobs can be redelivered and retried freely. AWS errors are mapped
+onto tasks.errors.CloudError subclasses; "already done" answers (instance gone,
+already terminating) are success.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from tasks.contract import TAG_ASSIGNED_AT, TAG_PROJECT
+from tasks.errors import (
+    CapacityRejected,
+    CloudError,
+    CloudThrottled,
+    CloudUnavailable,
+    GroupNotFound,
+)
+from tasks.model import CloudInstance, GroupSnapshot
+
+_THROTTLE_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "SlowDown",
+    }
+)
+_GONE_MARKERS = (
+    "not found",
+    "does not exist",
+    "notfound",
+    "terminated",
+    "not part of",
+    "invalid instance",
+)
+_ASG_INSTANCE_PAGE = 100  # DescribeAutoScalingGroups returns every instance of a group
+_EC2_PAGE = 1000  # DescribeInstances' largest page
+
+
+class Cloud(Protocol):
+    """What warmpool needs from AWS. Implementations: Boto3Cloud, tasks.fakecloud.FakeCloud."""
+
+    def describe_group(self) -> GroupSnapshot: ...
+
+    def set_desired_capacity(self, desired: int) -> None: ...
+
+    def terminate_instance(self, instance_id: str, *, decrement: bool) -> bool: ...
+
+    def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool: ...
+
+    def api_calls(self) -> dict[str, int]: ...
+
+
+def boto_config(*, max_attempts: int = 5) -> Config:
+    """botocore settings: standard retry mode (throttling and 5xx with backoff), short timeouts."""
+    return Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=3,
+        read_timeout=10,
+        max_pool_connections=20,
+    )
+
+
+def _map_error(exc: Exception, action: str) -> CloudError:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        message = str(err.get("Message", "")) or str(exc)
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _THROTTLE_CODES:
+            return CloudThrottled(f"{action}: throttled ({code})", action=action, aws_code=code)
+        if status >= 500:
+            return CloudUnavailable(f"{action}: AWS error {status} {code}", action=action, aws_code=code)
+        return CloudError(f"{action}: {code}: {message}", action=action, aws_code=code)
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return CloudUnavailable(f"{action}: {type(exc).__name__}: {exc}", action=action)
+    return CloudError(f"{action}: {exc}", action=action)
+
+
+def _is_gone(err: CloudError) -> bool:
+    text = str(err).lower()
+    return err.aws_code.startswith("InvalidInstanceID") or any(m in text for m in _GONE_MARKERS)
+
+
+class Boto3Cloud:
+    """Cloud on boto3, scoped to one Auto Scaling Group.
+
+    Reads only the configured group (never lists other groups of the region)
+    and follows every page of every listing.
+    """
+
+    def __init__(
+        self,
+        asg_name: str,
+        *,
+        region: str,
+        autoscaling: Any = None,
+        ec2: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.asg_name = asg_name
+        session = boto3.session.Session(region_name=region) if autoscaling is None or ec2 is None else None
+        self._asg = autoscaling or session.client("autoscaling", config=boto_config())  # type: ignore[union-attr]
+        self._ec2 = ec2 or session.client("ec2", config=boto_config())  # type: ignore[union-attr]
+        self._clock = clock
+        self._calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        for client in (self._asg, self._ec2):
+            # Counts every HTTP attempt, retries included: what AWS bills and throttles.
+            client.meta.events.register("before-send", self._count)
+
+    def _count(self, request: Any = None, **_: Any) -> None:
+        action = ""
+        body = getattr(request, "body", b"") or b""
+        if isinstance(body, bytes | bytearray):
+            for part in bytes(body).split(b"&"):
+                if part.startswith(b"Action="):
+                    action = part[7:].decode("ascii", "replace")
+                    break
+        with self._lock:
+            self._calls[action or "unknown"] += 1
+
+    def api_calls(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._calls)
+
+    def describe_group(self) -> GroupSnapshot:
+        observed_at = self._clock()
+        group = self._read_group()
+        ec2_view = self._read_instances([i["InstanceId"] for i in group.get("Instances", [])])
+        instances = tuple(_join(i, ec2_view.get(i["InstanceId"])) for i in group.get("Instances", []))
+        return GroupSnapshot(
+            name=self.asg_name,
+            min_size=int(group["MinSize"]),
+            max_size=int(group["MaxSize"]),
+            desired_capacity=int(group["DesiredCapacity"]),
+            instances=instances,
+            observed_at=observed_at,
+        )
+
+    def _read_group(self) -> dict[str, Any]:
+        action = "DescribeAutoScalingGroups"
+        try:
+            pages = self._asg.get_paginator("describe_auto_scaling_groups").paginate(
+                AutoScalingGroupNames=[self.asg_name],
+                PaginationConfig={"PageSize": _ASG_INSTANCE_PAGE},
+            )
+            groups = [g for page in pages for g in page.get("AutoScalingGroups", [])]
+        except Exception as exc:
+            raise _map_error(exc, action) from exc
+        for g in groups:
+            if g.get("AutoScalingGroupName") == self.asg_name:
+                return dict(g)
+        raise GroupNotFound(f"Auto Scaling Group {self.asg_name!r} not found", action=action)
+
+    def _read_instances(self, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not instance_ids:
+            return {}
+        wanted = set(instance_ids)
+        found: dict[str, Any] = {}
+        try:
+            # Filter by the group's own tag rather than by ids: one call per
+            # 1000 instances, and MaxResults is allowed with filters.
+            pages = self._ec2.get_paginator("describe_instances").paginate(
+                Filters=[{"Name": "tag:aws:autoscaling:groupName", "Values": [self.asg_name]}],
+                PaginationConfig={"PageSize": _EC2_PAGE},
+            )
+            for page in pages:
+                for reservation in page.get("Reservations", []):
+                    for inst in reservation.get("Instances", []):
+                        if inst.get("InstanceId") in wanted:
+                            found[inst["InstanceId"]] = inst
+        except Exception as exc:
+            raise _map_error(exc, "DescribeInstances") from exc
+        return found
+
+    def set_desired_capacity(self, desired: int) -> None:
+        action = "SetDesiredCapacity"
+        try:
+            self._asg.set_desired_capacity(
+                AutoScalingGroupName=self.asg_name,
+                DesiredCapacity=desired,
+                HonorCooldown=False,
+            )
+        except Exception as exc:
+            err = _map_error(exc, action)
+            if err.aws_code == "ValidationError":
+                raise CapacityRejected(str(err), action=action, aws_code=err.aws_code) from exc
+            raise err from exc
+
+    def terminate_instance(self, instance_id: str, *, decrement: bool) -> bool:
+        """Terminate one instance; False when it was already gone."""
+        action = "TerminateInstanceInAutoScalingGroup"
+        try:
+            self._asg.terminate_instance_in_auto_scaling_group(
+                InstanceId=instance_id, ShouldDecrementDesiredCapacity=decrement
+            )
+            return True
+        except Exception as exc:
+            err = _map_error(exc, action)
+            if err.aws_code == "ValidationError" and decrement and "min" in str(err).lower():
+                # Decrementing would go below MinSize: let AWS replace it instead.
+                return self.terminate_instance(instance_id, decrement=False)
+            if err.aws_code == "ValidationError" and _is_gone(err):
+                return False
+            raise err from exc
+
+    def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
+        """Tag and protect an assigned instance; False when it is already gone."""
+        try:
+            self._ec2.create_tags(
+                Resources=[instance_id],
+                Tags=[
+                    {"Key": TAG_PROJECT, "Value": project_id},
+                    {"Key": TAG_ASSIGNED_AT, "Value": assigned_at},
+                ],
+            )
+        except Exception as exc:
+            err = _map_error(exc, "CreateTags")
+            if _is_gone(err):
+                return False
+            raise err from exc
+        try:
+            self._asg.set_instance_protection(
+                InstanceIds=[instance_id],
+                AutoScalingGroupName=self.asg_name,
+                ProtectedFromScaleIn=True,
+            )
+        except Exception as exc:
+            err = _map_error(exc, "SetInstanceProtection")
+            if err.aws_code == "ValidationError" and _is_gone(err):
+                return False
+            raise err from exc
+        return True
+
+
+def _join(asg_inst: Any, ec2_view: Any) -> CloudInstance:
+    ec2_inst: dict[str, Any] = dict(ec2_view or {})
+    tags = {t.get("Key"): t.get("Value") for t in ec2_inst.get("Tags", []) or []}
+    launched = ec2_inst.get("LaunchTime")
+    return CloudInstance(
+        instance_id=asg_inst["InstanceId"],
+        lifecycle_state=str(asg_inst.get("LifecycleState", "")),
+        health_status=str(asg_inst.get("HealthStatus", "")),
+        ec2_state=str((ec2_inst.get("State") or {}).get("Name", "")),
+        private_ip=ec2_inst.get("PrivateIpAddress") or None,
+        public_ip=ec2_inst.get("PublicIpAddress") or None,
+        availability_zone=str(asg_inst.get("AvailabilityZone", "")),
+        protected_from_scale_in=bool(asg_inst.get("ProtectedFromScaleIn", False)),
+        project_tag=tags.get(TAG_PROJECT),
+        assigned_at_tag=tags.get(TAG_ASSIGNED_AT),
+        launched_at=float(launched.timestamp()) if launched is not None else 0.0,
+    )

@@ -1,0 +1,86 @@
+"""The external contract shared by producers and the worker: ids, result shapes, codes.
+
+This module is pure (standard library only) so producers can import it without
+pulling in boto3 or the worker's Celery app.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from tasks.errors import InvalidProject
+
+PROJECT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+# Celery task names (the wire contract between producers, beat and workers).
+TASK_ASSIGN: Final = "warmpool.assign"
+TASK_RELEASE: Final = "warmpool.release"
+TASK_STATUS: Final = "warmpool.status"
+TASK_REBALANCE: Final = "warmpool.rebalance"
+TASK_APPLY_SNAPSHOT: Final = "warmpool.apply_snapshot"
+TASK_REFRESH: Final = "warmpool.refresh"
+TASK_AWS_TAG: Final = "warmpool.aws.tag_assigned"
+TASK_AWS_TERMINATE: Final = "warmpool.aws.terminate"
+TASK_AWS_SET_DESIRED: Final = "warmpool.aws.set_desired"
+
+POOL_QUEUE: Final = "pool"
+AWS_QUEUE: Final = "aws"
+
+# Result statuses.
+STATUS_ASSIGNED: Final = "assigned"
+STATUS_RELEASED: Final = "released"
+STATUS_NOT_ASSIGNED: Final = "not_assigned"
+STATUS_FAILED: Final = "failed"
+
+# Stable failure codes carried by {"status": "failed", "code": ...} results.
+CODE_INVALID_PROJECT: Final = "invalid_project"
+CODE_NO_CAPACITY: Final = "no_capacity"
+CODE_BAD_REQUEST: Final = "bad_request"
+CODE_INTERNAL: Final = "internal_error"
+CODE_STORE_UNAVAILABLE: Final = "store_unavailable"
+
+# Tags on EC2 instances: the durable truth of an assignment (DESIGN.md invariant 7).
+TAG_PROJECT: Final = "warmpool:project"
+TAG_ASSIGNED_AT: Final = "warmpool:assigned-at"
+
+
+def validate_project_id(value: Any) -> str:
+    """Return ``value`` if it is a valid project id, else raise InvalidProject."""
+    if not isinstance(value, str):
+        raise InvalidProject(f"project id must be a string, got {type(value).__name__}")
+    if PROJECT_ID_PATTERN.fullmatch(value) is None:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidProject(
+            f"invalid project id {shown!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def failure(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """Build a failed-job result with a stable ``code``."""
+    return {"status": STATUS_FAILED, "code": code, "message": message, **extra}
+
+
+@dataclass(frozen=True)
+class AssignedMachine:
+    """A machine handed to a project (what ``PoolClient.assign`` returns)."""
+
+    instance_id: str
+    ip: str | None
+    project_id: str
+    assigned_at: str
+    private_ip: str | None = None
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any]) -> AssignedMachine:
+        return cls(
+            instance_id=str(result["instance_id"]),
+            ip=result.get("ip"),
+            project_id=str(result["project_id"]),
+            assigned_at=str(result["assigned_at"]),
+            private_ip=result.get("private_ip"),
+        )

@@ -1,0 +1,68 @@
+"""SideEffects implementations: Celery messages on the ``aws`` queue, or a recording for tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from tasks.contract import (
+    AWS_QUEUE,
+    POOL_QUEUE,
+    TASK_AWS_SET_DESIRED,
+    TASK_AWS_TAG,
+    TASK_AWS_TERMINATE,
+    TASK_REBALANCE,
+)
+from tasks.model import Machine
+
+
+class CelerySideEffects:
+    """Each side effect is one durable broker message, retried by the aws workers."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def _send(self, name: str, queue: str, *args: Any, **kwargs: Any) -> None:
+        self._app.send_task(name, args=args, kwargs=kwargs, queue=queue, ignore_result=True)
+
+    def tag_assigned(self, machine: Machine) -> None:
+        self._send(
+            TASK_AWS_TAG,
+            AWS_QUEUE,
+            machine.instance_id,
+            project_id=machine.project_id,
+            assigned_at=machine.assigned_at,
+        )
+
+    def terminate(self, instance_id: str, *, decrement: bool) -> None:
+        self._send(TASK_AWS_TERMINATE, AWS_QUEUE, instance_id, decrement=decrement)
+
+    def set_desired(self, desired: int) -> None:
+        self._send(TASK_AWS_SET_DESIRED, AWS_QUEUE, desired)
+
+    def rebalance(self) -> None:
+        self._send(TASK_REBALANCE, POOL_QUEUE)
+
+
+@dataclass
+class RecordingSideEffects:
+    """Keeps side effects in a list (unit tests), optionally applying them to a Cloud."""
+
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+
+    def tag_assigned(self, machine: Machine) -> None:
+        self.calls.append(("tag", (machine.instance_id, machine.project_id, machine.assigned_at)))
+
+    def terminate(self, instance_id: str, *, decrement: bool) -> None:
+        self.calls.append(("terminate", (instance_id, decrement)))
+
+    def set_desired(self, desired: int) -> None:
+        self.calls.append(("set_desired", desired))
+
+    def rebalance(self) -> None:
+        self.calls.append(("rebalance", None))
+
+    def of(self, kind: str) -> list[Any]:
+        return [arg for k, arg in self.calls if k == kind]

@@ -1,0 +1,68 @@
+"""Every Redis key warmpool uses, and the schema behind it.
+
+All keys live under ``warmpool:{<asg name>}:`` in the state database
+(``WARMPOOL_REDIS_URL``); the braces make every key of one pool hash to the
+same Redis Cluster slot, so the Lua scripts stay legal there. None of them has
+a TTL unless stated: they are the pool's state, rebuilt from AWS on refresh.
+
+===================  ======  ==============================================================
+key                  type    meaning
+===================  ======  ==============================================================
+``machines``         hash    instance id -> JSON machine record (tasks.model.Machine.to_json)
+``idle``             zset    instance ids that may be handed out; score = idle-since (ms).
+                             ZPOPMIN hands out the machine idle longest. May hold stale
+                             members: the record's ``state`` field is authoritative.
+``projects``         hash    project id -> instance id it holds (at most one per pool)
+``group``            hash    group bounds and refresh bookkeeping: ``min_size``,
+                             ``max_size``, ``desired_capacity`` (optimistically updated by
+                             releases and scale-in until the next refresh), ``observed_at``
+                             (time of the newest applied snapshot; older ones are refused),
+                             ``refreshed_at``, ``refresh_error``, ``refresh_error_at``,
+                             ``lost_total``, ``wanted``, ``capped``
+``lost``             list    JSON records of assigned machines that vanished, newest first,
+                             trimmed to LOST_KEEP entries
+``rebalance``        string  "1" while a rebalance job is queued; TTL REBALANCE_COALESCE_MS.
+                             Coalesces the rebalance that assign/release ask for.
+===================  ======  ==============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LOST_KEEP = 100
+REBALANCE_COALESCE_MS = 5_000
+
+
+@dataclass(frozen=True)
+class PoolKeys:
+    """The key names of one pool (one Auto Scaling Group)."""
+
+    machines: str
+    idle: str
+    projects: str
+    group: str
+    lost: str
+    rebalance: str
+
+    @classmethod
+    def for_group(cls, asg_name: str) -> PoolKeys:
+        prefix = f"warmpool:{{{asg_name}}}:"
+        return cls(
+            machines=prefix + "machines",
+            idle=prefix + "idle",
+            projects=prefix + "projects",
+            group=prefix + "group",
+            lost=prefix + "lost",
+            rebalance=prefix + "rebalance",
+        )
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.machines,
+            self.idle,
+            self.projects,
+            self.group,
+            self.lost,
+            self.rebalance,
+        )

@@ -1,0 +1,66 @@
+-- Assign an idle machine to a project, atomically.
+--
+-- Race guarded: two assigns (a second pool worker started by mistake, or a
+-- redelivered job running beside the original) must never hand out the same
+-- machine, and one project must never end up holding two. Everything from
+-- "does the project hold one?" to "mark it assigned" happens in this script.
+--
+-- KEYS: machines (hash), idle (zset), projects (hash), rebalance (string)
+-- ARGV: project id, now (epoch s), assigned_at (ISO 8601), idle target, coalesce ms
+-- Returns {"existing"|"new", record json, rebalance 0|1} or {"none", "", rebalance 0|1}
+local machines, idle, projects, flag = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local project, now, assigned_at = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local idle_target, coalesce_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+
+local function want_rebalance()
+  -- Ask for one rebalance per burst: only the first caller after the flag
+  -- expired (or was consumed by the rebalance job) gets 1.
+  if redis.call('ZCARD', idle) < idle_target then
+    if redis.call('SET', flag, '1', 'NX', 'PX', coalesce_ms) then
+      return 1
+    end
+  end
+  return 0
+end
+
+local held = redis.call('HGET', projects, project)
+if held then
+  local raw = redis.call('HGET', machines, held)
+  if raw then
+    local m = cjson.decode(raw)
+    if m.state == 'assigned' and m.project_id == project then
+      return {'existing', raw, 0}
+    end
+  end
+  -- Dangling index entry (record gone or reassigned): repair it.
+  redis.call('HDEL', projects, project)
+end
+
+while true do
+  local popped = redis.call('ZPOPMIN', idle)
+  if #popped == 0 then
+    -- Any caller that finds the pool empty asks for a scale-up.
+    if redis.call('SET', flag, '1', 'NX', 'PX', coalesce_ms) then
+      return {'none', '', 1}
+    end
+    return {'none', '', 0}
+  end
+  local iid = popped[1]
+  local raw = redis.call('HGET', machines, iid)
+  if raw then
+    local m = cjson.decode(raw)
+    if m.state == 'idle' then
+      m.state = 'assigned'
+      m.project_id = project
+      m.assigned_at = assigned_at
+      m.since = now
+      m.tagged = false
+      m.protected = false
+      local encoded = cjson.encode(m)
+      redis.call('HSET', machines, iid, encoded)
+      redis.call('HSET', projects, project, iid)
+      return {'new', encoded, want_rebalance()}
+    end
+  end
+  -- Stale zset member (machine no longer idle): skip it.
+end

@@ -1,0 +1,151 @@
+"""In-memory StateStore for unit tests; same contract as RedisStore (tests/contract)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+from tasks.keys import LOST_KEEP, REBALANCE_COALESCE_MS
+from tasks.model import (
+    AddressKind,
+    GroupSnapshot,
+    LostMachine,
+    Machine,
+    MachineState,
+    PoolView,
+    Reconciliation,
+    choose_for_assignment,
+    reconcile,
+)
+from tasks.store import AssignOutcome, GroupInfo, ReleaseOutcome
+
+
+class InMemoryStore:
+    """A StateStore held in a dict, one lock standing in for Redis atomicity."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self._machines: dict[str, Machine] = {}
+        self._projects: dict[str, str] = {}
+        self._group = GroupInfo()
+        self._lost: list[LostMachine] = []
+        self._flag_until = 0.0
+
+    def _flag(self) -> bool:
+        now = time.monotonic()
+        if now < self._flag_until:
+            return False
+        self._flag_until = now + REBALANCE_COALESCE_MS / 1000
+        return True
+
+    def _idle_count(self) -> int:
+        return sum(1 for m in self._machines.values() if m.state is MachineState.IDLE)
+
+    def assign(self, project_id: str, *, now: float, assigned_at: str, idle_target: int) -> AssignOutcome:
+        with self._lock:
+            held = self._projects.get(project_id)
+            if held is not None:
+                current = self._machines.get(held)
+                if current and current.state is MachineState.ASSIGNED and current.project_id == project_id:
+                    return AssignOutcome(machine=current, new=False, rebalance=False)
+                del self._projects[project_id]
+            idle = [m for m in self._machines.values() if m.state is MachineState.IDLE]
+            chosen = choose_for_assignment(idle)
+            if chosen is None:
+                return AssignOutcome(machine=None, new=False, rebalance=self._flag())
+            machine = replace(
+                chosen,
+                state=MachineState.ASSIGNED,
+                project_id=project_id,
+                assigned_at=assigned_at,
+                since=now,
+                tagged=False,
+                protected=False,
+            )
+            self._machines[machine.instance_id] = machine
+            self._projects[project_id] = machine.instance_id
+            rebalance = self._idle_count() < idle_target and self._flag()
+            return AssignOutcome(machine=machine, new=True, rebalance=rebalance)
+
+    def release(self, project_id: str, *, now: float) -> ReleaseOutcome:
+        with self._lock:
+            held = self._projects.pop(project_id, None)
+            current = self._machines.get(held) if held else None
+            if current is None or current.state is not MachineState.ASSIGNED or current.project_id != project_id:
+                return ReleaseOutcome(machine=None, decrement=False, rebalance=False)
+            machine = replace(current, state=MachineState.RELEASING, since=now)
+            self._machines[machine.instance_id] = machine
+            g = self._group
+            decrement = g.known and g.desired_capacity - 1 >= g.min_size
+            if decrement:
+                self._group = replace(g, desired_capacity=g.desired_capacity - 1)
+            return ReleaseOutcome(machine=machine, decrement=decrement, rebalance=self._flag())
+
+    def view(self) -> PoolView:
+        with self._lock:
+            return PoolView(machines=dict(self._machines), projects=dict(self._projects))
+
+    def group(self) -> GroupInfo:
+        return self._group
+
+    def apply_snapshot(self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float) -> Reconciliation | None:
+        with self._lock:
+            if snapshot.observed_at < self._group.observed_at:
+                return None
+            view = PoolView(machines=dict(self._machines), projects=dict(self._projects))
+            rec = reconcile(view, snapshot, kind=kind, now=now)
+            for m in rec.upserts:
+                self._machines[m.instance_id] = m
+            for iid in rec.removals:
+                self._machines.pop(iid, None)
+            for p in rec.project_dels:
+                self._projects.pop(p, None)
+            self._projects.update(rec.project_sets)
+            self._lost = (list(reversed(rec.lost)) + self._lost)[:LOST_KEEP]
+            self._group = replace(
+                self._group,
+                min_size=snapshot.min_size,
+                max_size=snapshot.max_size,
+                desired_capacity=snapshot.desired_capacity,
+                observed_at=snapshot.observed_at,
+                refreshed_at=now,
+                refresh_error="",
+                lost_total=self._group.lost_total + len(rec.lost),
+            )
+            return rec
+
+    def claim_for_termination(self, instance_ids: list[str], *, now: float, detail: str) -> list[Machine]:
+        claimed: list[Machine] = []
+        with self._lock:
+            for iid in instance_ids:
+                current = self._machines.get(iid)
+                if current is None or current.state is not MachineState.IDLE:
+                    continue
+                machine = replace(current, state=MachineState.RELEASING, since=now, detail=detail)
+                self._machines[iid] = machine
+                self._group = replace(self._group, desired_capacity=self._group.desired_capacity - 1)
+                claimed.append(machine)
+        return claimed
+
+    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None) -> None:
+        with self._lock:
+            desired = self._group.desired_capacity if desired_capacity is None else desired_capacity
+            self._group = replace(self._group, wanted=wanted, capped=capped, desired_capacity=desired)
+
+    def record_refresh_error(self, message: str, *, now: float) -> None:
+        with self._lock:
+            self._group = replace(self._group, refresh_error=message[:500], refresh_error_at=now)
+
+    def lost(self, *, limit: int = 20) -> list[LostMachine]:
+        return self._lost[:limit]
+
+    def request_rebalance(self) -> bool:
+        with self._lock:
+            return self._flag()
+
+    def rebalance_started(self) -> None:
+        self._flag_until = 0.0

@@ -1,0 +1,418 @@
+"""The pure pool model: machine states, what AWS tells us, and how the two reconcile.
+
+No I/O lives here: no Redis, no boto3, no clock. Every function takes what it
+needs (including ``now``) and returns plain values, so the rules can be tested
+exhaustively (see tests/unit/test_model*.py).
+
+Lifecycle (DESIGN.md)::
+
+    pending ──► idle ──► assigned ──► releasing ──► (gone)
+       ▲          │                       ▲
+       └──────────┘ (stops being ready)   └── scale-in claims an idle machine
+
+A machine that vanishes from AWS is dropped; an assigned one is reported lost.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from tasks.contract import PROJECT_ID_PATTERN
+
+
+class MachineState(enum.StrEnum):
+    PENDING = "pending"
+    IDLE = "idle"
+    ASSIGNED = "assigned"
+    RELEASING = "releasing"
+
+
+class AddressKind(enum.StrEnum):
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+class Readiness(enum.StrEnum):
+    READY = "ready"  # may be handed out
+    NOT_READY = "not_ready"  # in the group, but not usable (yet)
+    GONE = "gone"  # leaving or left the group
+
+
+# Which transitions the state machine allows; stores assert against this table.
+ALLOWED_TRANSITIONS: frozenset[tuple[MachineState, MachineState]] = frozenset(
+    {
+        (MachineState.PENDING, MachineState.IDLE),
+        (MachineState.IDLE, MachineState.PENDING),
+        (MachineState.IDLE, MachineState.ASSIGNED),
+        (MachineState.IDLE, MachineState.RELEASING),
+        (MachineState.ASSIGNED, MachineState.RELEASING),
+        # Restoring an assignment from tags after state was lost:
+        (MachineState.PENDING, MachineState.ASSIGNED),
+        # A duplicate claim found in tags is retired:
+        (MachineState.PENDING, MachineState.RELEASING),
+    }
+)
+
+_GONE_LIFECYCLES = frozenset(
+    {
+        "Terminating",
+        "Terminating:Wait",
+        "Terminating:Proceed",
+        "Terminated",
+        "Detaching",
+        "Detached",
+    }
+)
+_GONE_EC2_STATES = frozenset({"shutting-down", "terminated"})
+
+
+@dataclass(frozen=True)
+class CloudInstance:
+    """One instance of the group as AWS reports it (ASG view joined with EC2 view)."""
+
+    instance_id: str
+    lifecycle_state: str
+    health_status: str
+    ec2_state: str = ""  # "" when EC2 did not (yet) list the instance
+    private_ip: str | None = None
+    public_ip: str | None = None
+    availability_zone: str = ""
+    protected_from_scale_in: bool = False
+    project_tag: str | None = None
+    assigned_at_tag: str | None = None
+    launched_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    """Everything one refresh read about the configured Auto Scaling Group."""
+
+    name: str
+    min_size: int
+    max_size: int
+    desired_capacity: int
+    instances: tuple[CloudInstance, ...]
+    observed_at: float
+
+
+def address_of(instance: CloudInstance, kind: AddressKind) -> str | None:
+    """The address clients connect to, per WARMPOOL_ADDRESS."""
+    return instance.public_ip if kind is AddressKind.PUBLIC else instance.private_ip
+
+
+def classify(instance: CloudInstance, kind: AddressKind) -> tuple[Readiness, str]:
+    """Decide whether ``instance`` may be handed out; the string says why not."""
+    if instance.lifecycle_state in _GONE_LIFECYCLES or instance.ec2_state in _GONE_EC2_STATES:
+        return Readiness.GONE, f"{instance.lifecycle_state}/{instance.ec2_state or '?'}"
+    if instance.lifecycle_state != "InService":
+        return Readiness.NOT_READY, f"lifecycle {instance.lifecycle_state}"
+    if instance.health_status != "Healthy":
+        return Readiness.NOT_READY, f"health {instance.health_status}"
+    if instance.ec2_state != "running":
+        return Readiness.NOT_READY, f"ec2 {instance.ec2_state or 'not listed'}"
+    if not address_of(instance, kind):
+        return Readiness.NOT_READY, f"no {kind.value} address"
+    return Readiness.READY, ""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """warmpool's record of one instance (what the state store holds)."""
+
+    instance_id: str
+    state: MachineState
+    since: float  # when the machine entered ``state`` (epoch seconds)
+    ip: str | None = None  # the configured address (public or private)
+    private_ip: str | None = None
+    public_ip: str | None = None
+    project_id: str | None = None
+    assigned_at: str | None = None  # ISO 8601, as tagged
+    detail: str = ""  # why a pending machine is not ready
+    availability_zone: str = ""
+    launched_at: float = 0.0
+    tagged: bool = False  # AWS carries warmpool:project == project_id
+    protected: bool = False  # AWS protects it from scale-in
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "state": self.state.value,
+            "since": self.since,
+            "ip": self.ip,
+            "private_ip": self.private_ip,
+            "public_ip": self.public_ip,
+            "project_id": self.project_id,
+            "assigned_at": self.assigned_at,
+            "detail": self.detail,
+            "availability_zone": self.availability_zone,
+            "launched_at": self.launched_at,
+            "tagged": self.tagged,
+            "protected": self.protected,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Machine:
+        return cls(
+            instance_id=str(data["instance_id"]),
+            state=MachineState(data["state"]),
+            since=float(data.get("since") or 0.0),
+            ip=data.get("ip") or None,
+            private_ip=data.get("private_ip") or None,
+            public_ip=data.get("public_ip") or None,
+            project_id=data.get("project_id") or None,
+            assigned_at=data.get("assigned_at") or None,
+            detail=str(data.get("detail") or ""),
+            availability_zone=str(data.get("availability_zone") or ""),
+            launched_at=float(data.get("launched_at") or 0.0),
+            tagged=bool(data.get("tagged")),
+            protected=bool(data.get("protected")),
+        )
+
+
+@dataclass(frozen=True)
+class LostMachine:
+    """An assigned machine that vanished from AWS without being released."""
+
+    instance_id: str
+    project_id: str
+    lost_at: float
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "project_id": self.project_id,
+            "lost_at": self.lost_at,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """A consistent read of the pool state: machines and the project index."""
+
+    machines: Mapping[str, Machine]
+    projects: Mapping[str, str]  # project id -> instance id
+
+    def by_state(self, state: MachineState) -> list[Machine]:
+        return [m for m in self.machines.values() if m.state is state]
+
+    def counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in MachineState}
+        for m in self.machines.values():
+            counts[m.state.value] += 1
+        return counts
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What applying a snapshot changes; a store writes it atomically."""
+
+    upserts: tuple[Machine, ...] = ()
+    removals: tuple[str, ...] = ()
+    project_sets: Mapping[str, str] = field(default_factory=dict)
+    project_dels: tuple[str, ...] = ()
+    lost: tuple[LostMachine, ...] = ()
+    restored: tuple[Machine, ...] = ()
+    duplicates: tuple[Machine, ...] = ()  # tagged for a project that holds another machine
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.upserts or self.removals or self.project_sets or self.project_dels)
+
+
+def _valid_tag(value: str | None) -> str | None:
+    if value and PROJECT_ID_PATTERN.fullmatch(value):
+        return value
+    return None
+
+
+def _observed(current: Machine, inst: CloudInstance, kind: AddressKind) -> Machine:
+    """``current`` with the cloud-observed attributes of ``inst`` folded in."""
+    return replace(
+        current,
+        ip=address_of(inst, kind) or current.ip,
+        private_ip=inst.private_ip or current.private_ip,
+        public_ip=inst.public_ip or current.public_ip,
+        availability_zone=inst.availability_zone or current.availability_zone,
+        launched_at=inst.launched_at or current.launched_at,
+        tagged=current.project_id is not None and inst.project_tag == current.project_id,
+        protected=inst.protected_from_scale_in,
+    )
+
+
+def _unheld_machine(
+    current: Machine | None,
+    inst: CloudInstance,
+    *,
+    kind: AddressKind,
+    projects: dict[str, str],
+    now: float,
+) -> Machine:
+    """The new record for an instance no project holds in the store."""
+    base = current or Machine(instance_id=inst.instance_id, state=MachineState.PENDING, since=now)
+    base = _observed(base, inst, kind)
+    tag = _valid_tag(inst.project_tag)
+    if tag is not None:
+        holder = projects.get(tag)
+        if holder is None or holder == inst.instance_id:
+            projects[tag] = inst.instance_id
+            return replace(
+                base,
+                state=MachineState.ASSIGNED,
+                since=now,
+                project_id=tag,
+                assigned_at=inst.assigned_at_tag or base.assigned_at,
+                tagged=True,
+                detail="restored from tags",
+            )
+        # The project already holds another machine: this one is a stale claim.
+        return replace(base, state=MachineState.RELEASING, since=now, detail=f"duplicate of {tag}")
+    readiness, why = classify(inst, kind)
+    if readiness is Readiness.READY:
+        if base.state is MachineState.IDLE:
+            return replace(base, detail="")
+        return replace(base, state=MachineState.IDLE, since=now, detail="")
+    if base.state is MachineState.PENDING:
+        return replace(base, detail=why)
+    return replace(base, state=MachineState.PENDING, since=now, detail=why)
+
+
+def reconcile(view: PoolView, snapshot: GroupSnapshot, *, kind: AddressKind, now: float) -> Reconciliation:
+    """Fold one complete snapshot of the group into the pool state.
+
+    Rules: the store is the truth for machines it knows as assigned or releasing
+    (their tags may lag behind a side effect); tags are the truth for instances
+    the store does not hold (state lost: restore); everything else is classified
+    afresh. Instances that left the group are dropped, and assigned ones are
+    reported lost.
+    """
+    projects = dict(view.projects)
+    present: dict[str, CloudInstance] = {}
+    for inst in snapshot.instances:
+        if classify(inst, kind)[0] is not Readiness.GONE:
+            present[inst.instance_id] = inst
+
+    removals, lost, project_dels = _departures(view, snapshot, present, projects, kind=kind, now=now)
+    upserts: list[Machine] = []
+    restored: list[Machine] = []
+    duplicates: list[Machine] = []
+    # Held machines first, so a tag on an unheld instance sees every current holder.
+    ordered = sorted(present.values(), key=lambda i: _held_first(view.machines.get(i.instance_id)))
+    for inst in ordered:
+        current = view.machines.get(inst.instance_id)
+        if current is not None and current.state in (
+            MachineState.ASSIGNED,
+            MachineState.RELEASING,
+        ):
+            new = _observed(current, inst, kind)
+        else:
+            new = _unheld_machine(current, inst, kind=kind, projects=projects, now=now)
+            if new.state is MachineState.ASSIGNED:
+                restored.append(new)
+            elif new.state is MachineState.RELEASING:
+                duplicates.append(new)
+        if new != current:
+            upserts.append(new)
+
+    project_sets = {p: i for p, i in projects.items() if view.projects.get(p) != i}
+    return Reconciliation(
+        upserts=tuple(upserts),
+        removals=tuple(removals),
+        project_sets=project_sets,
+        project_dels=tuple(project_dels),
+        lost=tuple(lost),
+        restored=tuple(restored),
+        duplicates=tuple(duplicates),
+    )
+
+
+def _departures(
+    view: PoolView,
+    snapshot: GroupSnapshot,
+    present: Mapping[str, CloudInstance],
+    projects: dict[str, str],
+    *,
+    kind: AddressKind,
+    now: float,
+) -> tuple[list[str], list[LostMachine], list[str]]:
+    """Machines the store knows that left the group; assigned ones are lost (``projects`` updated)."""
+    removals: list[str] = []
+    lost: list[LostMachine] = []
+    project_dels: list[str] = []
+    for iid, machine in view.machines.items():
+        if iid in present:
+            continue
+        removals.append(iid)
+        if machine.state is MachineState.ASSIGNED and machine.project_id:
+            gone = next((i for i in snapshot.instances if i.instance_id == iid), None)
+            reason = classify(gone, kind)[1] if gone else "left the group"
+            lost.append(LostMachine(iid, machine.project_id, now, reason))
+            if projects.get(machine.project_id) == iid:
+                del projects[machine.project_id]
+                project_dels.append(machine.project_id)
+    return removals, lost, project_dels
+
+
+def _held_first(machine: Machine | None) -> int:
+    held = machine is not None and machine.state in (
+        MachineState.ASSIGNED,
+        MachineState.RELEASING,
+    )
+    return 0 if held else 1
+
+
+def choose_for_assignment(idle: Iterable[Machine]) -> Machine | None:
+    """The idle machine to hand out next: the one idle longest (ties: instance id)."""
+    return min(idle, key=lambda m: (m.since, m.instance_id), default=None)
+
+
+def choose_for_termination(idle: Iterable[Machine], count: int) -> list[Machine]:
+    """Pick ``count`` idle machines to terminate on scale-in.
+
+    Keeps zones balanced (take from the zone holding the most idle machines),
+    and within a zone terminates the oldest launch first, like AWS's default
+    policy, so rolling a launch template forward retires old machines first.
+    """
+    remaining = [m for m in idle if m.state is MachineState.IDLE]
+    chosen: list[Machine] = []
+    while len(chosen) < count and remaining:
+        per_zone: dict[str, list[Machine]] = {}
+        for m in remaining:
+            per_zone.setdefault(m.availability_zone, []).append(m)
+        zone = max(per_zone, key=lambda z: (len(per_zone[z]), z))
+        victim = min(per_zone[zone], key=lambda m: (m.launched_at, m.instance_id))
+        chosen.append(victim)
+        remaining.remove(victim)
+    return chosen
+
+
+def snapshot_to_json(snapshot: GroupSnapshot) -> dict[str, Any]:
+    """A GroupSnapshot as a JSON-safe dict (it crosses the aws -> pool queue)."""
+    return {
+        "name": snapshot.name,
+        "min_size": snapshot.min_size,
+        "max_size": snapshot.max_size,
+        "desired_capacity": snapshot.desired_capacity,
+        "observed_at": snapshot.observed_at,
+        "instances": [asdict(i) for i in snapshot.instances],
+    }
+
+
+def snapshot_from_json(data: Mapping[str, Any]) -> GroupSnapshot:
+    """Inverse of snapshot_to_json; raises KeyError/TypeError/ValueError on bad input."""
+    instances = tuple(CloudInstance(**dict(i)) for i in data["instances"])
+    for inst in instances:
+        if not isinstance(inst.instance_id, str) or not inst.instance_id:
+            raise ValueError("instance without an id")
+    return GroupSnapshot(
+        name=str(data["name"]),
+        min_size=int(data["min_size"]),
+        max_size=int(data["max_size"]),
+        desired_capacity=int(data["desired_capacity"]),
+        instances=instances,
+        observed_at=float(data["observed_at"]),
+    )
