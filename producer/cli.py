@@ -1,0 +1,215 @@
+"""The ``warmpool`` command: pool operations for people and scripts, and the stack's processes.
+
+Exit codes (DESIGN.md): 0 ok, 2 invalid input, 3 no capacity, 4 pool unavailable, 1 other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tasks.contract import CODE_NO_CAPACITY, STATUS_FAILED, failure
+from tasks.errors import (
+    ConfigError,
+    InvalidProject,
+    InvalidRequest,
+    NoCapacity,
+    PoolUnavailable,
+    WarmpoolError,
+)
+
+EXIT_OK, EXIT_OTHER, EXIT_INVALID, EXIT_NO_CAPACITY, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+
+_EXIT_FOR: list[tuple[type[BaseException], int]] = [
+    (InvalidProject, EXIT_INVALID),
+    (InvalidRequest, EXIT_INVALID),
+    (ConfigError, EXIT_INVALID),
+    (NoCapacity, EXIT_NO_CAPACITY),
+    (PoolUnavailable, EXIT_UNAVAILABLE),
+]
+
+
+def exit_code_for(exc: BaseException) -> int:
+    for kind, code in _EXIT_FOR:
+        if isinstance(exc, kind):
+            return code
+    return EXIT_OTHER
+
+
+def _client() -> Any:
+    from producer.client import PoolClient
+
+    return PoolClient()
+
+
+def _emit_error(args: argparse.Namespace, exc: WarmpoolError, project_id: str | None = None) -> int:
+    code = exit_code_for(exc)
+    if getattr(args, "json", False):
+        extra = {"project_id": project_id} if project_id is not None else {}
+        print(json.dumps(failure(exc.code, str(exc), **extra)))
+    else:
+        print(f"warmpool: {exc}", file=sys.stderr)
+    return code
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    result = _client().assign_result(args.project, wait=args.wait)
+    if result.get("status") == STATUS_FAILED:
+        code = EXIT_NO_CAPACITY if result.get("code") == CODE_NO_CAPACITY else EXIT_OTHER
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"warmpool: {result.get('message', result.get('code'))}", file=sys.stderr)
+        return code
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['project_id']} -> {result['instance_id']} ip={result['ip']} (assigned {result['assigned_at']})")
+    return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    result = _client().release_result(args.project)
+    if args.json:
+        print(json.dumps(result))
+    elif result["status"] == "released":
+        print(f"{args.project}: released {result['instance_id']} (terminating; the pool refills)")
+    else:
+        print(f"{args.project}: held no machine (nothing to release)")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from producer.render import status_renderable
+
+    client = _client()
+    if args.json:
+        print(json.dumps(client.status(), indent=2 if sys.stdout.isatty() else None))
+        return EXIT_OK
+    from rich.console import Console
+
+    # Piped output keeps full ids and addresses instead of wrapping at 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if args.watch is None:
+        console.print(status_renderable(client.status()))
+        return EXIT_OK
+    from rich.live import Live
+
+    with Live(status_renderable(client.status()), console=console, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(args.watch)
+                live.update(status_renderable(client.status()))
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def _celery(argv: list[str]) -> int:
+    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "tasks", *argv])
+    return EXIT_OTHER  # not reached
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.queue == "pool":
+        # The pool worker is one serialized process: the solo pool (DESIGN.md).
+        base = ["worker", "-Q", "pool", "-P", "solo", "-n", "pool@%h"]
+    else:
+        base = ["worker", "-Q", "aws", "-P", "threads", "-c", str(args.concurrency), "-n", "aws@%h"]
+    return _celery([*base, "--without-gossip", "--without-mingle", "-l", args.loglevel, *args.celery_args])
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    return _celery(["beat", "-l", args.loglevel, "-s", args.schedule, *args.celery_args])
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from producer.gateway import serve
+
+    serve(host=args.host, port=args.port, token=os.environ.get("WARMPOOL_API_TOKEN") or None)
+    return EXIT_OK
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    from producer import flower_app
+
+    return int(flower_app.main(args.flower_args) or 0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from producer.demo import run_demo
+
+    return run_demo(idle_target=args.idle_target, stay=not args.once)
+
+
+def _project(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("project", help="project id: 1-128 of A-Z a-z 0-9 . _ -, starting alphanumeric")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the job's result)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="warmpool", description="Warm pool of EC2 machines for projects.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("assign", help="hand the project a ready machine (the one it holds, if any)")
+    _project(p)
+    p.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for a machine [0]")
+    p.set_defaults(func=cmd_assign)
+
+    p = sub.add_parser("release", help="release the project's machine (it is terminated)")
+    _project(p)
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("status", help="show the pool: machines, counts, group size, lost machines")
+    p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="S", help="refresh every S seconds [2]")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("worker", help="run a worker: the pool worker (one only) or an aws side-effect worker")
+    p.add_argument("--queue", choices=["pool", "aws"], default="pool")
+    p.add_argument("--concurrency", type=int, default=8, help="aws worker threads [8]")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("celery_args", nargs=argparse.REMAINDER, help="passed to celery worker")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("beat", help="run the scheduler (periodic refresh and rebalance)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--schedule", default="celerybeat-schedule", help="beat's schedule file")
+    p.add_argument("celery_args", nargs=argparse.REMAINDER, help="passed to celery beat")
+    p.set_defaults(func=cmd_beat)
+
+    p = sub.add_parser("gateway", help="run the HTTP gateway")
+    p.add_argument("--host", default=os.environ.get("WARMPOOL_GATEWAY_HOST") or None)
+    p.add_argument("--port", type=int, default=int(os.environ.get("WARMPOOL_GATEWAY_PORT") or 8080))
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("flower", help="run Flower (monitoring) with authentication")
+    p.add_argument("flower_args", nargs=argparse.REMAINDER, help="passed to flower")
+    p.set_defaults(func=cmd_flower)
+
+    p = sub.add_parser("demo", help="run the local demo stack (Redis, moto, workers, beat) and show it working")
+    p.add_argument("--idle-target", type=int, default=2)
+    p.add_argument("--once", action="store_true", help="stop after the scripted assigns and releases")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``warmpool`` console script."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except WarmpoolError as exc:
+        return _emit_error(args, exc, getattr(args, "project", None))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

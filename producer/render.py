@@ -1,0 +1,74 @@
+"""Human-readable rendering of a pool status snapshot (rich tables)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+_STATE_STYLE = {"idle": "green", "assigned": "cyan", "pending": "yellow", "releasing": "magenta"}
+
+
+def _summary(status: Mapping[str, Any]) -> Text:
+    group = status.get("group", {})
+    counts = status.get("counts", {})
+    text = Text()
+    text.append(f"{status.get('asg_name')}", style="bold")
+    text.append(
+        f"  desired {group.get('desired_capacity')} (min {group.get('min_size')}, max {group.get('max_size')})"
+        f"  wanted {group.get('wanted')}  idle target {status.get('idle_target')}\n"
+    )
+    text.append("  ".join(f"{state} {counts.get(state, 0)}" for state in _STATE_STYLE))
+    age = status.get("refresh_age_s")
+    text.append(f"   refreshed {'never' if age is None else f'{age:.1f}s ago'}")
+    if group.get("capped"):
+        text.append(f"\nCAPPED: MaxSize {group.get('max_size')} keeps the pool below what is wanted", style="bold red")
+    if status.get("refresh_error"):
+        text.append(f"\nrefresh failing: {status['refresh_error']}", style="bold red")
+    if status.get("lost_total"):
+        text.append(f"\nlost machines: {status['lost_total']}", style="red")
+    return text
+
+
+def _machines(status: Mapping[str, Any]) -> Table:
+    table = Table(title="machines", title_justify="left", expand=False)
+    for column in ("instance", "state", "project", "ip", "private ip", "since", "detail"):
+        table.add_column(column, no_wrap=column != "detail")
+    for m in status.get("machines", []):
+        state = str(m.get("state"))
+        detail = m.get("detail") or ""
+        if state == "assigned" and not (m.get("tagged") and m.get("protected")):
+            detail = (detail + " tagging...").strip()
+        table.add_row(
+            str(m.get("instance_id")),
+            Text(state, style=_STATE_STYLE.get(state, "")),
+            m.get("project_id") or "",
+            m.get("ip") or "",
+            m.get("private_ip") or "",
+            str(m.get("since") or "")[11:19],
+            detail,
+        )
+    return table
+
+
+def _lost(status: Mapping[str, Any]) -> Table | None:
+    if not status.get("lost"):
+        return None
+    table = Table(title="recently lost (assigned machines that vanished)", title_justify="left")
+    for column in ("instance", "project", "lost at", "reason"):
+        table.add_column(column)
+    for x in status["lost"]:
+        table.add_row(x["instance_id"], x["project_id"], str(x["lost_at"]), x["reason"])
+    return table
+
+
+def status_renderable(status: Mapping[str, Any]) -> Group:
+    """The status snapshot as a summary line, a machines table and a lost-machines table."""
+    parts: list[Any] = [_summary(status), _machines(status)]
+    lost = _lost(status)
+    if lost is not None:
+        parts.append(lost)
+    return Group(*parts)
