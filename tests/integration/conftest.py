@@ -1,0 +1,164 @@
+"""Real processes: Redis, a moto server, the pool worker, an aws worker and beat.
+
+The stack runs on its own Redis databases so it never meets a demo on the
+defaults. Redis absent: these tests fail under CI (CI=true) and skip locally.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from celery import Celery
+
+from producer.client import PoolClient
+from producer.sandbox import (
+    MotoServer,
+    ProcessGroup,
+    beat_argv,
+    create_simulated_group,
+    redis_answers,
+    stack_env,
+    wait_for_workers,
+    worker_argv,
+)
+from tasks.store import RedisStore
+
+BROKER_URL = "redis://127.0.0.1:6379/3"
+RESULT_BACKEND = "redis://127.0.0.1:6379/4"
+STATE_URL = "redis://127.0.0.1:6379/8"
+ASG = "heavrdevs-asg"
+REGION = "ap-south-1"
+IDLE_TARGET = 4
+REFRESH_S = 0.5
+
+
+def require_redis() -> None:
+    if redis_answers(BROKER_URL):
+        return
+    if os.environ.get("CI"):
+        pytest.fail("Redis does not answer at 127.0.0.1:6379 (CI must start it: scripts/ensure_redis.py)")
+    pytest.skip("Redis does not answer at 127.0.0.1:6379")
+
+
+def wait_for(check: Callable[[], Any], *, timeout_s: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def make_client_app() -> Celery:
+    app = Celery("warmpool-tests")
+    app.config_from_object("celeryconfig")
+    app.conf.update(broker_url=BROKER_URL, result_backend=RESULT_BACKEND)
+    return app
+
+
+@dataclass
+class Stack:
+    moto: MotoServer
+    procs: ProcessGroup
+    env: dict[str, str]
+    app: Celery
+    client: PoolClient
+    store: RedisStore
+    logs: Path
+
+    def aws(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.moto.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def group(self, name: str = ASG) -> dict[str, Any]:
+        groups = self.aws("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])
+        return dict(groups["AutoScalingGroups"][0])
+
+    def tags_of(self, instance_id: str) -> dict[str, str]:
+        reservations = self.aws("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
+        inst = reservations[0]["Instances"][0]
+        return {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+
+    def fresh_group(self, *, min_size: int = 0, max_size: int = 20, desired: int = IDLE_TARGET) -> dict[str, Any]:
+        """A new simulated group, and pool state that knows only it."""
+        self.moto.reset()
+        ids = create_simulated_group(
+            self.moto.endpoint_url, name=ASG, region=REGION, min_size=min_size, max_size=max_size, desired=desired
+        )
+        self.store.reset()
+        return ids
+
+    def idle_count(self) -> int:
+        return int(self.client.status()["counts"]["idle"])
+
+    def start_pool_worker(self, name: str = "pool") -> None:
+        self.procs.spawn(
+            name,
+            worker_argv("pool", hostname=f"{name}@tests", solo=True),
+            env=self.env,
+            log_path=self.logs / f"{name}.log",
+        )
+        wait_for_workers(self.app, [f"{name}@tests"], timeout_s=30)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_redis()
+    logs = tmp_path_factory.mktemp("stack-logs")
+    for url in (BROKER_URL, RESULT_BACKEND, STATE_URL):
+        redis.Redis.from_url(url).flushdb()
+    with MotoServer(log_path=logs / "moto.log") as moto, ProcessGroup() as procs:
+        env = stack_env(
+            endpoint_url=moto.endpoint_url,
+            broker_url=BROKER_URL,
+            result_backend=RESULT_BACKEND,
+            redis_url=STATE_URL,
+            asg_name=ASG,
+            idle_target=IDLE_TARGET,
+            refresh_seconds=REFRESH_S,
+        )
+        app = make_client_app()
+        stack = Stack(
+            moto=moto,
+            procs=procs,
+            env=env,
+            app=app,
+            client=PoolClient(app=app),
+            store=RedisStore.from_url(STATE_URL, ASG),
+            logs=logs,
+        )
+        stack.fresh_group()
+        procs.spawn(
+            "aws",
+            worker_argv("aws", hostname="aws@tests", concurrency=4, solo=False),
+            env=env,
+            log_path=logs / "aws.log",
+        )
+        stack.start_pool_worker()
+        procs.spawn("beat", beat_argv(schedule_path=logs / "beat-schedule"), env=env, log_path=logs / "beat.log")
+        wait_for_workers(app, ["aws@tests"], timeout_s=30)
+        yield stack
+
+
+@pytest.fixture
+def pool(stack: Stack) -> Stack:
+    """The stack with a fresh group (desired = the idle target) whose machines are all idle."""
+    stack.fresh_group()
+    wait_for(lambda: stack.idle_count() == IDLE_TARGET, what="the idle buffer to fill")
+    return stack
