@@ -122,15 +122,11 @@ class Boto3Cloud:
             client.meta.events.register("before-send", self._count)
 
     def _count(self, request: Any = None, **_: Any) -> None:
-        action = ""
         body = getattr(request, "body", b"") or b""
-        if isinstance(body, bytes | bytearray):
-            for part in bytes(body).split(b"&"):
-                if part.startswith(b"Action="):
-                    action = part[7:].decode("ascii", "replace")
-                    break
+        text = body.decode("ascii", "replace") if isinstance(body, bytes | bytearray) else str(body)
+        action = next((p[7:] for p in text.split("&") if p.startswith("Action=")), "unknown")
         with self._lock:
-            self._calls[action or "unknown"] += 1
+            self._calls[action] += 1
 
     def api_calls(self) -> dict[str, int]:
         with self._lock:
