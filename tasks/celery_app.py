@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from celery import Celery
+from celery.signals import worker_ready
 
 from tasks.cloud import Boto3Cloud, Cloud
 from tasks.config import Settings
@@ -38,3 +39,11 @@ def cloud() -> Cloud:
     """The AWS adapter of this worker process (credentials: boto3's default chain)."""
     s = settings()
     return Boto3Cloud(s.asg_name, region=s.region)
+
+
+@worker_ready.connect
+def _warm_up(**_: object) -> None:
+    # Build the store and boto3 clients before the first job, not during it:
+    # the first assign after a restart must be as fast as the rest.
+    service()
+    cloud()

@@ -124,7 +124,7 @@ def _group_from_hash(raw: dict[str, str]) -> GroupInfo:
 class RedisStore:
     """StateStore on Redis (``WARMPOOL_REDIS_URL``)."""
 
-    def __init__(self, client: redis.Redis[str], asg_name: str) -> None:
+    def __init__(self, client: redis.Redis, asg_name: str) -> None:
         self._r = client
         self.keys = PoolKeys.for_group(asg_name)
         self._assign = client.register_script(_load_script("assign.lua"))
