@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from typing import Any
 
@@ -20,25 +19,30 @@ from celery import Celery
 
 from producer.client import (
     DEFAULT_REPLY_TIMEOUT_S,
-    RETRY_INTERVAL_S,
     PoolClient,
-    check_wait,
+    assign_kwargs,
+    check_lease,
     make_app,
     raise_for_failure,
+    raise_for_failure_except_capacity,
+    timed_out_waiting,
 )
 from tasks.contract import (
-    CODE_NO_CAPACITY,
     POOL_QUEUE,
+    STATE_WAITING,
     STATUS_ASSIGNED,
     STATUS_NOT_ASSIGNED,
     STATUS_RELEASED,
     TASK_ASSIGN,
     TASK_RELEASE,
     TASK_STATUS,
+    TASK_TOUCH,
     AssignedMachine,
     validate_project_id,
 )
 from tasks.errors import JobFailed, PoolUnavailable
+
+_FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
 class _ResultListener:
@@ -60,8 +64,10 @@ class _ResultListener:
                 continue
             channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
             fut = self._waiters.get(channel)
-            if fut is not None and not fut.done():
-                fut.set_result(json.loads(message["data"]))
+            meta = json.loads(message["data"])
+            # Only final states resolve the call; WAITING (queued for a machine) does not.
+            if fut is not None and not fut.done() and meta.get("status") in _FINAL_STATES:
+                fut.set_result(meta)
 
     async def subscribe(self, key: str) -> asyncio.Future[Any]:
         if self._reader is None or self._reader.done():
@@ -108,11 +114,11 @@ class AsyncPoolClient:
         self._listener = _ResultListener(backend_url) if native else None
         self._sync = None if native else PoolClient(app=self.app, reply_timeout_s=reply_timeout_s)
 
-    async def call(self, task: str, *args: Any, timeout_s: float) -> Any:
-        """Send one pool job and await its raw result; PoolUnavailable on timeout."""
+    async def call(self, task: str, *args: Any, timeout_s: float, kwargs: dict[str, Any] | None = None) -> Any:
+        """Send one pool job and await its raw result (see PoolClient.call)."""
         if self._listener is None:
             assert self._sync is not None
-            return await asyncio.to_thread(self._sync.call, task, *args, timeout_s=timeout_s)
+            return await asyncio.to_thread(self._sync.call, task, *args, timeout_s=timeout_s, kwargs=kwargs)
         task_id = str(uuid.uuid4())
         key = self.app.backend.get_key_for_task(task_id).decode()
         try:
@@ -121,7 +127,7 @@ class AsyncPoolClient:
             raise PoolUnavailable(f"result backend unreachable: {exc}") from exc
         try:
             try:
-                self.app.send_task(task, args=args, task_id=task_id, queue=POOL_QUEUE, expires=timeout_s)
+                self.app.send_task(task, args=args, kwargs=kwargs, task_id=task_id, queue=POOL_QUEUE, expires=timeout_s)
             except Exception as exc:
                 raise PoolUnavailable(f"broker unreachable: {exc}") from exc
             try:
@@ -129,30 +135,26 @@ class AsyncPoolClient:
             except TimeoutError:
                 # The result may have been stored before our subscription took effect.
                 meta = await self._listener.get(key)
-                if meta is None or meta.get("status") not in ("SUCCESS", "FAILURE", "REVOKED"):
+                state = meta.get("status") if meta else None
+                if state == STATE_WAITING:
+                    return timed_out_waiting(args, timeout_s)
+                if state not in _FINAL_STATES:
                     raise PoolUnavailable(f"no pool worker answered within {timeout_s:.1f}s") from None
             return _from_meta(meta)
         finally:
             await self._listener.unsubscribe(key)
 
-    async def assign_result(self, project_id: str, *, wait: float = 0.0) -> dict[str, Any]:
+    async def assign_result(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> dict[str, Any]:
         """Assign and return the raw result dict (``no_capacity`` is a result, not an error)."""
         validate_project_id(project_id)
-        wait = check_wait(wait)
-        deadline = time.monotonic() + (wait if wait > 0 else self.reply_timeout_s)
-        while True:
-            remaining = max(0.05, deadline - time.monotonic())
-            result = await self.call(TASK_ASSIGN, project_id, timeout_s=remaining)
-            no_capacity = isinstance(result, dict) and result.get("code") == CODE_NO_CAPACITY
-            if not no_capacity:
-                return dict(raise_for_failure(result))
-            if wait <= 0 or time.monotonic() + RETRY_INTERVAL_S >= deadline:
-                return dict(result)
-            await asyncio.sleep(RETRY_INTERVAL_S)
+        kwargs, timeout_s = assign_kwargs(wait, lease, reply_timeout_s=self.reply_timeout_s)
+        result = await self.call(TASK_ASSIGN, project_id, kwargs=kwargs, timeout_s=timeout_s)
+        raise_for_failure_except_capacity(result)
+        return dict(result)
 
-    async def assign(self, project_id: str, *, wait: float = 0.0) -> AssignedMachine:
+    async def assign(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> AssignedMachine:
         """Return the project's machine; NoCapacity if none became idle within ``wait``."""
-        result = raise_for_failure(await self.assign_result(project_id, wait=wait))
+        result = raise_for_failure(await self.assign_result(project_id, wait=wait, lease=lease))
         if result.get("status") != STATUS_ASSIGNED:
             raise JobFailed(f"unexpected assign result {result!r:.200}")
         return AssignedMachine.from_result(result)
@@ -168,6 +170,17 @@ class AsyncPoolClient:
         if result["status"] not in (STATUS_RELEASED, STATUS_NOT_ASSIGNED):
             raise JobFailed(f"unexpected release result {result!r:.200}")
         return bool(result["status"] == STATUS_RELEASED)
+
+    async def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
+        validate_project_id(project_id)
+        lease_s = None if lease is None else check_lease(lease)
+        result = await self.call(TASK_TOUCH, project_id, kwargs={"lease_s": lease_s}, timeout_s=self.reply_timeout_s)
+        return dict(raise_for_failure(result))
+
+    async def touch(self, project_id: str, *, lease: float | None = None) -> bool:
+        """Renew the lease of the project's machine; False if the project holds none."""
+        result = await self.touch_result(project_id, lease=lease)
+        return bool(result["status"] != STATUS_NOT_ASSIGNED)
 
     async def status(self) -> dict[str, Any]:
         result = await self.call(TASK_STATUS, timeout_s=self.reply_timeout_s)

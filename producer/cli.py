@@ -58,7 +58,7 @@ def _emit_error(args: argparse.Namespace, exc: WarmpoolError, project_id: str | 
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    result = _client().assign_result(args.project, wait=args.wait)
+    result = _client().assign_result(args.project, wait=args.wait, lease=args.lease)
     if result.get("status") == STATUS_FAILED:
         code = EXIT_NO_CAPACITY if result.get("code") == CODE_NO_CAPACITY else EXIT_OTHER
         if args.json:
@@ -82,6 +82,19 @@ def cmd_release(args: argparse.Namespace) -> int:
     else:
         print(f"{args.project}: held no machine (nothing to release)")
     return EXIT_OK
+
+
+def cmd_touch(args: argparse.Namespace) -> int:
+    result = _client().touch_result(args.project, lease=args.lease)
+    if args.json:
+        print(json.dumps(result))
+    elif result["status"] == "not_assigned":
+        print(f"{args.project}: holds no machine", file=sys.stderr)
+    elif result["status"] == "no_lease":
+        print(f"{args.project}: {result['instance_id']} has no lease (nothing to renew)")
+    else:
+        print(f"{args.project}: lease of {result['instance_id']} renewed until {result['lease_expires_at']}")
+    return EXIT_OK if result["status"] != "not_assigned" else EXIT_OTHER
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -159,11 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("assign", help="hand the project a ready machine (the one it holds, if any)")
     _project(p)
     p.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for a machine [0]")
+    p.add_argument(
+        "--lease", type=float, default=None, metavar="S", help="lease length in seconds [WARMPOOL_LEASE_SECONDS]"
+    )
     p.set_defaults(func=cmd_assign)
 
     p = sub.add_parser("release", help="release the project's machine (it is terminated)")
     _project(p)
     p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("touch", help="renew the lease of the project's machine")
+    _project(p)
+    p.add_argument("--lease", type=float, default=None, metavar="S", help="new lease length in seconds")
+    p.set_defaults(func=cmd_touch)
 
     p = sub.add_parser("status", help="show the pool: machines, counts, group size, lost machines")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON")

@@ -21,14 +21,16 @@ from tasks.contract import (
     CODE_NO_CAPACITY,
     CODE_STORE_UNAVAILABLE,
     POOL_QUEUE,
-    STATUS_ASSIGNED,
+    STATE_WAITING,
     STATUS_FAILED,
     STATUS_NOT_ASSIGNED,
     STATUS_RELEASED,
     TASK_ASSIGN,
     TASK_RELEASE,
     TASK_STATUS,
+    TASK_TOUCH,
     AssignedMachine,
+    failure,
     validate_project_id,
 )
 from tasks.errors import (
@@ -40,8 +42,8 @@ from tasks.errors import (
 )
 
 MAX_WAIT_S = 3600.0
+MAX_LEASE_S = 30 * 86_400.0
 DEFAULT_REPLY_TIMEOUT_S = 10.0
-RETRY_INTERVAL_S = 0.25
 
 
 def make_app() -> Celery:
@@ -69,6 +71,32 @@ def result_or_raise(result: Any, state: str) -> Any:
     return result
 
 
+def check_lease(lease: Any) -> float:
+    """Validate a lease length in seconds: a finite number in [0, MAX_LEASE_S] (0: no lease)."""
+    if isinstance(lease, bool) or not isinstance(lease, int | float):
+        raise InvalidRequest(f"lease must be a number of seconds, got {type(lease).__name__}")
+    if not math.isfinite(lease) or lease < 0 or lease > MAX_LEASE_S:
+        raise InvalidRequest(f"lease must be between 0 and {MAX_LEASE_S:.0f} seconds, got {lease!r}")
+    return float(lease)
+
+
+def assign_kwargs(wait: Any, lease: Any, *, reply_timeout_s: float) -> tuple[dict[str, Any], float]:
+    """The assign job's keyword arguments and how long the caller waits for its result."""
+    wait_s = check_wait(wait)
+    lease_s = None if lease is None else check_lease(lease)
+    timeout_s = wait_s if wait_s > 0 else reply_timeout_s
+    # The absolute deadline lets the worker refuse to serve a caller that gave up,
+    # even when the job sat in a backed-up queue (clocks of producer and worker hosts
+    # are assumed NTP-synchronized).
+    return {"wait_s": wait_s, "lease_s": lease_s, "deadline": time.time() + wait_s}, timeout_s
+
+
+def timed_out_waiting(args: tuple[Any, ...], timeout_s: float) -> dict[str, Any]:
+    """The result of a caller that waited in the queue until its deadline."""
+    project_id = args[0] if args else None
+    return failure(CODE_NO_CAPACITY, f"no machine became available within {timeout_s:.1f}s", project_id=project_id)
+
+
 def raise_for_failure(result: Any) -> Mapping[str, Any]:
     """Map a job result onto the contract's exceptions; return it when it is a success."""
     if not isinstance(result, Mapping) or "status" not in result:
@@ -92,39 +120,57 @@ class PoolClient:
         self.app = app or make_app()
         self.reply_timeout_s = reply_timeout_s
 
-    def call(self, task: str, *args: Any, timeout_s: float) -> Any:
-        """Send one pool job and return its raw result; PoolUnavailable on timeout."""
+    def call(self, task: str, *args: Any, timeout_s: float, kwargs: dict[str, Any] | None = None) -> Any:
+        """Send one pool job and return its raw result.
+
+        PoolUnavailable when no worker answered in time; a ``no_capacity``
+        result when the worker queued the caller (assign with wait) and no
+        machine became available before the deadline.
+        """
         try:
-            async_result = self.app.send_task(task, args=args, queue=POOL_QUEUE, expires=timeout_s)
+            async_result = self.app.send_task(task, args=args, kwargs=kwargs, queue=POOL_QUEUE, expires=timeout_s)
         except Exception as exc:  # kombu raises many types for an unreachable broker
             raise PoolUnavailable(f"broker unreachable: {exc}") from exc
         try:
             result = async_result.get(timeout=timeout_s, propagate=False, disable_sync_subtasks=False)
         except CeleryTimeoutError:
+            if async_result.state == STATE_WAITING:
+                return timed_out_waiting(args, timeout_s)
             raise PoolUnavailable(f"no pool worker answered within {timeout_s:.1f}s") from None
         except Exception as exc:
             raise PoolUnavailable(f"result backend unreachable: {exc}") from exc
         return result_or_raise(result, async_result.state)
 
-    def assign_result(self, project_id: str, *, wait: float = 0.0) -> dict[str, Any]:
-        """Assign and return the raw result dict (the CLI's and gateway's --json shape)."""
-        validate_project_id(project_id)
-        wait = check_wait(wait)
-        deadline = time.monotonic() + (wait if wait > 0 else self.reply_timeout_s)
-        while True:
-            remaining = max(0.05, deadline - time.monotonic())
-            result = self.call(TASK_ASSIGN, project_id, timeout_s=remaining)
-            raise_for_failure_except_capacity(result)
-            if result.get("status") == STATUS_ASSIGNED or result.get("code") != CODE_NO_CAPACITY:
-                return dict(result)
-            if time.monotonic() + RETRY_INTERVAL_S >= deadline or wait <= 0:
-                return dict(result)
-            time.sleep(RETRY_INTERVAL_S)
+    def assign_result(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> dict[str, Any]:
+        """Assign and return the raw result dict (the CLI's and gateway's --json shape).
 
-    def assign(self, project_id: str, *, wait: float = 0.0) -> AssignedMachine:
-        """Return the project's machine; NoCapacity if none became idle within ``wait``."""
-        result = raise_for_failure(self.assign_result(project_id, wait=wait))
+        ``no_capacity`` is a result here, not an exception: callers that print
+        or forward results need it as data.
+        """
+        validate_project_id(project_id)
+        kwargs, timeout_s = assign_kwargs(wait, lease, reply_timeout_s=self.reply_timeout_s)
+        result = self.call(TASK_ASSIGN, project_id, kwargs=kwargs, timeout_s=timeout_s)
+        raise_for_failure_except_capacity(result)
+        return dict(result)
+
+    def assign(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> AssignedMachine:
+        """Return the project's machine; NoCapacity if none became idle within ``wait`` seconds.
+
+        Waiting callers are served in arrival order as machines become ready.
+        ``lease`` (seconds) overrides WARMPOOL_LEASE_SECONDS for this assignment.
+        """
+        result = raise_for_failure(self.assign_result(project_id, wait=wait, lease=lease))
         return AssignedMachine.from_result(result)
+
+    def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
+        validate_project_id(project_id)
+        lease_s = None if lease is None else check_lease(lease)
+        result = self.call(TASK_TOUCH, project_id, kwargs={"lease_s": lease_s}, timeout_s=self.reply_timeout_s)
+        return dict(raise_for_failure(result))
+
+    def touch(self, project_id: str, *, lease: float | None = None) -> bool:
+        """Renew the lease of the project's machine; False if the project holds none."""
+        return bool(self.touch_result(project_id, lease=lease)["status"] != STATUS_NOT_ASSIGNED)
 
     def release_result(self, project_id: str) -> dict[str, Any]:
         validate_project_id(project_id)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tasks.celery_app import app, cloud
+from tasks.celery_app import app, cloud, settings
 from tasks.contract import (
     POOL_QUEUE,
     TASK_APPLY_SNAPSHOT,
+    TASK_AWS_PROBE,
     TASK_AWS_SET_DESIRED,
     TASK_AWS_TAG,
     TASK_AWS_TERMINATE,
+    TASK_MARK_READY,
     TASK_REFRESH,
     validate_project_id,
 )
@@ -28,6 +30,7 @@ from tasks.errors import (
     InvalidProject,
 )
 from tasks.model import snapshot_to_json
+from tasks.readiness import probe_all
 
 log = logging.getLogger("warmpool.aws")
 
@@ -85,3 +88,18 @@ def set_desired(desired: Any) -> bool:
         log.warning("capacity change rejected", extra={"desired": desired, "error": str(exc)})
         return False
     return True
+
+
+@app.task(name=TASK_AWS_PROBE, ignore_result=True)
+def probe(candidates: Any) -> dict[str, Any]:
+    """Run readiness checks in parallel (bounded timeout) and report the ready ones to the pool."""
+    if not isinstance(candidates, list):
+        raise ValueError("probe takes a list of [instance id, address] pairs")
+    pairs = [(_instance_id(c[0]), str(c[1])) for c in candidates if isinstance(c, list | tuple) and len(c) == 2]
+    template = settings().ready_url
+    if not template or not pairs:
+        return {"ready": []}
+    ready = probe_all(template, pairs)
+    if ready:
+        app.send_task(TASK_MARK_READY, args=[ready], queue=POOL_QUEUE)
+    return {"ready": ready, "checked": len(pairs)}

@@ -30,7 +30,14 @@ def service() -> PoolService:
     return PoolService(
         RedisStore.from_url(s.redis_url, s.asg_name),
         CelerySideEffects(app),
-        config=PoolConfig(asg_name=s.asg_name, idle_target=s.idle_target, address=s.address),
+        config=PoolConfig(
+            asg_name=s.asg_name,
+            idle_target=s.idle_target,
+            address=s.address,
+            lease_s=s.lease_seconds,
+            require_ready_check=bool(s.ready_url),
+            ready_timeout_s=s.ready_timeout_seconds,
+        ),
     )
 
 

@@ -89,6 +89,13 @@ def _map_error(exc: Exception, action: str) -> CloudError:
     return CloudError(f"{action}: {exc}", action=action)
 
 
+def _below_min_size(exc: Exception) -> bool:
+    """AWS's refusal to decrement below MinSize (judged on AWS's message alone)."""
+    response = getattr(exc, "response", {}) or {}
+    message = str(response.get("Error", {}).get("Message", "")).lower().replace(" ", "")
+    return "minsize" in message or "minimumsize" in message or "mingroupsize" in message
+
+
 def _is_gone(err: CloudError) -> bool:
     text = str(err).lower()
     return err.aws_code.startswith("InvalidInstanceID") or any(m in text for m in _GONE_MARKERS)
@@ -206,11 +213,11 @@ class Boto3Cloud:
             return True
         except Exception as exc:
             err = _map_error(exc, action)
-            if err.aws_code == "ValidationError" and decrement and "min" in str(err).lower():
-                # Decrementing would go below MinSize: let AWS replace it instead.
-                return self.terminate_instance(instance_id, decrement=False)
             if err.aws_code == "ValidationError" and _is_gone(err):
                 return False
+            if err.aws_code == "ValidationError" and decrement and _below_min_size(exc):
+                # Decrementing would go below MinSize: let AWS replace it instead.
+                return self.terminate_instance(instance_id, decrement=False)
             raise err from exc
 
     def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:

@@ -14,6 +14,7 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/1"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/2"
 DEFAULT_REGION = "ap-south-1"
+MAX_LEASE_S = 30 * 86_400.0
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
@@ -55,6 +56,9 @@ class Settings:
     address: AddressKind = AddressKind.PUBLIC
     region: str = DEFAULT_REGION
     visibility_timeout_s: int = 300
+    lease_seconds: float = 0.0  # 0: assignments never expire
+    ready_url: str = ""  # readiness check URL template; "" = AWS state alone decides
+    ready_timeout_seconds: float = 600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,4 +80,22 @@ class Settings:
             address=AddressKind(address),
             region=region,
             visibility_timeout_s=_int(env, "WARMPOOL_VISIBILITY_TIMEOUT_S", 300, low=5, high=86_400),
+            lease_seconds=_float(env, "WARMPOOL_LEASE_SECONDS", 0.0, low=0.0, high=MAX_LEASE_S),
+            ready_url=_ready_url(env.get("WARMPOOL_READY_URL", "").strip()),
+            ready_timeout_seconds=_float(env, "WARMPOOL_READY_TIMEOUT_SECONDS", 600.0, low=0.0, high=86_400),
         )
+
+
+def _ready_url(template: str) -> str:
+    if not template:
+        return ""
+    if not template.startswith(("http://", "https://")) or "{address}" not in template:
+        raise ConfigError(
+            f"WARMPOOL_READY_URL={template!r}: use an http(s) URL template containing {{address}}, "
+            "e.g. http://{address}:8080/healthz"
+        )
+    try:
+        template.format(address="192.0.2.1", instance_id="i-0", private_ip="10.0.0.1", public_ip="192.0.2.1")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"WARMPOOL_READY_URL={template!r}: bad placeholder {exc}") from None
+    return template

@@ -25,6 +25,9 @@ TASK_REFRESH: Final = "warmpool.refresh"
 TASK_AWS_TAG: Final = "warmpool.aws.tag_assigned"
 TASK_AWS_TERMINATE: Final = "warmpool.aws.terminate"
 TASK_AWS_SET_DESIRED: Final = "warmpool.aws.set_desired"
+TASK_AWS_PROBE: Final = "warmpool.aws.probe"
+TASK_TOUCH: Final = "warmpool.touch"
+TASK_MARK_READY: Final = "warmpool.mark_ready"
 
 POOL_QUEUE: Final = "pool"
 AWS_QUEUE: Final = "aws"
@@ -34,6 +37,11 @@ STATUS_ASSIGNED: Final = "assigned"
 STATUS_RELEASED: Final = "released"
 STATUS_NOT_ASSIGNED: Final = "not_assigned"
 STATUS_FAILED: Final = "failed"
+STATUS_WAITING: Final = "waiting"  # internal: the caller was queued; its result comes later
+STATUS_TOUCHED: Final = "touched"
+STATUS_NO_LEASE: Final = "no_lease"
+# Celery state of an assign job whose caller waits in the queue (set before Ignore()).
+STATE_WAITING: Final = "WAITING"
 
 # Stable failure codes carried by {"status": "failed", "code": ...} results.
 CODE_INVALID_PROJECT: Final = "invalid_project"

@@ -10,10 +10,12 @@ from celery import Celery
 from tasks.contract import (
     AWS_QUEUE,
     POOL_QUEUE,
+    TASK_AWS_PROBE,
     TASK_AWS_SET_DESIRED,
     TASK_AWS_TAG,
     TASK_AWS_TERMINATE,
     TASK_REBALANCE,
+    TASK_REFRESH,
 )
 from tasks.model import Machine
 
@@ -45,6 +47,16 @@ class CelerySideEffects:
     def rebalance(self) -> None:
         self._send(TASK_REBALANCE, POOL_QUEUE)
 
+    def refresh(self, *, delay_s: float) -> None:
+        self._app.send_task(TASK_REFRESH, queue=AWS_QUEUE, countdown=delay_s, expires=delay_s + 10, ignore_result=True)
+
+    def probe(self, candidates: list[tuple[str, str]]) -> None:
+        self._send(TASK_AWS_PROBE, AWS_QUEUE, [list(c) for c in candidates])
+
+    def deliver(self, request_id: str, result: dict[str, Any]) -> None:
+        # The waiting caller's own job ended with Ignore(): its result is stored here.
+        self._app.backend.store_result(request_id, result, "SUCCESS")
+
 
 @dataclass
 class RecordingSideEffects:
@@ -63,6 +75,15 @@ class RecordingSideEffects:
 
     def rebalance(self) -> None:
         self.calls.append(("rebalance", None))
+
+    def refresh(self, *, delay_s: float) -> None:
+        self.calls.append(("refresh", delay_s))
+
+    def probe(self, candidates: list[tuple[str, str]]) -> None:
+        self.calls.append(("probe", list(candidates)))
+
+    def deliver(self, request_id: str, result: dict[str, Any]) -> None:
+        self.calls.append(("deliver", (request_id, result)))
 
     def of(self, kind: str) -> list[Any]:
         return [arg for k, arg in self.calls if k == kind]

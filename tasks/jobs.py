@@ -6,40 +6,64 @@ stack trace); only bugs surface as task failures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
 
 from tasks.celery_app import app, service
 from tasks.contract import (
     CODE_BAD_REQUEST,
+    STATE_WAITING,
+    STATUS_WAITING,
     TASK_APPLY_SNAPSHOT,
     TASK_ASSIGN,
+    TASK_MARK_READY,
     TASK_REBALANCE,
     TASK_RELEASE,
     TASK_STATUS,
+    TASK_TOUCH,
     failure,
 )
-from tasks.errors import InvalidProject, StoreUnavailable
+from tasks.errors import InvalidProject, InvalidRequest, StoreUnavailable
 from tasks.model import snapshot_from_json
 
 
-def _guarded(project_id: Any, call: Any) -> dict[str, Any]:
+def _guarded(call: Callable[[], dict[str, Any]], project_id: Any) -> dict[str, Any]:
     try:
-        result: dict[str, Any] = call(project_id)
-        return result
-    except InvalidProject as exc:
+        return call()
+    except (InvalidProject, InvalidRequest) as exc:
         return failure(exc.code, str(exc))
     except StoreUnavailable as exc:
         return failure(exc.code, str(exc), project_id=project_id)
 
 
-@app.task(name=TASK_ASSIGN)
-def assign(project_id: Any) -> dict[str, Any]:
-    return _guarded(project_id, service().assign)
+@app.task(name=TASK_ASSIGN, bind=True)
+def assign(self: Task, project_id: Any, wait_s: Any = 0.0, lease_s: Any = None, deadline: Any = None) -> dict[str, Any]:
+    result = _guarded(
+        lambda: service().assign(
+            project_id, wait_s=wait_s, lease_s=lease_s, request_id=self.request.id, deadline=deadline
+        ),
+        project_id,
+    )
+    if result.get("status") == STATUS_WAITING:
+        # The caller waits in the FIFO queue; whoever serves it stores the
+        # final result under this job's id. Mark the job as waiting so the
+        # caller can tell "queued, no machine in time" from "no worker".
+        self.update_state(state=STATE_WAITING, meta=result)
+        raise Ignore()
+    return result
 
 
 @app.task(name=TASK_RELEASE)
 def release(project_id: Any) -> dict[str, Any]:
-    return _guarded(project_id, service().release)
+    return _guarded(lambda: service().release(project_id), project_id)
+
+
+@app.task(name=TASK_TOUCH)
+def touch(project_id: Any, lease_s: Any = None) -> dict[str, Any]:
+    return _guarded(lambda: service().touch(project_id, lease_s=lease_s), project_id)
 
 
 @app.task(name=TASK_STATUS)
@@ -50,6 +74,13 @@ def status() -> dict[str, Any]:
 @app.task(name=TASK_REBALANCE, ignore_result=True)
 def rebalance() -> dict[str, Any]:
     return service().rebalance()
+
+
+@app.task(name=TASK_MARK_READY, ignore_result=True)
+def mark_ready(instance_ids: Any) -> dict[str, Any]:
+    if not isinstance(instance_ids, list) or not all(isinstance(i, str) for i in instance_ids):
+        return failure(CODE_BAD_REQUEST, "mark_ready takes a list of instance ids")
+    return service().mark_ready(instance_ids)
 
 
 @app.task(name=TASK_APPLY_SNAPSHOT, ignore_result=True)

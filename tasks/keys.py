@@ -18,11 +18,24 @@ key                  type    meaning
                              releases and scale-in until the next refresh), ``observed_at``
                              (time of the newest applied snapshot; older ones are refused),
                              ``refreshed_at``, ``refresh_error``, ``refresh_error_at``,
-                             ``lost_total``, ``wanted``, ``capped``
+                             ``lost_total``, ``wanted``, ``capped``, ``unready_total``
+                             (machines terminated for never becoming ready),
+                             ``backoff_until`` / ``backoff_reason`` (scale-up paused)
 ``lost``             list    JSON records of assigned machines that vanished, newest first,
                              trimmed to LOST_KEEP entries
 ``rebalance``        string  "1" while a rebalance job is queued; TTL REBALANCE_COALESCE_MS.
                              Coalesces the rebalance that assign/release ask for.
+``leases``           zset    instance id -> lease expiry (epoch s) of assigned machines with
+                             a lease; expired members are released like ``release``
+``waiters``          zset    request id -> arrival sequence: callers waiting for a machine
+                             (assign with ``wait``), served lowest score first (FIFO)
+``waiter_data``      hash    request id -> JSON tasks.model.Waiter (project, deadline, lease)
+``waiter_seq``       string  counter giving each waiter its arrival sequence
+``unready``          zset    instance id -> when it was terminated for never becoming ready;
+                             members older than UNREADY_WINDOW_S are trimmed. Drives the
+                             launch back-off.
+``refresh_soon``     string  "1" while an early refresh is queued (someone waits); TTL
+                             REFRESH_SOON_MS
 ===================  ======  ==============================================================
 """
 
@@ -32,6 +45,8 @@ from dataclasses import dataclass
 
 LOST_KEEP = 100
 REBALANCE_COALESCE_MS = 5_000
+REFRESH_SOON_MS = 1_000
+UNREADY_WINDOW_S = 3_600
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,12 @@ class PoolKeys:
     group: str
     lost: str
     rebalance: str
+    leases: str
+    waiters: str
+    waiter_data: str
+    waiter_seq: str
+    unready: str
+    refresh_soon: str
 
     @classmethod
     def for_group(cls, asg_name: str) -> PoolKeys:
@@ -55,6 +76,12 @@ class PoolKeys:
             group=prefix + "group",
             lost=prefix + "lost",
             rebalance=prefix + "rebalance",
+            leases=prefix + "leases",
+            waiters=prefix + "waiters",
+            waiter_data=prefix + "waiter_data",
+            waiter_seq=prefix + "waiter_seq",
+            unready=prefix + "unready",
+            refresh_soon=prefix + "refresh_soon",
         )
 
     def all(self) -> tuple[str, ...]:

@@ -6,8 +6,9 @@ import threading
 import time
 from dataclasses import replace
 
-from tasks.keys import LOST_KEEP, REBALANCE_COALESCE_MS
+from tasks.keys import LOST_KEEP, REBALANCE_COALESCE_MS, UNREADY_WINDOW_S
 from tasks.model import (
+    AWAITING_READY,
     AddressKind,
     GroupSnapshot,
     LostMachine,
@@ -15,6 +16,7 @@ from tasks.model import (
     MachineState,
     PoolView,
     Reconciliation,
+    Waiter,
     choose_for_assignment,
     reconcile,
 )
@@ -34,6 +36,9 @@ class InMemoryStore:
         self._group = GroupInfo()
         self._lost: list[LostMachine] = []
         self._flag_until = 0.0
+        self._refresh_until = 0.0
+        self._waiters: dict[str, Waiter] = {}  # insertion order = arrival order
+        self._unready: dict[str, float] = {}
 
     def _flag(self) -> bool:
         now = time.monotonic()
@@ -45,14 +50,25 @@ class InMemoryStore:
     def _idle_count(self) -> int:
         return sum(1 for m in self._machines.values() if m.state is MachineState.IDLE)
 
-    def assign(self, project_id: str, *, now: float, assigned_at: str, idle_target: int) -> AssignOutcome:
+    def _held(self, project_id: str) -> Machine | None:
+        held = self._projects.get(project_id)
+        current = self._machines.get(held) if held else None
+        if current is None or current.state is not MachineState.ASSIGNED or current.project_id != project_id:
+            return None
+        return current
+
+    def assign(
+        self, project_id: str, *, now: float, assigned_at: str, idle_target: int, lease_s: float = 0.0
+    ) -> AssignOutcome:
+        lease_fields = (lease_s, now + lease_s) if lease_s > 0 else (0.0, 0.0)
         with self._lock:
-            held = self._projects.get(project_id)
-            if held is not None:
-                current = self._machines.get(held)
-                if current and current.state is MachineState.ASSIGNED and current.project_id == project_id:
-                    return AssignOutcome(machine=current, new=False, rebalance=False)
-                del self._projects[project_id]
+            current = self._held(project_id)
+            if current is not None:
+                if lease_s > 0:
+                    current = replace(current, lease_s=lease_fields[0], lease_expires_at=lease_fields[1])
+                    self._machines[current.instance_id] = current
+                return AssignOutcome(machine=current, new=False, rebalance=False)
+            self._projects.pop(project_id, None)
             idle = [m for m in self._machines.values() if m.state is MachineState.IDLE]
             chosen = choose_for_assignment(idle)
             if chosen is None:
@@ -65,25 +81,91 @@ class InMemoryStore:
                 since=now,
                 tagged=False,
                 protected=False,
+                lease_s=lease_fields[0],
+                lease_expires_at=lease_fields[1],
             )
             self._machines[machine.instance_id] = machine
             self._projects[project_id] = machine.instance_id
             rebalance = self._idle_count() < idle_target and self._flag()
             return AssignOutcome(machine=machine, new=True, rebalance=rebalance)
 
-    def release(self, project_id: str, *, now: float) -> ReleaseOutcome:
+    def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome:
+        nothing = ReleaseOutcome(machine=None, decrement=False, rebalance=False)
         with self._lock:
-            held = self._projects.pop(project_id, None)
-            current = self._machines.get(held) if held else None
-            if current is None or current.state is not MachineState.ASSIGNED or current.project_id != project_id:
-                return ReleaseOutcome(machine=None, decrement=False, rebalance=False)
-            machine = replace(current, state=MachineState.RELEASING, since=now)
+            current = self._held(project_id)
+            if current is None:
+                self._projects.pop(project_id, None)
+                return nothing
+            if lease_expired_before is not None and not 0 < current.lease_expires_at <= lease_expired_before:
+                return nothing
+            del self._projects[project_id]
+            detail = "lease expired" if lease_expired_before is not None else current.detail
+            machine = replace(current, state=MachineState.RELEASING, since=now, detail=detail)
             self._machines[machine.instance_id] = machine
             g = self._group
             decrement = g.known and g.desired_capacity - 1 >= g.min_size
             if decrement:
                 self._group = replace(g, desired_capacity=g.desired_capacity - 1)
             return ReleaseOutcome(machine=machine, decrement=decrement, rebalance=self._flag())
+
+    def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]:
+        with self._lock:
+            current = self._held(project_id)
+            if current is None:
+                return "not_assigned", None
+            length = lease_s if lease_s > 0 else current.lease_s
+            if length <= 0:
+                return "no_lease", current
+            machine = replace(current, lease_s=length, lease_expires_at=now + length)
+            self._machines[machine.instance_id] = machine
+            return "touched", machine
+
+    def add_waiter(self, waiter: Waiter) -> bool:
+        with self._lock:
+            if waiter.request_id in self._waiters:
+                return False
+            self._waiters[waiter.request_id] = waiter
+            return True
+
+    def waiters(self) -> list[Waiter]:
+        with self._lock:
+            return list(self._waiters.values())
+
+    def remove_waiter(self, request_id: str) -> None:
+        with self._lock:
+            self._waiters.pop(request_id, None)
+
+    def mark_ready(self, instance_ids: list[str], *, now: float) -> list[Machine]:
+        ready: list[Machine] = []
+        with self._lock:
+            for iid in instance_ids:
+                m = self._machines.get(iid)
+                if m is None or m.state is not MachineState.PENDING or m.detail != AWAITING_READY:
+                    continue
+                m = replace(m, state=MachineState.IDLE, since=now, detail="", ready_checked=True)
+                self._machines[iid] = m
+                ready.append(m)
+        return ready
+
+    def record_unready(self, instance_ids: list[str], *, now: float) -> int:
+        with self._lock:
+            for iid in instance_ids:
+                self._unready[iid] = now
+            self._unready = {i: t for i, t in self._unready.items() if t > now - UNREADY_WINDOW_S}
+            self._group = replace(self._group, unready_total=self._group.unready_total + len(instance_ids))
+            return len(self._unready)
+
+    def record_backoff(self, *, until: float, reason: str) -> None:
+        with self._lock:
+            self._group = replace(self._group, backoff_until=until, backoff_reason=reason[:300])
+
+    def request_refresh_soon(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._refresh_until:
+                return False
+            self._refresh_until = now + 1.0
+            return True
 
     def view(self) -> PoolView:
         with self._lock:
@@ -92,12 +174,14 @@ class InMemoryStore:
     def group(self) -> GroupInfo:
         return self._group
 
-    def apply_snapshot(self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float) -> Reconciliation | None:
+    def apply_snapshot(
+        self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float, require_ready_check: bool = False
+    ) -> Reconciliation | None:
         with self._lock:
             if snapshot.observed_at < self._group.observed_at:
                 return None
             view = PoolView(machines=dict(self._machines), projects=dict(self._projects))
-            rec = reconcile(view, snapshot, kind=kind, now=now)
+            rec = reconcile(view, snapshot, kind=kind, now=now, require_ready_check=require_ready_check)
             for m in rec.upserts:
                 self._machines[m.instance_id] = m
             for iid in rec.removals:
@@ -118,16 +202,25 @@ class InMemoryStore:
             )
             return rec
 
-    def claim_for_termination(self, instance_ids: list[str], *, now: float, detail: str) -> list[Machine]:
+    def claim_for_termination(
+        self,
+        instance_ids: list[str],
+        *,
+        now: float,
+        detail: str,
+        expected: MachineState = MachineState.IDLE,
+        decrement: bool = True,
+    ) -> list[Machine]:
         claimed: list[Machine] = []
         with self._lock:
             for iid in instance_ids:
                 current = self._machines.get(iid)
-                if current is None or current.state is not MachineState.IDLE:
+                if current is None or current.state is not expected or expected is MachineState.ASSIGNED:
                     continue
                 machine = replace(current, state=MachineState.RELEASING, since=now, detail=detail)
                 self._machines[iid] = machine
-                self._group = replace(self._group, desired_capacity=self._group.desired_capacity - 1)
+                if decrement:
+                    self._group = replace(self._group, desired_capacity=self._group.desired_capacity - 1)
                 claimed.append(machine)
         return claimed
 

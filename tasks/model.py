@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from tasks.contract import PROJECT_ID_PATTERN
@@ -67,6 +68,9 @@ _GONE_LIFECYCLES = frozenset(
     }
 )
 _GONE_EC2_STATES = frozenset({"shutting-down", "terminated"})
+# Operators park instances in Standby on purpose: never time those out.
+_PARKED_DETAILS = ("lifecycle Standby", "lifecycle EnteringStandby")
+AWAITING_READY = "awaiting readiness check"
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,11 @@ class GroupSnapshot:
     desired_capacity: int
     instances: tuple[CloudInstance, ...]
     observed_at: float
+
+
+def iso_utc(ts: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds (the format of tags and results)."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def address_of(instance: CloudInstance, kind: AddressKind) -> str | None:
@@ -135,6 +144,9 @@ class Machine:
     launched_at: float = 0.0
     tagged: bool = False  # AWS carries warmpool:project == project_id
     protected: bool = False  # AWS protects it from scale-in
+    ready_checked: bool = False  # passed the WARMPOOL_READY_URL check (when one is configured)
+    lease_s: float = 0.0  # lease length of the assignment; 0 = no lease
+    lease_expires_at: float = 0.0  # epoch seconds; 0 = never
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +163,9 @@ class Machine:
             "launched_at": self.launched_at,
             "tagged": self.tagged,
             "protected": self.protected,
+            "ready_checked": self.ready_checked,
+            "lease_s": self.lease_s,
+            "lease_expires_at": self.lease_expires_at,
         }
 
     @classmethod
@@ -169,6 +184,9 @@ class Machine:
             launched_at=float(data.get("launched_at") or 0.0),
             tagged=bool(data.get("tagged")),
             protected=bool(data.get("protected")),
+            ready_checked=bool(data.get("ready_checked")),
+            lease_s=float(data.get("lease_s") or 0.0),
+            lease_expires_at=float(data.get("lease_expires_at") or 0.0),
         )
 
 
@@ -251,6 +269,7 @@ def _unheld_machine(
     kind: AddressKind,
     projects: dict[str, str],
     now: float,
+    require_ready_check: bool,
 ) -> Machine:
     """The new record for an instance no project holds in the store."""
     base = current or Machine(instance_id=inst.instance_id, state=MachineState.PENDING, since=now)
@@ -272,6 +291,8 @@ def _unheld_machine(
         # The project already holds another machine: this one is a stale claim.
         return replace(base, state=MachineState.RELEASING, since=now, detail=f"duplicate of {tag}")
     readiness, why = classify(inst, kind)
+    if readiness is Readiness.READY and require_ready_check and not base.ready_checked:
+        readiness, why = Readiness.NOT_READY, AWAITING_READY
     if readiness is Readiness.READY:
         if base.state is MachineState.IDLE:
             return replace(base, detail="")
@@ -281,14 +302,22 @@ def _unheld_machine(
     return replace(base, state=MachineState.PENDING, since=now, detail=why)
 
 
-def reconcile(view: PoolView, snapshot: GroupSnapshot, *, kind: AddressKind, now: float) -> Reconciliation:
+def reconcile(
+    view: PoolView,
+    snapshot: GroupSnapshot,
+    *,
+    kind: AddressKind,
+    now: float,
+    require_ready_check: bool = False,
+) -> Reconciliation:
     """Fold one complete snapshot of the group into the pool state.
 
     Rules: the store is the truth for machines it knows as assigned or releasing
     (their tags may lag behind a side effect); tags are the truth for instances
     the store does not hold (state lost: restore); everything else is classified
     afresh. Instances that left the group are dropped, and assigned ones are
-    reported lost.
+    reported lost. With ``require_ready_check`` an instance AWS calls ready
+    stays pending until a readiness probe passed (``ready_checked``).
     """
     projects = dict(view.projects)
     present: dict[str, CloudInstance] = {}
@@ -300,8 +329,13 @@ def reconcile(view: PoolView, snapshot: GroupSnapshot, *, kind: AddressKind, now
     upserts: list[Machine] = []
     restored: list[Machine] = []
     duplicates: list[Machine] = []
-    # Held machines first, so a tag on an unheld instance sees every current holder.
-    ordered = sorted(present.values(), key=lambda i: _held_first(view.machines.get(i.instance_id)))
+    # Held machines first, so a tag on an unheld instance sees every current holder;
+    # then the newest tag first, so when two instances carry the same project
+    # (a release's termination still queued when state was lost) the project
+    # gets back the machine it was given last, and the older one is retired.
+    ordered = sorted(present.values(), key=lambda i: i.instance_id)
+    ordered.sort(key=lambda i: i.assigned_at_tag or "", reverse=True)
+    ordered.sort(key=lambda i: _held_first(view.machines.get(i.instance_id)))
     for inst in ordered:
         current = view.machines.get(inst.instance_id)
         if current is not None and current.state in (
@@ -310,7 +344,9 @@ def reconcile(view: PoolView, snapshot: GroupSnapshot, *, kind: AddressKind, now
         ):
             new = _observed(current, inst, kind)
         else:
-            new = _unheld_machine(current, inst, kind=kind, projects=projects, now=now)
+            new = _unheld_machine(
+                current, inst, kind=kind, projects=projects, now=now, require_ready_check=require_ready_check
+            )
             if new.state is MachineState.ASSIGNED:
                 restored.append(new)
             elif new.state is MachineState.RELEASING:
@@ -367,7 +403,8 @@ def _held_first(machine: Machine | None) -> int:
 
 def choose_for_assignment(idle: Iterable[Machine]) -> Machine | None:
     """The idle machine to hand out next: the one idle longest (ties: instance id)."""
-    return min(idle, key=lambda m: (m.since, m.instance_id), default=None)
+    candidates = (m for m in idle if m.state is MachineState.IDLE)
+    return min(candidates, key=lambda m: (m.since, m.instance_id), default=None)
 
 
 def choose_for_termination(idle: Iterable[Machine], count: int) -> list[Machine]:
@@ -416,3 +453,43 @@ def snapshot_from_json(data: Mapping[str, Any]) -> GroupSnapshot:
         instances=instances,
         observed_at=float(data["observed_at"]),
     )
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A caller waiting for a machine (assign with ``wait``), served in arrival order."""
+
+    request_id: str  # the Celery task id its result is delivered to
+    project_id: str
+    deadline: float  # epoch seconds; never served after it
+    lease_s: float = 0.0
+    arrived: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Waiter:
+        return cls(
+            request_id=str(data["request_id"]),
+            project_id=str(data["project_id"]),
+            deadline=float(data["deadline"]),
+            lease_s=float(data.get("lease_s") or 0.0),
+            arrived=float(data.get("arrived") or 0.0),
+        )
+
+
+def unready_overdue(machines: Iterable[Machine], *, now: float, timeout_s: float) -> list[Machine]:
+    """Pending machines that stayed unready longer than ``timeout_s`` (parked Standby excluded)."""
+    if timeout_s <= 0:
+        return []
+    return [
+        m
+        for m in machines
+        if m.state is MachineState.PENDING and now - m.since >= timeout_s and not m.detail.startswith(_PARKED_DETAILS)
+    ]
+
+
+def leases_expired(machines: Iterable[Machine], *, now: float) -> list[Machine]:
+    """Assigned machines whose lease ran out."""
+    return [m for m in machines if m.state is MachineState.ASSIGNED and 0 < m.lease_expires_at <= now and m.project_id]

@@ -1,18 +1,18 @@
-"""Use cases of the pool worker: assign, release, apply a refresh, rebalance, status.
+"""Use cases of the pool worker: assign (now or after waiting), release, touch, refresh, rebalance.
 
 The service composes the pure model with two ports: the StateStore and the
-SideEffects sink (AWS work deferred to the ``aws`` queue). It never calls AWS
-itself, which keeps AWS off the assign path (DESIGN.md invariant 8).
-Results are the JSON dicts of the external contract.
+SideEffects sink (AWS work deferred to the ``aws`` queue, results delivered to
+waiting callers). It never calls AWS itself, which keeps AWS off the assign
+path (DESIGN.md invariant 8). Results are the JSON dicts of the contract.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tasks.contract import (
@@ -23,8 +23,20 @@ from tasks.contract import (
     failure,
     validate_project_id,
 )
-from tasks.model import AddressKind, GroupSnapshot, Machine, MachineState
+from tasks.errors import InvalidRequest
+from tasks.model import (
+    AWAITING_READY,
+    AddressKind,
+    GroupSnapshot,
+    Machine,
+    MachineState,
+    Waiter,
+    iso_utc,
+    leases_expired,
+    unready_overdue,
+)
 from tasks.planner import decrement_allowed, plan_capacity
+from tasks.status import build_status
 from tasks.store import StateStore
 
 log = logging.getLogger("warmpool.pool")
@@ -33,6 +45,16 @@ log = logging.getLogger("warmpool.pool")
 # stay in the group, before rebalance asks AWS again (side effects are retried
 # by the aws workers already; this covers jobs lost outright).
 CONVERGE_AFTER_S = 15.0
+# A waiting caller is never served later than this before its own deadline,
+# so the result reaches it before it gives up (covers delivery and clock skew).
+DEADLINE_MARGIN_S = 0.5
+MAX_WAIT_S = 3600.0
+MAX_LEASE_S = 30 * 86_400.0
+# Launch back-off: after this many machines never became ready within the
+# window, scale-up pauses, doubling from BACKOFF_BASE_S up to BACKOFF_MAX_S.
+BACKOFF_AFTER = 3
+BACKOFF_BASE_S = 60.0
+BACKOFF_MAX_S = 900.0
 
 
 class SideEffects(Protocol):
@@ -46,20 +68,25 @@ class SideEffects(Protocol):
 
     def rebalance(self) -> None: ...
 
+    def refresh(self, *, delay_s: float) -> None: ...
+
+    def probe(self, candidates: list[tuple[str, str]]) -> None: ...
+
+    def deliver(self, request_id: str, result: dict[str, Any]) -> None: ...
+
 
 @dataclass(frozen=True)
 class PoolConfig:
     asg_name: str
     idle_target: int
     address: AddressKind
-
-
-def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    lease_s: float = 0.0  # default lease of an assignment; 0 = none
+    require_ready_check: bool = False  # WARMPOOL_READY_URL is set
+    ready_timeout_s: float = 600.0
 
 
 def assigned_result(machine: Machine) -> dict[str, Any]:
-    return {
+    result: dict[str, Any] = {
         "status": STATUS_ASSIGNED,
         "project_id": machine.project_id,
         "instance_id": machine.instance_id,
@@ -67,6 +94,17 @@ def assigned_result(machine: Machine) -> dict[str, Any]:
         "private_ip": machine.private_ip,
         "assigned_at": machine.assigned_at,
     }
+    if machine.lease_expires_at:
+        result["lease_expires_at"] = iso_utc(machine.lease_expires_at)
+    return result
+
+
+def _bounded(value: Any, name: str, *, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be a number of seconds, got {value!r:.40}")
+    if not 0 <= value <= high:
+        raise InvalidRequest(f"{name} must be between 0 and {high:.0f} seconds, got {value}")
+    return float(value)
 
 
 class PoolService:
@@ -85,33 +123,69 @@ class PoolService:
         self.config = config
         self._clock = clock
 
-    # -- assign / release -------------------------------------------------
-    def assign(self, project_id: str) -> dict[str, Any]:
-        """Hand the project an idle machine (the one it holds, if any)."""
+    # -- assign / release / touch -----------------------------------------
+    def assign(
+        self,
+        project_id: str,
+        *,
+        wait_s: Any = 0.0,
+        lease_s: Any = None,
+        request_id: str | None = None,
+        deadline: Any = None,
+    ) -> dict[str, Any]:
+        """Hand the project an idle machine (the one it holds, if any), or queue it to wait.
+
+        With ``wait_s`` > 0 and no idle machine, the caller is queued (FIFO) and
+        a ``waiting`` result is returned; the real result is delivered to
+        ``request_id`` later, never after the caller's deadline.
+        """
         validate_project_id(project_id)
+        wait = _bounded(wait_s, "wait", high=MAX_WAIT_S)
+        lease = self.config.lease_s if lease_s is None else _bounded(lease_s, "lease", high=MAX_LEASE_S)
         now = self._clock()
         outcome = self.store.assign(
-            project_id,
-            now=now,
-            assigned_at=iso_utc(now),
-            idle_target=self.config.idle_target,
+            project_id, now=now, assigned_at=iso_utc(now), idle_target=self.config.idle_target, lease_s=lease
         )
         if outcome.rebalance:
             self.effects.rebalance()
-        if outcome.machine is None:
-            group = self.store.group()
-            capped = group.capped or (group.known and group.desired_capacity >= group.max_size)
-            why = f"capped by MaxSize={group.max_size}" if capped else "scale-up requested"
-            return failure(
-                CODE_NO_CAPACITY,
-                f"no idle machine in {self.config.asg_name} ({why})",
-                project_id=project_id,
-                capped=capped,
-                max_size=group.max_size,
-            )
-        if outcome.new:
-            self.effects.tag_assigned(outcome.machine)
-        return assigned_result(outcome.machine)
+        if outcome.machine is not None:
+            if outcome.new:
+                self.effects.tag_assigned(outcome.machine)
+            return assigned_result(outcome.machine)
+        serve_by = now + wait - min(DEADLINE_MARGIN_S, wait / 10)
+        if deadline is not None:
+            serve_by = min(serve_by, _bounded(deadline, "deadline", high=math.inf) - min(DEADLINE_MARGIN_S, wait / 10))
+        if request_id and serve_by > now:
+            waiter = Waiter(request_id, project_id, deadline=serve_by, lease_s=lease, arrived=now)
+            self.store.add_waiter(waiter)
+            self._scale_for_waiters()
+            return {"status": "waiting", "project_id": project_id, "deadline": iso_utc(serve_by)}
+        return self._no_capacity(project_id)
+
+    def _no_capacity(self, project_id: str) -> dict[str, Any]:
+        group = self.store.group()
+        capped = group.capped or (group.known and group.desired_capacity >= group.max_size)
+        if capped:
+            why = f"capped by MaxSize={group.max_size}"
+        elif group.backoff_until > self._clock():
+            why = f"scale-up paused: {group.backoff_reason}"
+        else:
+            why = "scale-up requested"
+        return failure(
+            CODE_NO_CAPACITY,
+            f"no idle machine in {self.config.asg_name} ({why})",
+            project_id=project_id,
+            capped=capped,
+            max_size=group.max_size,
+        )
+
+    def _scale_for_waiters(self) -> None:
+        # Desired counts waiting callers: scale up now, not at the next beat
+        # tick, and look at the group again soon instead of every interval.
+        if self.store.request_rebalance():
+            self.effects.rebalance()
+        if self.store.request_refresh_soon():
+            self.effects.refresh(delay_s=1.0)
 
     def release(self, project_id: str) -> dict[str, Any]:
         """Take the project's machine back: terminate it and let the buffer refill."""
@@ -122,46 +196,88 @@ class PoolService:
         self.effects.terminate(outcome.machine.instance_id, decrement=outcome.decrement)
         if outcome.rebalance:
             self.effects.rebalance()
-        return {
-            "status": STATUS_RELEASED,
-            "project_id": project_id,
-            "instance_id": outcome.machine.instance_id,
-        }
+        return {"status": STATUS_RELEASED, "project_id": project_id, "instance_id": outcome.machine.instance_id}
 
-    # -- refresh / rebalance ----------------------------------------------
-    def apply_snapshot(self, snapshot: GroupSnapshot) -> dict[str, Any]:
-        """Fold a refresh into the state, then rebalance and converge side effects."""
+    def touch(self, project_id: str, *, lease_s: Any = None) -> dict[str, Any]:
+        """Renew the lease of the project's machine (``lease_s`` overrides its length)."""
+        validate_project_id(project_id)
+        lease = 0.0 if lease_s is None else _bounded(lease_s, "lease", high=MAX_LEASE_S)
+        outcome, machine = self.store.touch(project_id, now=self._clock(), lease_s=lease)
+        if machine is None:
+            return {"status": STATUS_NOT_ASSIGNED, "project_id": project_id}
+        result = {"status": outcome, "project_id": project_id, "instance_id": machine.instance_id}
+        if machine.lease_expires_at:
+            result["lease_expires_at"] = iso_utc(machine.lease_expires_at)
+        return result
+
+    # -- waiting callers --------------------------------------------------
+    def serve_waiters(self) -> int:
+        """Hand idle machines to waiting callers in arrival order; drop the expired ones."""
+        served = 0
+        waiters = self.store.waiters()
+        for waiter in waiters:
+            now = self._clock()
+            if waiter.deadline <= now:
+                # Its caller has given up (or is about to): withdraw the place, never assign.
+                self.store.remove_waiter(waiter.request_id)
+                self.effects.deliver(waiter.request_id, self._no_capacity(waiter.project_id))
+                continue
+            outcome = self.store.assign(
+                waiter.project_id,
+                now=now,
+                assigned_at=iso_utc(now),
+                idle_target=self.config.idle_target,
+                lease_s=waiter.lease_s,
+            )
+            if outcome.machine is None:
+                break
+            if outcome.new:
+                self.effects.tag_assigned(outcome.machine)
+            self.effects.deliver(waiter.request_id, assigned_result(outcome.machine))
+            self.store.remove_waiter(waiter.request_id)
+            served += 1
+        if waiters and self._waiting_count():
+            self._scale_for_waiters()
+        return served
+
+    def _waiting_count(self) -> int:
         now = self._clock()
-        rec = self.store.apply_snapshot(snapshot, kind=self.config.address, now=now)
+        return len({w.project_id for w in self.store.waiters() if w.deadline > now})
+
+    # -- refresh / readiness / rebalance ----------------------------------
+    def apply_snapshot(self, snapshot: GroupSnapshot) -> dict[str, Any]:
+        """Fold a refresh into the state, serve waiters, rebalance and converge side effects."""
+        now = self._clock()
+        rec = self.store.apply_snapshot(
+            snapshot, kind=self.config.address, now=now, require_ready_check=self.config.require_ready_check
+        )
         if rec is None:
             return {"applied": False, "reason": "stale snapshot"}
         for lost in rec.lost:
             log.warning(
                 "assigned machine lost",
-                extra={
-                    "project_id": lost.project_id,
-                    "instance_id": lost.instance_id,
-                    "reason": lost.reason,
-                },
+                extra={"project_id": lost.project_id, "instance_id": lost.instance_id, "reason": lost.reason},
             )
         for m in rec.restored:
-            log.info(
-                "assignment restored from tags",
-                extra={"project_id": m.project_id, "instance_id": m.instance_id},
-            )
+            log.info("assignment restored from tags", extra={"project_id": m.project_id, "instance_id": m.instance_id})
         for m in rec.duplicates:
-            log.warning(
-                "duplicate claim retired",
-                extra={"instance_id": m.instance_id, "detail": m.detail},
-            )
+            log.warning("duplicate claim retired", extra={"instance_id": m.instance_id, "detail": m.detail})
+        served = self.serve_waiters()
         summary = self.rebalance(converge=True)
         return {
             "applied": True,
             "instances": len(snapshot.instances),
             "lost": [x.to_json() for x in rec.lost],
             "restored": len(rec.restored),
+            "served_waiters": served,
             **summary,
         }
+
+    def mark_ready(self, instance_ids: list[str]) -> dict[str, Any]:
+        """Readiness checks passed for these machines: make them idle and serve waiters."""
+        ready = self.store.mark_ready(instance_ids, now=self._clock())
+        served = self.serve_waiters() if ready else 0
+        return {"ready": [m.instance_id for m in ready], "served_waiters": served}
 
     def record_refresh_error(self, message: str) -> dict[str, Any]:
         log.error("refresh failed", extra={"error": message})
@@ -169,40 +285,91 @@ class PoolService:
         return {"applied": False, "reason": message}
 
     def rebalance(self, *, converge: bool = False) -> dict[str, Any]:
-        """Resize toward assigned + idle target; terminate surplus idle machines by name."""
+        """Resize toward assigned + idle target + waiting; terminate surplus idle machines by name."""
         self.store.rebalance_started()
         group = self.store.group()
         if not group.known:
             return {"rebalanced": False, "reason": "group not observed yet"}
-        view = self.store.view()
-        plan = plan_capacity(view, group.bounds, idle_target=self.config.idle_target)
         now = self._clock()
-        if plan.set_desired is not None:
-            self.effects.set_desired(plan.set_desired)
+        expired = self._expire_leases(now)
+        replaced = self._replace_unready(now)
+        view = self.store.view()
+        plan = plan_capacity(view, group.bounds, idle_target=self.config.idle_target, waiting=self._waiting_count())
+        set_desired = plan.set_desired
+        if set_desired is not None and self.store.group().backoff_until > now:
+            log.warning("scale-up paused", extra={"wanted": set_desired, "reason": group.backoff_reason})
+            set_desired = None
+        if set_desired is not None:
+            self.effects.set_desired(set_desired)
         claimed = self.store.claim_for_termination([m.instance_id for m in plan.terminate], now=now, detail="scale-in")
         for m in claimed:
             self.effects.terminate(m.instance_id, decrement=True)
-        self.store.record_plan(wanted=plan.wanted, capped=plan.capped, desired_capacity=plan.set_desired)
+        self.store.record_plan(wanted=plan.wanted, capped=plan.capped, desired_capacity=set_desired)
         if plan.capped:
-            log.warning(
-                "pool capped by MaxSize",
-                extra={"wanted": plan.wanted, "max_size": group.max_size},
-            )
+            log.warning("pool capped by MaxSize", extra={"wanted": plan.wanted, "max_size": group.max_size})
         converged = self._converge(view.machines.values(), now=now) if converge else 0
         return {
             "rebalanced": True,
             "target": plan.target,
             "wanted": plan.wanted,
             "capped": plan.capped,
-            "set_desired": plan.set_desired,
+            "set_desired": set_desired,
             "terminated": [m.instance_id for m in claimed],
+            "leases_expired": expired,
+            "unready_replaced": replaced,
             "converged": converged,
         }
 
-    def _converge(self, machines: Any, *, now: float) -> int:
-        """Re-issue side effects AWS does not reflect yet (lost jobs, exhausted retries)."""
+    def _expire_leases(self, now: float) -> list[str]:
+        """Release machines whose lease ran out, exactly like ``release``."""
+        released = []
+        for m in leases_expired(self.store.view().machines.values(), now=now):
+            assert m.project_id is not None
+            outcome = self.store.release(m.project_id, now=now, lease_expired_before=now)
+            if outcome.machine is None:
+                continue  # touched or released in between
+            log.warning(
+                "lease expired: machine released", extra={"project_id": m.project_id, "instance_id": m.instance_id}
+            )
+            self.effects.terminate(outcome.machine.instance_id, decrement=outcome.decrement)
+            released.append(m.project_id)
+        return released
+
+    def _replace_unready(self, now: float) -> list[str]:
+        """Terminate machines that never became ready; pause scale-up when launches keep failing."""
+        group = self.store.group()
+        overdue = unready_overdue(self.store.view().machines.values(), now=now, timeout_s=self.config.ready_timeout_s)
+        if not overdue:
+            return []
+        backing_off = group.backoff_until > now
+        # While backing off, do not let AWS replace them: that is the churn we stop.
+        decrement = backing_off and decrement_allowed(group.bounds)
+        detail = f"unready for {self.config.ready_timeout_s:.0f}s"
+        claimed = self.store.claim_for_termination(
+            [m.instance_id for m in overdue],
+            now=now,
+            detail=detail,
+            expected=MachineState.PENDING,
+            decrement=decrement,
+        )
+        for m in claimed:
+            log.warning(
+                "machine never became ready: replaced", extra={"instance_id": m.instance_id, "detail": m.detail}
+            )
+            self.effects.terminate(m.instance_id, decrement=decrement)
+        recent = self.store.record_unready([m.instance_id for m in claimed], now=now)
+        if claimed and recent >= BACKOFF_AFTER:
+            pause = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (recent - BACKOFF_AFTER))
+            reason = f"{recent} machines never became ready within {self.config.ready_timeout_s:.0f}s in the last hour"
+            self.store.record_backoff(until=now + pause, reason=reason)
+            log.error("launches keep failing: scale-up paused", extra={"pause_s": pause, "reason": reason})
+        return [m.instance_id for m in claimed]
+
+    def _converge(self, machines: Iterable[Machine], *, now: float) -> int:
+        """Re-issue side effects AWS does not reflect yet (lost jobs, exhausted retries); probe readiness."""
         bounds = self.store.group().bounds
         count = 0
+        candidates: list[tuple[str, str]] = []
         for m in machines:
             overdue = now - m.since >= CONVERGE_AFTER_S
             if m.state is MachineState.ASSIGNED and not (m.tagged and m.protected) and overdue:
@@ -211,45 +378,19 @@ class PoolService:
             elif m.state is MachineState.RELEASING and (overdue or m.detail.startswith("duplicate")):
                 self.effects.terminate(m.instance_id, decrement=decrement_allowed(bounds))
                 count += 1
+            elif m.state is MachineState.PENDING and m.detail == AWAITING_READY and m.ip:
+                candidates.append((m.instance_id, m.ip))
+        if candidates:
+            self.effects.probe(candidates)
         return count
 
     # -- status -----------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """A pool snapshot: counts by state, machines, group bounds, lost machines."""
-        view = self.store.view()
-        group = self.store.group()
-        now = self._clock()
-        machines = sorted(view.machines.values(), key=lambda m: (m.state.value, m.instance_id))
-        return {
-            "asg_name": self.config.asg_name,
-            "idle_target": self.config.idle_target,
-            "address": self.config.address.value,
-            "counts": view.counts(),
-            "group": {
-                "min_size": group.min_size,
-                "max_size": group.max_size,
-                "desired_capacity": group.desired_capacity,
-                "wanted": group.wanted,
-                "capped": group.capped,
-            },
-            "refreshed_at": iso_utc(group.refreshed_at) if group.refreshed_at else None,
-            "refresh_age_s": round(now - group.refreshed_at, 3) if group.refreshed_at else None,
-            "refresh_error": group.refresh_error or None,
-            "lost_total": group.lost_total,
-            "lost": [{**x.to_json(), "lost_at": iso_utc(x.lost_at)} for x in self.store.lost(limit=20)],
-            "machines": [
-                {
-                    "instance_id": m.instance_id,
-                    "state": m.state.value,
-                    "project_id": m.project_id,
-                    "ip": m.ip,
-                    "private_ip": m.private_ip,
-                    "assigned_at": m.assigned_at,
-                    "since": iso_utc(m.since),
-                    "detail": m.detail,
-                    "tagged": m.tagged,
-                    "protected": m.protected,
-                }
-                for m in machines
-            ],
-        }
+        """A pool snapshot: counts by state, machines, group bounds, waiting callers, lost machines."""
+        return build_status(
+            self.store,
+            asg_name=self.config.asg_name,
+            idle_target=self.config.idle_target,
+            address=self.config.address,
+            now=self._clock(),
+        )

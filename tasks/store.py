@@ -16,8 +16,9 @@ from typing import Any, Protocol
 import redis
 
 from tasks.errors import StoreUnavailable
-from tasks.keys import LOST_KEEP, REBALANCE_COALESCE_MS, PoolKeys
+from tasks.keys import LOST_KEEP, REBALANCE_COALESCE_MS, REFRESH_SOON_MS, UNREADY_WINDOW_S, PoolKeys
 from tasks.model import (
+    AWAITING_READY,
     AddressKind,
     GroupSnapshot,
     LostMachine,
@@ -25,6 +26,7 @@ from tasks.model import (
     MachineState,
     PoolView,
     Reconciliation,
+    Waiter,
     reconcile,
 )
 from tasks.planner import GroupBounds
@@ -58,6 +60,9 @@ class GroupInfo:
     lost_total: int = 0
     wanted: int = 0
     capped: bool = False
+    unready_total: int = 0
+    backoff_until: float = 0.0
+    backoff_reason: str = ""
 
     @property
     def known(self) -> bool:
@@ -71,17 +76,45 @@ class GroupInfo:
 class StateStore(Protocol):
     """Pool state. Implementations: RedisStore, tasks.memstore.InMemoryStore."""
 
-    def assign(self, project_id: str, *, now: float, assigned_at: str, idle_target: int) -> AssignOutcome: ...
+    def assign(
+        self, project_id: str, *, now: float, assigned_at: str, idle_target: int, lease_s: float = 0.0
+    ) -> AssignOutcome: ...
 
-    def release(self, project_id: str, *, now: float) -> ReleaseOutcome: ...
+    def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome: ...
+
+    def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]: ...
+
+    def add_waiter(self, waiter: Waiter) -> bool: ...
+
+    def waiters(self) -> list[Waiter]: ...
+
+    def remove_waiter(self, request_id: str) -> None: ...
+
+    def mark_ready(self, instance_ids: list[str], *, now: float) -> list[Machine]: ...
+
+    def record_unready(self, instance_ids: list[str], *, now: float) -> int: ...
+
+    def record_backoff(self, *, until: float, reason: str) -> None: ...
+
+    def request_refresh_soon(self) -> bool: ...
 
     def view(self) -> PoolView: ...
 
     def group(self) -> GroupInfo: ...
 
-    def apply_snapshot(self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float) -> Reconciliation | None: ...
+    def apply_snapshot(
+        self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float, require_ready_check: bool = False
+    ) -> Reconciliation | None: ...
 
-    def claim_for_termination(self, instance_ids: list[str], *, now: float, detail: str) -> list[Machine]: ...
+    def claim_for_termination(
+        self,
+        instance_ids: list[str],
+        *,
+        now: float,
+        detail: str,
+        expected: MachineState = MachineState.IDLE,
+        decrement: bool = True,
+    ) -> list[Machine]: ...
 
     def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None) -> None: ...
 
@@ -118,6 +151,9 @@ def _group_from_hash(raw: dict[str, str]) -> GroupInfo:
         lost_total=int(num("lost_total")),
         wanted=int(num("wanted")),
         capped=raw.get("capped") == "1",
+        unready_total=int(num("unready_total")),
+        backoff_until=num("backoff_until"),
+        backoff_reason=raw.get("backoff_reason", ""),
     )
 
 
@@ -130,6 +166,9 @@ class RedisStore:
         self._assign = client.register_script(_load_script("assign.lua"))
         self._release = client.register_script(_load_script("release.lua"))
         self._claim = client.register_script(_load_script("claim.lua"))
+        self._touch = client.register_script(_load_script("touch.lua"))
+        self._mark_ready = client.register_script(_load_script("mark_ready.lua"))
+        self._add_waiter = client.register_script(_load_script("add_waiter.lua"))
 
     @classmethod
     def from_url(cls, url: str, asg_name: str) -> RedisStore:
@@ -148,33 +187,86 @@ class RedisStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"state store unreachable: {exc}") from exc
 
-    def assign(self, project_id: str, *, now: float, assigned_at: str, idle_target: int) -> AssignOutcome:
+    def assign(
+        self, project_id: str, *, now: float, assigned_at: str, idle_target: int, lease_s: float = 0.0
+    ) -> AssignOutcome:
         k = self.keys
         kind, raw, flag = self._call(
             self._assign,
-            keys=[k.machines, k.idle, k.projects, k.rebalance],
-            args=[
-                project_id,
-                repr(now),
-                assigned_at,
-                idle_target,
-                REBALANCE_COALESCE_MS,
-            ],
+            keys=[k.machines, k.idle, k.projects, k.rebalance, k.leases],
+            args=[project_id, repr(now), assigned_at, idle_target, REBALANCE_COALESCE_MS, repr(float(lease_s))],
         )
         machine = Machine.from_json(json.loads(raw)) if raw else None
         return AssignOutcome(machine=machine, new=kind == "new", rebalance=bool(flag))
 
-    def release(self, project_id: str, *, now: float) -> ReleaseOutcome:
+    def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome:
         k = self.keys
+        expired = "" if lease_expired_before is None else repr(lease_expired_before)
         reply = self._call(
             self._release,
-            keys=[k.machines, k.idle, k.projects, k.group, k.rebalance],
-            args=[project_id, repr(now), REBALANCE_COALESCE_MS],
+            keys=[k.machines, k.idle, k.projects, k.group, k.rebalance, k.leases],
+            args=[project_id, repr(now), REBALANCE_COALESCE_MS, expired],
         )
         if reply[0] != "released":
             return ReleaseOutcome(machine=None, decrement=False, rebalance=False)
         machine = Machine.from_json(json.loads(reply[1]))
         return ReleaseOutcome(machine=machine, decrement=bool(reply[2]), rebalance=bool(reply[3]))
+
+    def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]:
+        k = self.keys
+        reply = self._call(
+            self._touch, keys=[k.machines, k.projects, k.leases], args=[project_id, repr(now), repr(float(lease_s))]
+        )
+        machine = Machine.from_json(json.loads(reply[1])) if len(reply) > 1 else None
+        return str(reply[0]), machine
+
+    def add_waiter(self, waiter: Waiter) -> bool:
+        k = self.keys
+        added = self._call(
+            self._add_waiter,
+            keys=[k.waiters, k.waiter_data, k.waiter_seq],
+            args=[waiter.request_id, json.dumps(waiter.to_json())],
+        )
+        return bool(added)
+
+    def waiters(self) -> list[Waiter]:
+        k = self.keys
+        ids = self._call(self._r.zrange, k.waiters, 0, -1)
+        if not ids:
+            return []
+        raws = self._call(self._r.hmget, k.waiter_data, ids)
+        return [Waiter.from_json(json.loads(raw)) for raw in raws if raw]
+
+    def remove_waiter(self, request_id: str) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.zrem(self.keys.waiters, request_id)
+        pipe.hdel(self.keys.waiter_data, request_id)
+        self._call(pipe.execute)
+
+    def mark_ready(self, instance_ids: list[str], *, now: float) -> list[Machine]:
+        if not instance_ids:
+            return []
+        k = self.keys
+        raws = self._call(self._mark_ready, keys=[k.machines, k.idle], args=[repr(now), AWAITING_READY, *instance_ids])
+        return [Machine.from_json(json.loads(r)) for r in raws]
+
+    def record_unready(self, instance_ids: list[str], *, now: float) -> int:
+        k = self.keys
+        pipe = self._r.pipeline(transaction=True)
+        if instance_ids:
+            pipe.zadd(k.unready, {iid: now for iid in instance_ids})
+            pipe.hincrby(k.group, "unready_total", len(instance_ids))
+        pipe.zremrangebyscore(k.unready, "-inf", now - UNREADY_WINDOW_S)
+        pipe.zcard(k.unready)
+        recent: int = self._call(pipe.execute)[-1]
+        return recent
+
+    def record_backoff(self, *, until: float, reason: str) -> None:
+        mapping = {"backoff_until": repr(until), "backoff_reason": reason[:300]}
+        self._call(self._r.hset, self.keys.group, mapping=mapping)
+
+    def request_refresh_soon(self) -> bool:
+        return bool(self._call(self._r.set, self.keys.refresh_soon, "1", nx=True, px=REFRESH_SOON_MS))
 
     def view(self) -> PoolView:
         pipe = self._r.pipeline(transaction=True)
@@ -186,16 +278,22 @@ class RedisStore:
     def group(self) -> GroupInfo:
         return _group_from_hash(self._call(self._r.hgetall, self.keys.group))
 
-    def apply_snapshot(self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float) -> Reconciliation | None:
+    def apply_snapshot(
+        self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float, require_ready_check: bool = False
+    ) -> Reconciliation | None:
         for _attempt in range(20):
             try:
-                rec: Reconciliation | None = self._call(self._apply_once, snapshot, kind=kind, now=now)
+                rec: Reconciliation | None = self._call(
+                    self._apply_once, snapshot, kind=kind, now=now, require_ready_check=require_ready_check
+                )
                 return rec
             except redis.WatchError:
                 continue  # an assign/release landed between our read and write: redo
         raise StoreUnavailable("state kept changing while applying a snapshot (20 attempts)")
 
-    def _apply_once(self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float) -> Reconciliation | None:
+    def _apply_once(
+        self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float, require_ready_check: bool
+    ) -> Reconciliation | None:
         k = self.keys
         pipe: Any
         with self._r.pipeline(transaction=True) as pipe:
@@ -207,7 +305,7 @@ class RedisStore:
                 pipe.unwatch()
                 return None  # an older refresh arrived late: newer truth is applied
             view = _view_from(pipe.hgetall(k.machines), pipe.hgetall(k.projects))
-            rec = reconcile(view, snapshot, kind=kind, now=now)
+            rec = reconcile(view, snapshot, kind=kind, now=now, require_ready_check=require_ready_check)
             pipe.multi()
             _write_reconciliation(pipe, k, rec)
             pipe.hset(
@@ -224,15 +322,20 @@ class RedisStore:
             pipe.execute()
             return rec
 
-    def claim_for_termination(self, instance_ids: list[str], *, now: float, detail: str) -> list[Machine]:
+    def claim_for_termination(
+        self,
+        instance_ids: list[str],
+        *,
+        now: float,
+        detail: str,
+        expected: MachineState = MachineState.IDLE,
+        decrement: bool = True,
+    ) -> list[Machine]:
         if not instance_ids:
             return []
         k = self.keys
-        raws = self._call(
-            self._claim,
-            keys=[k.machines, k.idle, k.group],
-            args=[repr(now), detail, *instance_ids],
-        )
+        args = [repr(now), detail, expected.value, "1" if decrement else "0", *instance_ids]
+        raws = self._call(self._claim, keys=[k.machines, k.idle, k.group], args=args)
         return [Machine.from_json(json.loads(r)) for r in raws]
 
     def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None) -> None:

@@ -5,12 +5,12 @@
 -- machine, and one project must never end up holding two. Everything from
 -- "does the project hold one?" to "mark it assigned" happens in this script.
 --
--- KEYS: machines (hash), idle (zset), projects (hash), rebalance (string)
--- ARGV: project id, now (epoch s), assigned_at (ISO 8601), idle target, coalesce ms
+-- KEYS: machines (hash), idle (zset), projects (hash), rebalance (string), leases (zset)
+-- ARGV: project id, now (epoch s), assigned_at (ISO 8601), idle target, coalesce ms, lease s (0: none)
 -- Returns {"existing"|"new", record json, rebalance 0|1} or {"none", "", rebalance 0|1}
-local machines, idle, projects, flag = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local machines, idle, projects, flag, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local project, now, assigned_at = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local idle_target, coalesce_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local idle_target, coalesce_ms, lease_s = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
 local function want_rebalance()
   -- Ask for one rebalance per burst: only the first caller after the flag
@@ -23,12 +23,26 @@ local function want_rebalance()
   return 0
 end
 
+local function set_lease(m, iid)
+  if lease_s > 0 then
+    m.lease_s = lease_s
+    m.lease_expires_at = now + lease_s
+    redis.call('ZADD', leases, m.lease_expires_at, iid)
+  end
+end
+
 local held = redis.call('HGET', projects, project)
 if held then
   local raw = redis.call('HGET', machines, held)
   if raw then
     local m = cjson.decode(raw)
     if m.state == 'assigned' and m.project_id == project then
+      if lease_s > 0 then
+        -- Asking again proves the caller is alive: renew its lease.
+        set_lease(m, held)
+        raw = cjson.encode(m)
+        redis.call('HSET', machines, held, raw)
+      end
       return {'existing', raw, 0}
     end
   end
@@ -56,6 +70,9 @@ while true do
       m.since = now
       m.tagged = false
       m.protected = false
+      m.lease_s = 0
+      m.lease_expires_at = 0
+      set_lease(m, iid)
       local encoded = cjson.encode(m)
       redis.call('HSET', machines, iid, encoded)
       redis.call('HSET', projects, project, iid)

@@ -1,30 +1,33 @@
--- Claim idle machines for termination (scale-in), atomically.
+-- Claim machines for termination, atomically: scale-in (idle ones) or
+-- replacement of machines that never became ready (pending ones).
 --
 -- Race guarded: rebalance chose these machines from a read of the state; an
--- assign may have handed one out since. Only machines still idle are claimed,
--- so scale-in can never terminate an assigned machine (DESIGN.md invariant 3).
--- Each claimed machine lowers the recorded desired capacity by one, since it
--- is terminated with ShouldDecrementDesiredCapacity=True.
+-- assign may have handed one out since. Only machines still in the expected
+-- state are claimed, so this can never terminate an assigned machine
+-- (DESIGN.md invariant 3). With decrement, each claimed machine lowers the
+-- recorded desired capacity by one (ShouldDecrementDesiredCapacity=True).
 --
 -- KEYS: machines (hash), idle (zset), group (hash)
--- ARGV: now (epoch s), detail, instance ids...
+-- ARGV: now (epoch s), detail, expected state, decrement 0|1, instance ids...
 -- Returns the JSON records of the machines claimed.
 local machines, idle, group = KEYS[1], KEYS[2], KEYS[3]
-local now, detail = tonumber(ARGV[1]), ARGV[2]
+local now, detail, expected, decrement = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4] == '1'
 local claimed = {}
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local iid = ARGV[i]
   local raw = redis.call('HGET', machines, iid)
   if raw then
     local m = cjson.decode(raw)
-    if m.state == 'idle' then
+    if m.state == expected and expected ~= 'assigned' then
       m.state = 'releasing'
       m.since = now
       m.detail = detail
       local encoded = cjson.encode(m)
       redis.call('HSET', machines, iid, encoded)
       redis.call('ZREM', idle, iid)
-      redis.call('HINCRBY', group, 'desired_capacity', -1)
+      if decrement then
+        redis.call('HINCRBY', group, 'desired_capacity', -1)
+      end
       claimed[#claimed + 1] = encoded
     end
   end

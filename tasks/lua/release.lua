@@ -5,29 +5,43 @@
 -- project index pointing at a machine that is being terminated. Also decides,
 -- against the same group record, whether the termination may decrement
 -- desired capacity without going below MinSize, and records that decrement so
--- a second release before the next refresh sees it.
+-- a second release before the next refresh sees it. In lease mode it releases
+-- only if the lease is still expired: a touch that renewed it in between wins.
 --
--- KEYS: machines (hash), idle (zset), projects (hash), group (hash), rebalance (string)
--- ARGV: project id, now (epoch s), coalesce ms
--- Returns {"released", record json, decrement 0|1, rebalance 0|1} or {"not_assigned"}
-local machines, idle, projects, group, flag = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- KEYS: machines (hash), idle (zset), projects (hash), group (hash), rebalance (string), leases (zset)
+-- ARGV: project id, now (epoch s), coalesce ms, lease expired before (epoch s; "" = plain release)
+-- Returns {"released", record json, decrement 0|1, rebalance 0|1} or {"not_assigned"} or {"lease_valid"}
+local machines, idle, projects, group, flag, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local project, now, coalesce_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local expired_before = tonumber(ARGV[4])
 
 local iid = redis.call('HGET', projects, project)
 if not iid then
   return {'not_assigned'}
 end
-redis.call('HDEL', projects, project)
 local raw = redis.call('HGET', machines, iid)
 if not raw then
+  redis.call('HDEL', projects, project)
   return {'not_assigned'}
 end
 local m = cjson.decode(raw)
 if m.state ~= 'assigned' or m.project_id ~= project then
+  redis.call('HDEL', projects, project)
   return {'not_assigned'}
 end
+if expired_before then
+  local expires = tonumber(m.lease_expires_at) or 0
+  if expires <= 0 or expires > expired_before then
+    return {'lease_valid'}
+  end
+end
+redis.call('HDEL', projects, project)
+redis.call('ZREM', leases, iid)
 m.state = 'releasing'
 m.since = now
+if expired_before then
+  m.detail = 'lease expired'
+end
 local encoded = cjson.encode(m)
 redis.call('HSET', machines, iid, encoded)
 redis.call('ZREM', idle, iid)

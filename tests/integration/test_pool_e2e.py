@@ -223,8 +223,11 @@ def test_bad_input_and_poisoned_messages_change_nothing(pool: Stack) -> None:
         assert result["code"] == "invalid_project"
         result = pool.app.send_task(TASK_RELEASE, args=payload, queue="pool").get(timeout=10, propagate=False)
         assert result["code"] == "invalid_project"
-    # and poisoned messages: wrong arity, unknown task names
-    wrong = pool.app.send_task(TASK_ASSIGN, args=["a", "b", "c"], queue="pool")
+    # and poisoned messages: absurd waits, wrong arity, unknown task names
+    for wait in ["b", -1, 1e9, float("nan"), [1]]:
+        result = pool.app.send_task(TASK_ASSIGN, args=["fine", wait], queue="pool").get(timeout=10, propagate=False)
+        assert result["code"] == "bad_request", result
+    wrong = pool.app.send_task(TASK_ASSIGN, args=["a", 1, 2, 3, 4, 5], queue="pool")
     assert isinstance(wrong.get(timeout=10, propagate=False), Exception)
     pool.app.send_task("warmpool.no_such_task", args=[1], queue="pool")
 

@@ -1,0 +1,14 @@
+-- Queue a caller that waits for a machine, once.
+--
+-- Race guarded: a redelivered assign job must not queue its caller twice
+-- (or behind itself): the request id is the identity.
+--
+-- KEYS: waiters (zset), waiter_data (hash), waiter_seq (string)
+-- ARGV: request id, waiter json
+-- Returns 1 if queued now, 0 if it was already waiting.
+local waiters, data, seq = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('HSETNX', data, ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('ZADD', waiters, redis.call('INCR', seq), ARGV[1])
+return 1

@@ -1,0 +1,449 @@
+"""PoolService end to end on InMemoryStore + FakeCloud + RecordingSideEffects.
+
+The harness plays the other processes: ``run_aws`` executes the recorded side effects against
+the FakeCloud as the aws workers would (and runs requested rebalances as the pool worker
+would), ``refresh`` feeds a snapshot of the FakeCloud back, ``settle`` repeats both until the
+pool is quiet. The clock is fake; FakeCloud launches instances ready at once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tasks.effects import RecordingSideEffects
+from tasks.errors import CapacityRejected, InvalidProject
+from tasks.fakecloud import FakeCloud
+from tasks.memstore import InMemoryStore
+from tasks.model import AddressKind
+from tasks.service import CONVERGE_AFTER_S, PoolConfig, PoolService
+
+ASG = "svc-asg"
+T0 = 1_764_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Harness:
+    def __init__(
+        self,
+        *,
+        min_size: int = 0,
+        max_size: int = 10,
+        desired: int = 2,
+        idle_target: int = 2,
+        store: InMemoryStore | None = None,
+        cloud: FakeCloud | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock = clock or Clock()
+        self.cloud = cloud or FakeCloud(ASG, min_size=min_size, max_size=max_size, desired=desired, clock=self.clock)
+        self.store = store or InMemoryStore()
+        self.effects = RecordingSideEffects()
+        self.service = PoolService(
+            self.store,
+            self.effects,
+            config=PoolConfig(asg_name=ASG, idle_target=idle_target, address=AddressKind.PUBLIC),
+            clock=self.clock,
+        )
+        self.done = 0  # side effects already executed
+        self.terminated: list[str] = []
+
+    # -- the other processes --------------------------------------------------------------
+    def refresh(self) -> dict[str, Any]:
+        self.clock.advance(1)
+        return self.service.apply_snapshot(self.cloud.describe_group())
+
+    def run_aws(self) -> None:
+        """Execute every pending side effect, as the aws workers (and the pool worker) would."""
+        while self.done < len(self.effects.calls):
+            kind, arg = self.effects.calls[self.done]
+            self.done += 1
+            if kind == "tag":
+                instance_id, project, assigned_at = arg
+                self.cloud.tag_assigned(instance_id, project_id=project, assigned_at=assigned_at)
+            elif kind == "terminate":
+                instance_id, decrement = arg
+                if self.cloud.terminate_instance(instance_id, decrement=decrement):
+                    self.terminated.append(instance_id)
+            elif kind == "set_desired":
+                try:
+                    self.cloud.set_desired_capacity(arg)
+                except CapacityRejected:  # what tasks.awsjobs.set_desired does
+                    pass
+            elif kind == "rebalance":
+                self.service.rebalance()
+
+    def settle(self, rounds: int = 4) -> None:
+        for _ in range(rounds):
+            self.run_aws()
+            self.refresh()
+        self.run_aws()
+
+    # -- observations ---------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        return dict(self.service.status()["counts"])
+
+    def pending_effects(self, kind: str) -> list[Any]:
+        return [arg for k, arg in self.effects.calls[self.done :] if k == kind]
+
+    def snapshot_state(self) -> tuple[Any, ...]:
+        view = self.store.view()
+        return (dict(view.machines), dict(view.projects), self.store.group(), list(self.effects.calls))
+
+
+@pytest.fixture
+def pool() -> Harness:
+    """Two idle machines (idle target 2), MinSize 0, MaxSize 10, state known from one refresh."""
+    h = Harness()
+    h.settle()
+    assert h.counts()["idle"] == 2
+    return h
+
+
+class TestAssign:
+    def test_assign_hands_out_an_idle_machine_without_calling_aws(self, pool: Harness) -> None:
+        # given an idle machine / when a project asks
+        calls_before = pool.cloud.api_calls()
+        result = pool.service.assign("proj-1")
+        # expect it assigned, with its public and private address, and no AWS call on the path
+        assert pool.cloud.api_calls() == calls_before
+        assert result["status"] == "assigned" and result["project_id"] == "proj-1"
+        inst = pool.cloud.instances()[result["instance_id"]]
+        assert result["ip"] == inst.public_ip and result["private_ip"] == inst.private_ip
+        assert result["assigned_at"].endswith("Z")
+        # and the tag + protection queued as a side effect
+        assert pool.pending_effects("tag") == [(result["instance_id"], "proj-1", result["assigned_at"])]
+
+    def test_tag_and_protection_land_after_the_side_effect_runs(self, pool: Harness) -> None:
+        result = pool.service.assign("proj-1")
+        pool.settle()
+        inst = pool.cloud.instances()[result["instance_id"]]
+        assert inst.project_tag == "proj-1" and inst.assigned_at_tag == result["assigned_at"]
+        assert inst.protected_from_scale_in
+        machine = next(m for m in pool.service.status()["machines"] if m["instance_id"] == result["instance_id"])
+        assert machine["tagged"] and machine["protected"] and machine["state"] == "assigned"
+
+    def test_same_project_twice_gets_the_same_machine(self, pool: Harness) -> None:
+        first = pool.service.assign("proj-1")
+        pool.settle()
+        again = pool.service.assign("proj-1")
+        assert again == first
+        assert pool.pending_effects("tag") == []  # not tagged a second time
+        assert pool.counts()["assigned"] == 1
+
+    def test_no_idle_machine_is_no_capacity_and_asks_for_a_scale_up(self) -> None:
+        # given a pool with no machine at all (idle target 0, nothing running)
+        h = Harness(desired=0, idle_target=0)
+        h.settle()
+        # when a project asks
+        result = h.service.assign("proj-1")
+        # expect a clear no_capacity outcome right away and a rebalance requested
+        assert result["status"] == "failed" and result["code"] == "no_capacity"
+        assert result["project_id"] == "proj-1" and result["capped"] is False
+        assert h.pending_effects("rebalance") == [None]
+        assert h.counts()["assigned"] == 0
+
+    def test_assign_below_idle_target_triggers_a_refill(self, pool: Harness) -> None:
+        pool.service.assign("proj-1")
+        assert pool.pending_effects("rebalance") == [None]
+        pool.settle()
+        assert pool.counts() == {"pending": 0, "idle": 2, "assigned": 1, "releasing": 0}
+        assert pool.cloud.describe_group().desired_capacity == 3
+
+    def test_many_projects_get_distinct_machines(self) -> None:
+        h = Harness(desired=6, idle_target=6, max_size=20)
+        h.settle()
+        results = [h.service.assign(f"proj-{n}") for n in range(6)]
+        ids = [r["instance_id"] for r in results]
+        assert len(set(ids)) == 6
+        assert h.service.assign("proj-6")["code"] == "no_capacity"
+
+
+class TestRelease:
+    def test_release_terminates_with_decrement(self, pool: Harness) -> None:
+        assigned = pool.service.assign("proj-1")
+        pool.settle()
+        result = pool.service.release("proj-1")
+        assert result == {"status": "released", "project_id": "proj-1", "instance_id": assigned["instance_id"]}
+        assert pool.pending_effects("terminate") == [(assigned["instance_id"], True)]
+
+    def test_release_at_min_size_terminates_without_decrement(self) -> None:
+        # given MinSize 3 and exactly 3 machines, one assigned
+        h = Harness(min_size=3, desired=3, idle_target=2)
+        h.settle()
+        assigned = h.service.assign("proj-1")
+        h.run_aws()
+        assert h.store.group().desired_capacity == h.store.group().min_size == 3
+        # when released / expect a termination AWS will replace (desired must not go below MinSize)
+        h.service.release("proj-1")
+        assert h.pending_effects("terminate") == [(assigned["instance_id"], False)]
+
+    def test_release_of_nothing_is_not_assigned(self, pool: Harness) -> None:
+        before = pool.snapshot_state()
+        assert pool.service.release("proj-9") == {"status": "not_assigned", "project_id": "proj-9"}
+        assert pool.snapshot_state() == before
+
+    def test_redelivered_release_terminates_once(self, pool: Harness) -> None:
+        pool.service.assign("proj-1")
+        pool.service.release("proj-1")
+        assert pool.service.release("proj-1")["status"] == "not_assigned"
+        assert len(pool.pending_effects("terminate")) == 1
+
+    def test_buffer_refills_to_idle_target_after_release(self, pool: Harness) -> None:
+        # given a project holding a machine, the buffer back at 2 idle
+        assigned = pool.service.assign("proj-1")
+        pool.settle()
+        assert pool.counts()["idle"] == 2
+        # when it releases and the workers run
+        pool.service.release("proj-1")
+        pool.settle()
+        # expect exactly the released machine terminated, the buffer at its target, the group at 2
+        assert pool.terminated == [assigned["instance_id"]]
+        assert assigned["instance_id"] not in pool.cloud.instances()
+        assert pool.counts() == {"pending": 0, "idle": 2, "assigned": 0, "releasing": 0}
+        assert pool.cloud.describe_group().desired_capacity == 2
+
+    def test_release_then_assign_again_gives_a_fresh_machine(self, pool: Harness) -> None:
+        first = pool.service.assign("proj-1")
+        pool.service.release("proj-1")
+        second = pool.service.assign("proj-1")
+        assert second["status"] == "assigned" and second["instance_id"] != first["instance_id"]
+
+
+class TestRefresh:
+    def test_lost_machine_is_reported_and_frees_its_project(self, pool: Harness) -> None:
+        # given proj-1 holding a machine
+        assigned = pool.service.assign("proj-1")
+        pool.settle()
+        # when the instance disappears from AWS (spot interruption, someone's console click)
+        pool.cloud.vanish(assigned["instance_id"])
+        outcome = pool.refresh()
+        # expect the loss reported in the refresh and in status, once
+        assert [x["instance_id"] for x in outcome["lost"]] == [assigned["instance_id"]]
+        status = pool.service.status()
+        assert status["lost_total"] == 1
+        assert status["lost"][0]["instance_id"] == assigned["instance_id"]
+        assert status["lost"][0]["project_id"] == "proj-1"
+        assert status["lost"][0]["lost_at"].endswith("Z")
+        assert status["counts"]["assigned"] == 0
+        pool.settle()
+        assert pool.service.status()["lost_total"] == 1
+        # and the project no longer holds it: a release finds nothing, a new assign a new machine
+        assert pool.service.release("proj-1")["status"] == "not_assigned"
+        again = pool.service.assign("proj-1")
+        assert again["status"] == "assigned" and again["instance_id"] != assigned["instance_id"]
+
+    def test_wiped_state_is_rebuilt_from_tags(self) -> None:
+        # given five projects holding tagged machines
+        h = Harness(desired=6, idle_target=6, max_size=20)
+        h.settle()
+        held = {f"proj-{n}": h.service.assign(f"proj-{n}")["instance_id"] for n in range(5)}
+        h.settle()
+        # when Redis is flushed and the next refresh arrives
+        h.store.reset()
+        outcome = h.refresh()
+        # expect every assignment back, and the same machine for each project on its next assign
+        assert outcome["restored"] == 5
+        assert {m["project_id"]: m["instance_id"] for m in h.service.status()["machines"] if m["project_id"]} == held
+        for project, instance_id in held.items():
+            result = h.service.assign(project)
+            assert result["instance_id"] == instance_id
+        h.settle()
+        assert all(i in h.cloud.instances() for i in held.values())
+        assert h.counts()["assigned"] == 5 and h.counts()["idle"] == 6
+
+    def test_wiped_state_keeps_a_reassigned_project_on_its_live_machine(self, pool: Harness) -> None:
+        """proj-1 released machine A and got machine B; Redis is flushed before A's termination runs.
+
+        A and B both carry warmpool:project=proj-1 (B's assigned-at is newer). The next refresh
+        must give proj-1 back B, its live machine, and retire A; never the reverse.
+        """
+        first = pool.service.assign("proj-1")
+        pool.settle()
+        pool.service.release("proj-1")
+        second = pool.service.assign("proj-1")
+        assert second["instance_id"] != first["instance_id"]
+        # the tag of B lands; the termination of A is still queued when Redis is flushed
+        pool.clock.advance(1)
+        pool.cloud.tag_assigned(second["instance_id"], project_id="proj-1", assigned_at=second["assigned_at"])
+        queued = [c for c in pool.effects.calls[pool.done :] if c[0] == "terminate"]
+        pool.done = len(pool.effects.calls)
+        pool.store.reset()
+        pool.refresh()
+        pool.effects.calls.extend(queued)
+        pool.settle()
+        # expect proj-1 still on B, B alive, nothing reported lost
+        assert second["instance_id"] in pool.cloud.instances()
+        assert pool.service.assign("proj-1")["instance_id"] == second["instance_id"]
+        assert pool.service.status()["lost_total"] == 0
+
+    def test_stale_refresh_is_ignored(self, pool: Harness) -> None:
+        old = pool.cloud.describe_group()
+        pool.refresh()
+        assert pool.service.apply_snapshot(old) == {"applied": False, "reason": "stale snapshot"}
+
+    def test_redelivered_refresh_has_no_new_effect(self, pool: Harness) -> None:
+        snap = pool.cloud.describe_group()
+        pool.service.apply_snapshot(snap)
+        pool.run_aws()
+        before = pool.snapshot_state()
+        pool.service.apply_snapshot(snap)
+        assert pool.pending_effects("terminate") == [] and pool.pending_effects("set_desired") == []
+        assert pool.store.view().machines == before[0]
+
+    def test_refresh_error_is_recorded_and_shown(self, pool: Harness) -> None:
+        pool.service.record_refresh_error("DescribeAutoScalingGroups: throttled (Throttling)")
+        assert pool.service.status()["refresh_error"] == "DescribeAutoScalingGroups: throttled (Throttling)"
+        pool.refresh()
+        assert pool.service.status()["refresh_error"] is None
+
+    def test_lost_tag_side_effect_is_reissued(self, pool: Harness) -> None:
+        # given an assignment whose tag job was lost
+        assigned = pool.service.assign("proj-1")
+        lost_job = next(i for i, (k, _) in enumerate(pool.effects.calls) if i >= pool.done and k == "tag")
+        pool.effects.calls.pop(lost_job)  # the tag side effect never reaches a worker
+        pool.settle()
+        assert pool.cloud.instances()[assigned["instance_id"]].project_tag is None
+        # when refreshes keep seeing it untagged for longer than CONVERGE_AFTER_S
+        pool.clock.advance(CONVERGE_AFTER_S + 1)
+        pool.settle()
+        # expect it tagged and protected after all
+        inst = pool.cloud.instances()[assigned["instance_id"]]
+        assert inst.project_tag == "proj-1" and inst.protected_from_scale_in
+
+
+class TestRebalance:
+    def test_scale_in_terminates_only_idle_machines(self) -> None:
+        # given 17 machines, 5 of them assigned (idle target was 12, e.g. before a config change)
+        clock = Clock()
+        cloud = FakeCloud(ASG, max_size=20, desired=12, clock=clock)
+        store = InMemoryStore()
+        big = Harness(idle_target=12, store=store, cloud=cloud, clock=clock)
+        big.settle()
+        held = {big.service.assign(f"proj-{n}")["instance_id"] for n in range(5)}
+        big.settle()
+        assert big.counts() == {"pending": 0, "idle": 12, "assigned": 5, "releasing": 0}
+        # when the pool worker restarts with idle target 1 and refreshes
+        small = Harness(idle_target=1, store=store, cloud=cloud, clock=clock)
+        small.settle(rounds=6)
+        # expect only idle machines terminated, every assigned one alive and assigned
+        assert set(small.terminated).isdisjoint(held)
+        assert len(small.terminated) == 11
+        assert held <= set(cloud.instances())
+        assert small.counts() == {"pending": 0, "idle": 1, "assigned": 5, "releasing": 0}
+        assert cloud.describe_group().desired_capacity == 6
+        assert all(decrement for _, decrement in small.effects.of("terminate"))
+
+    def test_big_shrink_never_touches_assigned_machines(self) -> None:
+        # given 20 machines and 2 assigned, idle target 0
+        clock = Clock()
+        cloud = FakeCloud(ASG, max_size=30, desired=20, clock=clock)
+        store = InMemoryStore()
+        big = Harness(idle_target=20, store=store, cloud=cloud, clock=clock)
+        big.settle()
+        held = {big.service.assign(f"proj-{n}")["instance_id"] for n in range(2)}
+        small = Harness(idle_target=0, store=store, cloud=cloud, clock=clock)
+        # when rebalanced before the tags even landed (no scale-in protection yet)
+        small.settle(rounds=6)
+        # expect the 18 idle machines gone and the 2 assigned ones untouched
+        assert set(small.terminated).isdisjoint(held)
+        assert set(cloud.instances()) == held
+        assert small.counts()["assigned"] == 2 and small.counts()["idle"] == 0
+
+    def test_capped_pool_is_reported_and_never_asks_above_max(self) -> None:
+        # given MaxSize 3, idle target 2
+        h = Harness(desired=2, max_size=3, idle_target=2)
+        h.settle()
+        # when two projects take machines
+        h.service.assign("proj-1")
+        h.service.assign("proj-2")
+        h.settle()
+        # expect the pool at MaxSize, reported capped (wanted 4 > 3), no request above 3
+        status = h.service.status()
+        assert status["group"]["capped"] is True and status["group"]["wanted"] == 4
+        assert status["group"]["desired_capacity"] == 3
+        assert all(d <= 3 for d in h.effects.of("set_desired"))
+        assert h.cloud.api_calls().get("SetDesiredCapacity", 0) == len(h.effects.of("set_desired"))
+        # and when the last idle machine is taken, the next project hears it is capped
+        assert h.service.assign("proj-3")["status"] == "assigned"
+        result = h.service.assign("proj-4")
+        assert result["code"] == "no_capacity" and result["capped"] is True and result["max_size"] == 3
+
+    def test_scale_up_counts_launching_capacity(self) -> None:
+        # given instances that take a while to boot
+        clock = Clock()
+        cloud = FakeCloud(ASG, max_size=10, desired=0, launch_delay_s=60, clock=clock)
+        h = Harness(idle_target=3, cloud=cloud, clock=clock)
+        # when refreshes come in while they launch
+        h.settle(rounds=5)
+        # expect one scale-up request to 3, not one per refresh
+        assert h.effects.of("set_desired") == [3]
+        assert h.counts()["pending"] == 3
+        clock.advance(61)
+        h.settle()
+        assert h.counts()["idle"] == 3 and h.effects.of("set_desired") == [3]
+
+    def test_rebalance_before_first_refresh_does_nothing(self) -> None:
+        h = Harness()
+        assert h.service.rebalance() == {"rebalanced": False, "reason": "group not observed yet"}
+        assert h.effects.calls == []
+
+
+BAD_IDS: list[Any] = [
+    "",
+    "x" * 129,
+    "ünïcode",
+    "../x",
+    "a b",
+    "a\x00b",
+    "-leading",
+    ".hidden",
+    "a/b",
+    "proj\n",
+    None,
+    42,
+    b"proj-1",
+    ["proj-1"],
+]
+
+
+class TestProjectIds:
+    @pytest.mark.parametrize("bad", BAD_IDS, ids=repr)
+    def test_bad_project_id_is_rejected_and_changes_nothing(self, pool: Harness, bad: Any) -> None:
+        assigned = pool.service.assign("proj-1")
+        before = pool.snapshot_state()
+        calls = pool.cloud.api_calls()
+        with pytest.raises(InvalidProject):
+            pool.service.assign(bad)
+        with pytest.raises(InvalidProject):
+            pool.service.release(bad)
+        assert pool.snapshot_state() == before
+        assert pool.cloud.api_calls() == calls
+        assert pool.service.assign("proj-1") == assigned
+
+    @pytest.mark.parametrize("good", ["a", "A" * 128, "proj-42", "0.1_x-Y", "9"])
+    def test_valid_ids_are_accepted(self, pool: Harness, good: str) -> None:
+        assert pool.service.assign(good)["status"] == "assigned"
+        assert pool.service.release(good)["status"] == "released"
+
+
+def test_status_shape(pool: Harness) -> None:
+    pool.service.assign("proj-1")
+    status = pool.service.status()
+    assert status["asg_name"] == ASG and status["idle_target"] == 2 and status["address"] == "public"
+    assert status["counts"] == {"pending": 0, "idle": 1, "assigned": 1, "releasing": 0}
+    assert set(status["group"]) == {"min_size", "max_size", "desired_capacity", "wanted", "capped"}
+    assert status["refreshed_at"].endswith("Z") and status["refresh_age_s"] >= 0
+    assert Counter(m["state"] for m in status["machines"]) == Counter({"idle": 1, "assigned": 1})
