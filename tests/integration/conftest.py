@@ -6,6 +6,7 @@ defaults. Redis absent: these tests fail under CI (CI=true) and skip locally.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -60,10 +61,10 @@ def wait_for(check: Callable[[], Any], *, timeout_s: float = 15.0, what: str = "
         time.sleep(0.1)
 
 
-def make_client_app() -> Celery:
+def make_client_app(broker_url: str = BROKER_URL, result_backend: str = RESULT_BACKEND) -> Celery:
     app = Celery("warmpool-tests")
     app.config_from_object("celeryconfig")
-    app.conf.update(broker_url=BROKER_URL, result_backend=RESULT_BACKEND)
+    app.conf.update(broker_url=broker_url, result_backend=result_backend)
     return app
 
 
@@ -117,42 +118,52 @@ class Stack:
         wait_for_workers(self.app, [f"{name}@tests"], timeout_s=30)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running_stack(
+    logs: Path,
+    *,
+    dbs: tuple[str, str, str] = (BROKER_URL, RESULT_BACKEND, STATE_URL),
+    idle_target: int = IDLE_TARGET,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """Moto server, aws worker, pool worker and beat on the given Redis databases."""
     require_redis()
-    logs = tmp_path_factory.mktemp("stack-logs")
-    for url in (BROKER_URL, RESULT_BACKEND, STATE_URL):
+    broker, backend, state = dbs
+    for url in dbs:
         redis.Redis.from_url(url).flushdb()
     with MotoServer(log_path=logs / "moto.log") as moto, ProcessGroup() as procs:
         env = stack_env(
             endpoint_url=moto.endpoint_url,
-            broker_url=BROKER_URL,
-            result_backend=RESULT_BACKEND,
-            redis_url=STATE_URL,
+            broker_url=broker,
+            result_backend=backend,
+            redis_url=state,
             asg_name=ASG,
-            idle_target=IDLE_TARGET,
+            idle_target=idle_target,
             refresh_seconds=REFRESH_S,
+            extra=extra_env,
         )
-        app = make_client_app()
+        app = make_client_app(broker, backend)
         stack = Stack(
             moto=moto,
             procs=procs,
             env=env,
             app=app,
             client=PoolClient(app=app),
-            store=RedisStore.from_url(STATE_URL, ASG),
+            store=RedisStore.from_url(state, ASG),
             logs=logs,
         )
-        stack.fresh_group()
-        procs.spawn(
-            "aws",
-            worker_argv("aws", hostname="aws@tests", concurrency=4, solo=False),
-            env=env,
-            log_path=logs / "aws.log",
-        )
+        stack.fresh_group(desired=idle_target)
+        aws_argv = worker_argv("aws", hostname="aws@tests", concurrency=4, solo=False)
+        procs.spawn("aws", aws_argv, env=env, log_path=logs / "aws.log")
         stack.start_pool_worker()
         procs.spawn("beat", beat_argv(schedule_path=logs / "beat-schedule"), env=env, log_path=logs / "beat.log")
         wait_for_workers(app, ["aws@tests"], timeout_s=30)
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack-logs")) as stack:
         yield stack
 
 
