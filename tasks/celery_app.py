@@ -15,7 +15,7 @@ from tasks.store import RedisStore
 
 app = Celery("warmpool")
 app.config_from_object("celeryconfig")
-app.conf.include = ["tasks.jobs", "tasks.awsjobs"]
+app.conf.include = ["tasks.jobs", "tasks.awsjobs", "tasks.logs"]
 
 
 @functools.cache
