@@ -28,6 +28,15 @@ def _summary(status: Mapping[str, Any]) -> Text:
         text.append(f"\nCAPPED: MaxSize {group.get('max_size')} keeps the pool below what is wanted", style="bold red")
     if status.get("refresh_error"):
         text.append(f"\nrefresh failing: {status['refresh_error']}", style="bold red")
+    if status.get("waiting"):
+        text.append(f"\nwaiting callers: {len(status['waiting'])}", style="yellow")
+    if status.get("scale_up_paused_until"):
+        text.append(
+            f"\nscale-up paused until {status['scale_up_paused_until']}: {status.get('scale_up_paused_reason')}",
+            style="bold red",
+        )
+    if status.get("unready_total"):
+        text.append(f"\nmachines replaced for never becoming ready: {status['unready_total']}", style="red")
     if status.get("lost_total"):
         text.append(f"\nlost machines: {status['lost_total']}", style="red")
     return text
