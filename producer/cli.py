@@ -222,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``warmpool`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["flower"]:
+        # Every option after "flower" is Flower's (argparse would claim --help and --no-auth).
+        from producer import flower_app
+
+        return flower_app.main(argv[1:])
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -39,6 +40,7 @@ from producer.sandbox import (
     beat_argv,
     create_simulated_group,
     ensure_redis,
+    free_port,
     stack_env,
     terminate,
     wait_for_workers,
@@ -87,8 +89,60 @@ class ExtraProcess:
     banner: Callable[[DemoStack], str] | None = None
 
 
-# Hook: the gateway and Flower append themselves here (or pass extra_processes=).
-EXTRA_PROCESSES: list[ExtraProcess] = []
+def _port(preferred: int) -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+def web_env() -> dict[str, str]:
+    """Ports and Flower credentials of the demo's gateway and Flower (loopback only)."""
+    gateway_port = _port(int(os.environ.get("WARMPOOL_GATEWAY_PORT") or 8080))
+    flower_port = _port(5555)
+    return {
+        "WARMPOOL_GATEWAY_PORT": str(gateway_port),
+        "WARMPOOL_DEMO_FLOWER_PORT": str(flower_port),
+        "WARMPOOL_FLOWER_URL": f"http://127.0.0.1:{flower_port}",
+        "WARMPOOL_FLOWER_USER": os.environ.get("WARMPOOL_FLOWER_USER") or "admin",
+        "WARMPOOL_FLOWER_PASSWORD": os.environ.get("WARMPOOL_FLOWER_PASSWORD") or secrets.token_urlsafe(12),
+    }
+
+
+def _gateway_banner(stack: DemoStack) -> str:
+    url = f"http://127.0.0.1:{stack.env['WARMPOOL_GATEWAY_PORT']}"
+    return f"gateway: {url}  (try: curl {url}/demo-curl ; curl {url}/v1/pool ; {url}/docs)"
+
+
+def _flower_banner(stack: DemoStack) -> str:
+    gateway = f"http://127.0.0.1:{stack.env['WARMPOOL_GATEWAY_PORT']}"
+    user, password = stack.env["WARMPOOL_FLOWER_USER"], stack.env["WARMPOOL_FLOWER_PASSWORD"]
+    return f"flower:  {gateway}/flower/  (user {user}, password {password})"
+
+
+# The gateway and Flower join the demo stack (tests may pass extra_processes=[]).
+EXTRA_PROCESSES: list[ExtraProcess] = [
+    ExtraProcess(
+        "gateway",
+        lambda stack: [sys.executable, "-m", "producer.gateway", "--host", "127.0.0.1"],
+        _gateway_banner,
+    ),
+    ExtraProcess(
+        "flower",
+        lambda stack: [
+            sys.executable,
+            "-m",
+            "producer.flower_app",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            stack.env["WARMPOOL_DEMO_FLOWER_PORT"],
+        ],
+        _flower_banner,
+    ),
+]
 
 
 @dataclass
@@ -360,6 +414,7 @@ def _demo_stack(settings: Settings, endpoint_url: str, *, stack: contextlib.Exit
         idle_target=settings.idle_target,
         refresh_seconds=settings.refresh_seconds,
         region=settings.region,
+        extra=web_env(),
     )
     procs = stack.enter_context(ProcessGroup())
     return DemoStack(settings=settings, env=env, endpoint_url=endpoint_url, log_dir=log_dir, processes=procs)
