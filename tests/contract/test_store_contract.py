@@ -15,8 +15,7 @@ import pytest
 
 from tasks.model import AddressKind, GroupSnapshot, MachineState
 from tasks.store import AssignOutcome, RedisStore, StateStore
-
-from .builders import iid, ready, snapshot
+from tests.builders import iid, ready, snapshot
 
 T0 = 1_764_000_000.0  # realistic epoch seconds: records must survive JSON/Lua round trips
 PUBLIC = AddressKind.PUBLIC

@@ -31,8 +31,7 @@ from tasks.model import (
     snapshot_from_json,
     snapshot_to_json,
 )
-
-from .builders import apply, iid, machine, ready, snapshot, view_of
+from tests.builders import apply, iid, machine, ready, snapshot, view_of
 
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -7,8 +7,7 @@ from hypothesis import strategies as st
 
 from tasks.model import MachineState, PoolView
 from tasks.planner import CapacityPlan, GroupBounds, clamp, decrement_allowed, plan_capacity
-
-from .builders import machine, view_of
+from tests.builders import machine, view_of
 
 PROPS = settings(max_examples=150, deadline=None)
 

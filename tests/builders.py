@@ -1,4 +1,4 @@
-"""Small builders shared by the unit tests: cloud instances, snapshots, machines, views."""
+"""Small builders shared by the unit and contract tests: cloud instances, snapshots, machines, views."""
 
 from __future__ import annotations
 
