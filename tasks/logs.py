@@ -22,7 +22,9 @@ job_log = logging.getLogger("warmpool.job")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's extra fields."""
+    """One JSON object per line: time (UTC), level, logger, message and the record's extra fields."""
+
+    converter = staticmethod(time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {

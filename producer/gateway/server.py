@@ -1,0 +1,87 @@
+"""Serving the gateway: binding rules (no token, loopback only), serve() and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+
+from producer.gateway.app import create_app
+from producer.gateway.constants import DEFAULT_HOST, DEFAULT_PORT, ENV_HOST, ENV_PORT, ENV_TOKEN, LOOPBACK_NAMES
+from producer.gateway.flower_proxy import FlowerProxy
+from producer.gateway.logs import configure_logging, log
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback name or address (``[::1]`` included)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def env_port(env: Mapping[str, str] | None = None) -> int:
+    """The port of WARMPOOL_GATEWAY_PORT (8080 when unset); SystemExit when it is not a TCP port."""
+    env = os.environ if env is None else env
+    raw = env.get(ENV_PORT, "").strip()
+    if not raw:
+        return DEFAULT_PORT
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SystemExit(f"{ENV_PORT}={raw!r} is not a TCP port")
+    return int(raw)
+
+
+def serve(*, host: str | None, port: int, token: str | None, log_level: str = "info") -> None:
+    """Run the gateway with uvicorn until interrupted.
+
+    ``host`` None: ``WARMPOOL_GATEWAY_HOST``, else 127.0.0.1. ``token`` None:
+    ``WARMPOOL_API_TOKEN``. Without a token only a loopback address is accepted.
+    """
+    import uvicorn
+
+    host = host or os.environ.get(ENV_HOST, "").strip() or DEFAULT_HOST
+    if token is None:
+        token = os.environ.get(ENV_TOKEN, "").strip() or None
+    configure_logging(log_level)
+    if token is None:
+        if not is_loopback(host):
+            raise SystemExit(
+                f"refusing to bind {host} without {ENV_TOKEN}: set a token, or bind 127.0.0.1 (the default)"
+            )
+        log.warning(
+            "%s is not set: the gateway accepts unauthenticated requests, so it binds %s (loopback) only",
+            ENV_TOKEN,
+            host,
+        )
+    app = create_app(token=token, flower=FlowerProxy.from_env())
+    log.info("gateway listening on http://%s:%d (auth: %s)", host, port, "bearer token" if token else "none")
+    uvicorn.run(app, host=host, port=port, log_config=None, log_level=log_level, server_header=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m producer.gateway``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m producer.gateway",
+        description=(
+            "Run the warmpool HTTP gateway. Environment: WARMPOOL_API_TOKEN (bearer token; without it "
+            "only a loopback address may be bound), WARMPOOL_GATEWAY_HOST, WARMPOOL_GATEWAY_PORT, "
+            "WARMPOOL_FLOWER_URL with WARMPOOL_FLOWER_USER/WARMPOOL_FLOWER_PASSWORD (the /flower proxy), "
+            "and the WARMPOOL_* broker settings of DESIGN.md."
+        ),
+    )
+    parser.add_argument("--host", default=None, help=f"address to bind [${ENV_HOST} or {DEFAULT_HOST}]")
+    parser.add_argument("--port", type=int, default=None, help=f"port [${ENV_PORT} or {DEFAULT_PORT}]")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="[info]"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m producer.gateway``: parse the command line and serve."""
+    args = build_parser().parse_args(argv)
+    port = args.port if args.port is not None else env_port()
+    serve(host=args.host, port=port, token=None, log_level=args.log_level)

@@ -1,0 +1,178 @@
+"""The state behind the routes: Gateway (assign/touch/release/status, logged and counted) and the health probe."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from producer.client import raise_for_failure
+from producer.gateway.clients import GatewayClient, LeasingClient
+from producer.gateway.constants import CODE_NOT_IMPLEMENTED
+from producer.gateway.errors import ApiError, error_for, outcome_of
+from producer.gateway.flower_proxy import FlowerProxy
+from producer.gateway.logs import log
+from producer.metrics import GatewayMetrics
+from tasks.contract import (
+    CODE_NO_CAPACITY,
+    STATUS_ASSIGNED,
+    STATUS_NO_LEASE,
+    STATUS_NOT_ASSIGNED,
+    STATUS_RELEASED,
+    STATUS_TOUCHED,
+)
+from tasks.errors import JobFailed, NoCapacity, WarmpoolError
+
+
+class HealthProbe:
+    """Asks the pool for a status within ``timeout_s``; answers are cached ``cache_s``.
+
+    /healthz is unauthenticated, so the cache keeps a flood of probes from
+    becoming a flood of pool jobs.
+    """
+
+    def __init__(self, client: GatewayClient, *, timeout_s: float, cache_s: float) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+        self.cache_s = cache_s
+        self._lock = asyncio.Lock()
+        self._at = -math.inf
+        self._ok = False
+
+    async def check(self) -> bool:
+        """Whether a pool worker answered a status job within ``timeout_s`` (cached ``cache_s``)."""
+        async with self._lock:
+            if time.monotonic() - self._at < self.cache_s:
+                return self._ok
+            self._ok = await status_within(self.client, self.timeout_s) is not None
+            self._at = time.monotonic()
+            return self._ok
+
+
+async def status_within(client: GatewayClient, timeout_s: float) -> dict[str, Any] | None:
+    """The pool status, or None when no worker answered within ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(client.status(), timeout_s)
+    except (TimeoutError, WarmpoolError):
+        return None
+    except Exception:
+        log.exception("status job failed")
+        return None
+
+
+@dataclass
+class Gateway:
+    """The state behind the routes (the pool client, metrics, Flower proxy)."""
+
+    client: GatewayClient
+    metrics: GatewayMetrics
+    health: HealthProbe
+    flower: FlowerProxy | None
+    retry_after_s: int
+
+    def leasing(self) -> LeasingClient:
+        """The client as a LeasingClient; ApiError 501 if it knows no leases."""
+        if not isinstance(self.client, LeasingClient):
+            raise ApiError(501, CODE_NOT_IMPLEMENTED, "this gateway's pool client has no leases")
+        return self.client
+
+    async def assign(self, project_id: str, wait: float, lease: float | None = None) -> dict[str, Any]:
+        """The assigned result; ApiError for every failure (no capacity included)."""
+        leasing = None if lease is None else self.leasing()  # 501 before anything is counted
+        started = time.perf_counter()
+        outcome = "error"
+        instance_id = None
+        try:
+            if leasing is None:
+                result = await self.client.assign_result(project_id, wait=wait)
+            else:
+                result = await leasing.assign_result(project_id, wait=wait, lease=lease)
+            if isinstance(result, Mapping) and result.get("status") == STATUS_ASSIGNED:
+                outcome, instance_id = STATUS_ASSIGNED, result.get("instance_id")
+                return dict(result)
+            if isinstance(result, Mapping) and result.get("code") == CODE_NO_CAPACITY:
+                raise NoCapacity(
+                    str(result.get("message", "")),
+                    capped=bool(result.get("capped")),
+                    max_size=result.get("max_size"),
+                )
+            raise_for_failure(result)
+            raise JobFailed(f"unexpected assign result {result!r:.200}")
+        except ApiError as exc:
+            outcome = exc.code
+            raise
+        except Exception as exc:
+            outcome = outcome_of(exc)
+            if not isinstance(exc, WarmpoolError) or isinstance(exc, JobFailed):
+                log.error("assign failed", extra={"project_id": project_id, "error": repr(exc)[:500]})
+            raise error_for(exc, retry_after_s=self.retry_after_s) from None
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.observe_assign(outcome, elapsed)
+            log.info(
+                "assign",
+                extra={
+                    "project_id": project_id,
+                    "instance_id": instance_id,
+                    "outcome": outcome,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+
+    async def release(self, project_id: str) -> dict[str, Any]:
+        """The release result (released or not_assigned); ApiError for every failure."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await self.client.release_result(project_id)
+            status = result.get("status") if isinstance(result, Mapping) else None
+            if status not in (STATUS_RELEASED, STATUS_NOT_ASSIGNED):
+                raise JobFailed(f"unexpected release result {result!r:.200}")
+            outcome = str(status)
+            return dict(result)
+        except Exception as exc:
+            outcome = outcome_of(exc)
+            if not isinstance(exc, WarmpoolError) or isinstance(exc, JobFailed):
+                log.error("release failed", extra={"project_id": project_id, "error": repr(exc)[:500]})
+            raise error_for(exc, retry_after_s=self.retry_after_s) from None
+        finally:
+            self.metrics.observe_release(outcome)
+            log.info(
+                "release",
+                extra={
+                    "project_id": project_id,
+                    "outcome": outcome,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
+
+    async def touch(self, project_id: str, lease: float | None) -> dict[str, Any]:
+        """The touch result (touched, no_lease or not_assigned); ApiError for every failure."""
+        client = self.leasing()
+        outcome = "error"
+        try:
+            result = await client.touch_result(project_id, lease=lease)
+            status = result.get("status") if isinstance(result, Mapping) else None
+            if status not in (STATUS_TOUCHED, STATUS_NO_LEASE, STATUS_NOT_ASSIGNED):
+                raise JobFailed(f"unexpected touch result {result!r:.200}")
+            outcome = str(status)
+            return dict(result)
+        except Exception as exc:
+            outcome = outcome_of(exc)
+            if not isinstance(exc, WarmpoolError) or isinstance(exc, JobFailed):
+                log.error("touch failed", extra={"project_id": project_id, "error": repr(exc)[:500]})
+            raise error_for(exc, retry_after_s=self.retry_after_s) from None
+        finally:
+            self.metrics.observe_touch(outcome)
+
+    async def status(self) -> dict[str, Any]:
+        """The pool snapshot; ApiError for every failure."""
+        try:
+            return await self.client.status()
+        except Exception as exc:
+            if not isinstance(exc, WarmpoolError):
+                log.exception("status failed")
+            raise error_for(exc, retry_after_s=self.retry_after_s) from None
