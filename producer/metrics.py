@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -120,6 +120,32 @@ def refresh_age(status: Mapping[str, Any]) -> Iterator[Metric]:
     )
 
 
+def refresh_duration(status: Mapping[str, Any]) -> Iterator[Metric]:
+    value = _number(status.get("refresh_duration_s"))
+    if value is not None:
+        yield GaugeMetricFamily(
+            "warmpool_refresh_duration_seconds",
+            "Wall time of the last refresh's AWS reads (DescribeAutoScalingGroups + DescribeInstances)",
+            value=value,
+        )
+
+
+def aws_api(status: Mapping[str, Any]) -> Iterator[Metric]:
+    for key, name, doc in (
+        ("aws_calls", "warmpool_aws_api_calls_total", "AWS API attempts made by the aws workers, by action"),
+        ("aws_errors", "warmpool_aws_api_errors_total", "AWS API attempts that failed (throttled, 5xx, refused)"),
+    ):
+        counts = status.get(key)
+        if not isinstance(counts, Mapping):
+            continue
+        family = CounterMetricFamily(name, doc, labels=["action"])
+        for action, count in sorted(counts.items()):
+            number = _number(count)
+            if number is not None:
+                family.add_metric([str(action)], number)
+        yield family
+
+
 def waiting_requests(status: Mapping[str, Any]) -> Iterator[Metric]:
     waiting = status.get("waiting")
     if isinstance(waiting, list):  # present once the worker keeps waiting callers
@@ -139,6 +165,8 @@ STATUS_FAMILIES: tuple[StatusFamilies, ...] = (
     idle_target,
     lost_machines,
     refresh_age,
+    refresh_duration,
+    aws_api,
     waiting_requests,
 )
 

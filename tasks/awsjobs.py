@@ -8,6 +8,8 @@ refresh detects and re-issues (PoolService._converge).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from tasks.celery_app import app, cloud, settings
@@ -50,16 +52,35 @@ def _instance_id(value: Any) -> str:
     return value
 
 
+_reported: dict[str, dict[str, int]] = {"calls": {}, "errors": {}}
+_reported_lock = threading.Lock()
+
+
+def _stats_since_last_report(duration_s: float) -> dict[str, Any]:
+    """This worker's AWS attempts since its previous report (counters live per process)."""
+    with _reported_lock:
+        now = {"calls": cloud().api_calls(), "errors": cloud().api_errors()}
+        delta = {
+            kind: {a: n - _reported[kind].get(a, 0) for a, n in now[kind].items() if n > _reported[kind].get(a, 0)}
+            for kind in now
+        }
+        _reported.update(now)
+    return {"duration_s": round(duration_s, 4), "aws_calls": delta["calls"], "aws_errors": delta["errors"]}
+
+
 @app.task(name=TASK_REFRESH, ignore_result=True)
 def refresh() -> dict[str, Any]:
-    """Read the group from AWS and hand the snapshot to the pool worker."""
+    """Read the group from AWS and hand the snapshot (with call statistics) to the pool worker."""
+    started = time.perf_counter()
     try:
         snapshot = cloud().describe_group()
     except CloudError as exc:
         log.error("refresh failed", extra={"error": str(exc), "action": exc.action})
-        app.send_task(TASK_APPLY_SNAPSHOT, args=[{"error": str(exc)}], queue=POOL_QUEUE)
+        stats = _stats_since_last_report(time.perf_counter() - started)
+        app.send_task(TASK_APPLY_SNAPSHOT, args=[{"error": str(exc), "stats": stats}], queue=POOL_QUEUE)
         return {"ok": False, "error": str(exc)}
-    app.send_task(TASK_APPLY_SNAPSHOT, args=[snapshot_to_json(snapshot)], queue=POOL_QUEUE)
+    payload = {**snapshot_to_json(snapshot), "stats": _stats_since_last_report(time.perf_counter() - started)}
+    app.send_task(TASK_APPLY_SNAPSHOT, args=[payload], queue=POOL_QUEUE)
     return {"ok": True, "instances": len(snapshot.instances)}
 
 

@@ -62,6 +62,8 @@ class Cloud(Protocol):
 
     def api_calls(self) -> dict[str, int]: ...
 
+    def api_errors(self) -> dict[str, int]: ...
+
 
 def boto_config(*, max_attempts: int = 5) -> Config:
     """botocore settings: standard retry mode (throttling and 5xx with backoff), short timeouts."""
@@ -123,10 +125,12 @@ class Boto3Cloud:
         self._ec2 = ec2 or session.client("ec2", config=boto_config())  # type: ignore[union-attr]
         self._clock = clock
         self._calls: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
         self._lock = threading.Lock()
         for client in (self._asg, self._ec2):
             # Counts every HTTP attempt, retries included: what AWS bills and throttles.
             client.meta.events.register("before-send", self._count)
+            client.meta.events.register("response-received", self._count_error)
 
     def _count(self, request: Any = None, **_: Any) -> None:
         body = getattr(request, "body", b"") or b""
@@ -135,9 +139,20 @@ class Boto3Cloud:
         with self._lock:
             self._calls[action] += 1
 
+    def _count_error(self, event_name: str = "", response_dict: Any = None, exception: Any = None, **_: Any) -> None:
+        # Every attempt's answer, retries included: throttles botocore absorbed count too.
+        status = int((response_dict or {}).get("status_code") or 0)
+        if exception is not None or status >= 400:
+            with self._lock:
+                self._errors[event_name.rsplit(".", 1)[-1] or "unknown"] += 1
+
     def api_calls(self) -> dict[str, int]:
         with self._lock:
             return dict(self._calls)
+
+    def api_errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._errors)
 
     def describe_group(self) -> GroupSnapshot:
         observed_at = self._clock()

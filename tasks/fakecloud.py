@@ -47,6 +47,7 @@ class FakeCloud:
         self._ids = itertools.count(1)
         self._instances: dict[str, _Inst] = {}
         self._calls: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.fail_next: list[CloudError] = []  # raised by the next calls, in order
         self.desired = desired
@@ -74,6 +75,7 @@ class FakeCloud:
     def _call(self, action: str) -> None:
         self._calls[action] += 1
         if self.fail_next:
+            self._errors[action] += 1
             raise self.fail_next.pop(0)
 
     def _settle(self) -> None:
@@ -164,3 +166,7 @@ class FakeCloud:
     def api_calls(self) -> dict[str, int]:
         with self._lock:
             return dict(self._calls)
+
+    def api_errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._errors)

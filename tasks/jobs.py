@@ -28,6 +28,7 @@ from tasks.contract import (
 )
 from tasks.errors import InvalidProject, InvalidRequest, StoreUnavailable
 from tasks.model import snapshot_from_json
+from tasks.store import RefreshStats
 
 
 def _guarded(call: Callable[[], dict[str, Any]], project_id: Any) -> dict[str, Any]:
@@ -85,10 +86,11 @@ def mark_ready(instance_ids: Any) -> dict[str, Any]:
 
 @app.task(name=TASK_APPLY_SNAPSHOT, ignore_result=True)
 def apply_snapshot(payload: Any) -> dict[str, Any]:
+    stats = RefreshStats.from_json(payload.get("stats")) if isinstance(payload, dict) else None
     if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-        return service().record_refresh_error(payload["error"])
+        return service().record_refresh_error(payload["error"], stats=stats)
     try:
         snapshot = snapshot_from_json(payload)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return failure(CODE_BAD_REQUEST, f"malformed snapshot: {type(exc).__name__}: {exc}")
-    return service().apply_snapshot(snapshot)
+    return service().apply_snapshot(snapshot, stats=stats)

@@ -20,7 +20,8 @@ key                  type    meaning
                              ``refreshed_at``, ``refresh_error``, ``refresh_error_at``,
                              ``lost_total``, ``wanted``, ``capped``, ``unready_total``
                              (machines terminated for never becoming ready),
-                             ``backoff_until`` / ``backoff_reason`` (scale-up paused)
+                             ``backoff_until`` / ``backoff_reason`` (scale-up paused),
+                             ``refresh_duration_s`` (the last refresh's AWS read)
 ``lost``             list    JSON records of assigned machines that vanished, newest first,
                              trimmed to LOST_KEEP entries
 ``rebalance``        string  "1" while a rebalance job is queued; TTL REBALANCE_COALESCE_MS.
@@ -34,6 +35,9 @@ key                  type    meaning
 ``unready``          zset    instance id -> when it was terminated for never becoming ready;
                              members older than UNREADY_WINDOW_S are trimmed. Drives the
                              launch back-off.
+``aws_calls``        hash    AWS API action -> attempts made by refresh jobs and side effects
+                             (reported by the aws workers with each refresh)
+``aws_errors``       hash    AWS API action -> attempts that failed (throttled, 5xx, refused)
 ``refresh_soon``     string  "1" while an early refresh is queued (someone waits); TTL
                              REFRESH_SOON_MS
 ===================  ======  ==============================================================
@@ -41,7 +45,7 @@ key                  type    meaning
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 LOST_KEEP = 100
 REBALANCE_COALESCE_MS = 5_000
@@ -65,6 +69,8 @@ class PoolKeys:
     waiter_seq: str
     unready: str
     refresh_soon: str
+    aws_calls: str
+    aws_errors: str
 
     @classmethod
     def for_group(cls, asg_name: str) -> PoolKeys:
@@ -82,14 +88,9 @@ class PoolKeys:
             waiter_seq=prefix + "waiter_seq",
             unready=prefix + "unready",
             refresh_soon=prefix + "refresh_soon",
+            aws_calls=prefix + "aws_calls",
+            aws_errors=prefix + "aws_errors",
         )
 
     def all(self) -> tuple[str, ...]:
-        return (
-            self.machines,
-            self.idle,
-            self.projects,
-            self.group,
-            self.lost,
-            self.rebalance,
-        )
+        return astuple(self)

@@ -20,7 +20,7 @@ from tasks.model import (
     choose_for_assignment,
     reconcile,
 )
-from tasks.store import AssignOutcome, GroupInfo, ReleaseOutcome
+from tasks.store import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
 
 
 class InMemoryStore:
@@ -39,6 +39,8 @@ class InMemoryStore:
         self._refresh_until = 0.0
         self._waiters: dict[str, Waiter] = {}  # insertion order = arrival order
         self._unready: dict[str, float] = {}
+        self._aws_calls: dict[str, int] = {}
+        self._aws_errors: dict[str, int] = {}
 
     def _flag(self) -> bool:
         now = time.monotonic()
@@ -158,6 +160,17 @@ class InMemoryStore:
     def record_backoff(self, *, until: float, reason: str) -> None:
         with self._lock:
             self._group = replace(self._group, backoff_until=until, backoff_reason=reason[:300])
+
+    def record_refresh_stats(self, stats: RefreshStats) -> None:
+        with self._lock:
+            self._group = replace(self._group, refresh_duration_s=stats.duration_s)
+            for target, delta in ((self._aws_calls, stats.aws_calls), (self._aws_errors, stats.aws_errors)):
+                for action, n in delta.items():
+                    target[action] = target.get(action, 0) + n
+
+    def aws_stats(self) -> tuple[dict[str, int], dict[str, int]]:
+        with self._lock:
+            return dict(self._aws_calls), dict(self._aws_errors)
 
     def request_refresh_soon(self) -> bool:
         with self._lock:

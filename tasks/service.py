@@ -37,7 +37,7 @@ from tasks.model import (
 )
 from tasks.planner import decrement_allowed, plan_capacity
 from tasks.status import build_status
-from tasks.store import StateStore
+from tasks.store import RefreshStats, StateStore
 
 log = logging.getLogger("warmpool.pool")
 
@@ -245,8 +245,10 @@ class PoolService:
         return len({w.project_id for w in self.store.waiters() if w.deadline > now})
 
     # -- refresh / readiness / rebalance ----------------------------------
-    def apply_snapshot(self, snapshot: GroupSnapshot) -> dict[str, Any]:
+    def apply_snapshot(self, snapshot: GroupSnapshot, *, stats: RefreshStats | None = None) -> dict[str, Any]:
         """Fold a refresh into the state, serve waiters, rebalance and converge side effects."""
+        if stats is not None:
+            self.store.record_refresh_stats(stats)
         now = self._clock()
         rec = self.store.apply_snapshot(
             snapshot, kind=self.config.address, now=now, require_ready_check=self.config.require_ready_check
@@ -279,8 +281,10 @@ class PoolService:
         served = self.serve_waiters() if ready else 0
         return {"ready": [m.instance_id for m in ready], "served_waiters": served}
 
-    def record_refresh_error(self, message: str) -> dict[str, Any]:
+    def record_refresh_error(self, message: str, *, stats: RefreshStats | None = None) -> dict[str, Any]:
         log.error("refresh failed", extra={"error": message})
+        if stats is not None:
+            self.store.record_refresh_stats(stats)
         self.store.record_refresh_error(message, now=self._clock())
         return {"applied": False, "reason": message}
 

@@ -33,6 +33,7 @@ def build_status(
     waiters = [w for w in store.waiters() if w.deadline > now]
     machines = sorted(view.machines.values(), key=lambda m: (m.state.value, m.instance_id))
     backoff = group.backoff_until > now
+    aws_calls, aws_errors = store.aws_stats()
     return {
         "asg_name": asg_name,
         "idle_target": idle_target,
@@ -48,6 +49,9 @@ def build_status(
         "refreshed_at": iso_utc(group.refreshed_at) if group.refreshed_at else None,
         "refresh_age_s": round(now - group.refreshed_at, 3) if group.refreshed_at else None,
         "refresh_error": group.refresh_error or None,
+        "refresh_duration_s": round(group.refresh_duration_s, 4),
+        "aws_calls": aws_calls,
+        "aws_errors": aws_errors,
         "lost_total": group.lost_total,
         "lost": [{**x.to_json(), "lost_at": iso_utc(x.lost_at)} for x in store.lost(limit=20)],
         "unready_total": group.unready_total,

@@ -9,7 +9,7 @@ runs the pure ``model.reconcile`` under WATCH/MULTI. Key names: ``tasks.keys``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
 
@@ -47,6 +47,32 @@ class ReleaseOutcome:
 
 
 @dataclass(frozen=True)
+class RefreshStats:
+    """What an aws worker reports with a refresh: its duration and AWS attempts since its last report."""
+
+    duration_s: float = 0.0
+    aws_calls: dict[str, int] = field(default_factory=dict)
+    aws_errors: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> RefreshStats:
+        if not isinstance(data, dict):
+            return cls()
+
+        def counts(raw: Any) -> dict[str, int]:
+            if not isinstance(raw, dict):
+                return {}
+            return {str(k)[:64]: int(v) for k, v in raw.items() if isinstance(v, int) and v > 0}
+
+        duration = data.get("duration_s")
+        return cls(
+            duration_s=float(duration) if isinstance(duration, int | float) else 0.0,
+            aws_calls=counts(data.get("aws_calls")),
+            aws_errors=counts(data.get("aws_errors")),
+        )
+
+
+@dataclass(frozen=True)
 class GroupInfo:
     """Group bounds as last observed plus refresh bookkeeping."""
 
@@ -63,6 +89,7 @@ class GroupInfo:
     unready_total: int = 0
     backoff_until: float = 0.0
     backoff_reason: str = ""
+    refresh_duration_s: float = 0.0
 
     @property
     def known(self) -> bool:
@@ -97,6 +124,10 @@ class StateStore(Protocol):
     def record_backoff(self, *, until: float, reason: str) -> None: ...
 
     def request_refresh_soon(self) -> bool: ...
+
+    def record_refresh_stats(self, stats: RefreshStats) -> None: ...
+
+    def aws_stats(self) -> tuple[dict[str, int], dict[str, int]]: ...
 
     def view(self) -> PoolView: ...
 
@@ -154,6 +185,7 @@ def _group_from_hash(raw: dict[str, str]) -> GroupInfo:
         unready_total=int(num("unready_total")),
         backoff_until=num("backoff_until"),
         backoff_reason=raw.get("backoff_reason", ""),
+        refresh_duration_s=num("refresh_duration_s"),
     )
 
 
@@ -264,6 +296,23 @@ class RedisStore:
     def record_backoff(self, *, until: float, reason: str) -> None:
         mapping = {"backoff_until": repr(until), "backoff_reason": reason[:300]}
         self._call(self._r.hset, self.keys.group, mapping=mapping)
+
+    def record_refresh_stats(self, stats: RefreshStats) -> None:
+        k = self.keys
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(k.group, "refresh_duration_s", repr(stats.duration_s))
+        for action, n in stats.aws_calls.items():
+            pipe.hincrby(k.aws_calls, action, n)
+        for action, n in stats.aws_errors.items():
+            pipe.hincrby(k.aws_errors, action, n)
+        self._call(pipe.execute)
+
+    def aws_stats(self) -> tuple[dict[str, int], dict[str, int]]:
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.aws_calls)
+        pipe.hgetall(self.keys.aws_errors)
+        calls, errors = self._call(pipe.execute)
+        return {k: int(v) for k, v in calls.items()}, {k: int(v) for k, v in errors.items()}
 
     def request_refresh_soon(self) -> bool:
         return bool(self._call(self._r.set, self.keys.refresh_soon, "1", nx=True, px=REFRESH_SOON_MS))

@@ -204,6 +204,10 @@ def test_every_page_of_a_large_group_is_read(stack: Stack) -> None:
     wait_for(lambda: stack.client.status()["counts"]["idle"] == IDLE_TARGET, timeout_s=30, what="scale-in")
     status = stack.client.status()
     assert status["counts"]["pending"] == 0
+    # and the aws workers report their calls: more DescribeInstances pages than refreshes
+    calls = status["aws_calls"]
+    assert calls["DescribeInstances"] > calls["DescribeAutoScalingGroups"] > 0
+    assert status["refresh_duration_s"] > 0
     wait_for(lambda: stack.group()["DesiredCapacity"] == IDLE_TARGET, what="desired shrunk by named terminations")
 
 
