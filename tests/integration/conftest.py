@@ -1,13 +1,15 @@
 """Real processes: Redis, a moto server, the pool worker, an aws worker and beat.
 
-The stack runs on its own Redis databases so it never meets a demo on the
-defaults. Redis absent: these tests fail under CI (CI=true) and skip locally.
+Each stack runs on a redis-server of its own, on a free port, so a demo, a
+second test run or CI on the same machine never shares its queues or state.
+redis-server absent: these tests fail under CI (CI=true) and skip locally.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +18,6 @@ from typing import Any
 
 import boto3
 import pytest
-import redis
 from celery import Celery
 
 from producer.client import PoolClient
@@ -25,16 +26,15 @@ from producer.sandbox import (
     ProcessGroup,
     beat_argv,
     create_simulated_group,
-    redis_answers,
+    ensure_redis,
+    free_port,
     stack_env,
+    terminate,
     wait_for_workers,
     worker_argv,
 )
 from tasks.store import RedisStore
 
-BROKER_URL = "redis://127.0.0.1:6379/3"
-RESULT_BACKEND = "redis://127.0.0.1:6379/4"
-STATE_URL = "redis://127.0.0.1:6379/8"
 ASG = "heavrdevs-asg"
 REGION = "ap-south-1"
 IDLE_TARGET = 4
@@ -42,11 +42,24 @@ REFRESH_S = 0.5
 
 
 def require_redis() -> None:
-    if redis_answers(BROKER_URL):
+    if shutil.which("redis-server"):
         return
     if os.environ.get("CI"):
-        pytest.fail("Redis does not answer at 127.0.0.1:6379 (CI must start it: scripts/ensure_redis.py)")
-    pytest.skip("Redis does not answer at 127.0.0.1:6379")
+        pytest.fail("redis-server is not installed (CI must install it: scripts/ensure_redis.py)")
+    pytest.skip("redis-server is not installed")
+
+
+@contextlib.contextmanager
+def private_redis(logs: Path) -> Iterator[tuple[str, str, str]]:
+    """A redis-server of this stack's own: broker, result backend and state URLs on it."""
+    require_redis()
+    base = f"redis://127.0.0.1:{free_port()}"
+    proc = ensure_redis(base + "/0", log=lambda _: None, log_path=logs / "redis.log")
+    try:
+        yield base + "/0", base + "/1", base + "/2"
+    finally:
+        if proc is not None:
+            terminate(proc, timeout_s=5)
 
 
 def wait_for(check: Callable[[], Any], *, timeout_s: float = 15.0, what: str = "condition") -> Any:
@@ -61,7 +74,7 @@ def wait_for(check: Callable[[], Any], *, timeout_s: float = 15.0, what: str = "
         time.sleep(0.1)
 
 
-def make_client_app(broker_url: str = BROKER_URL, result_backend: str = RESULT_BACKEND) -> Celery:
+def make_client_app(broker_url: str, result_backend: str) -> Celery:
     app = Celery("warmpool-tests")
     app.config_from_object("celeryconfig")
     app.conf.update(broker_url=broker_url, result_backend=result_backend)
@@ -122,16 +135,15 @@ class Stack:
 def running_stack(
     logs: Path,
     *,
-    dbs: tuple[str, str, str] = (BROKER_URL, RESULT_BACKEND, STATE_URL),
     idle_target: int = IDLE_TARGET,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Moto server, aws worker, pool worker and beat on the given Redis databases."""
-    require_redis()
-    broker, backend, state = dbs
-    for url in dbs:
-        redis.Redis.from_url(url).flushdb()
-    with MotoServer(log_path=logs / "moto.log") as moto, ProcessGroup() as procs:
+    """Private Redis, moto server, aws worker, pool worker and beat."""
+    with (
+        private_redis(logs) as (broker, backend, state),
+        MotoServer(log_path=logs / "moto.log") as moto,
+        ProcessGroup() as procs,
+    ):
         env = stack_env(
             endpoint_url=moto.endpoint_url,
             broker_url=broker,

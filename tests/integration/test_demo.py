@@ -1,8 +1,10 @@
 """``warmpool demo`` end to end: Redis, a moto server, both workers, beat, assigns and releases.
 
 Runs ``python -m producer.demo --once`` (the demo without its endless status
-loop) in a subprocess, on test Redis databases 10-12 so it never meets a real
-demo on the defaults. Redis absent: fails under CI, skips locally.
+loop) in a subprocess, pointed at a free port where no Redis answers: the demo
+must start its own redis-server there (as on a fresh machine) and stop it
+again, and never meets a real demo on the defaults. redis-server absent:
+fails under CI, skips locally.
 """
 
 from __future__ import annotations
@@ -20,19 +22,19 @@ from producer.sandbox import ensure_redis, free_port, redis_answers, terminate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REDIS = "redis://127.0.0.1:6379"
+REDIS = f"redis://127.0.0.1:{free_port()}"
 TEST_DATABASES = {
-    "WARMPOOL_BROKER_URL": f"{REDIS}/10",
-    "WARMPOOL_RESULT_BACKEND": f"{REDIS}/11",
-    "WARMPOOL_REDIS_URL": f"{REDIS}/12",
+    "WARMPOOL_BROKER_URL": f"{REDIS}/0",
+    "WARMPOOL_RESULT_BACKEND": f"{REDIS}/1",
+    "WARMPOOL_REDIS_URL": f"{REDIS}/2",
 }
 ASSIGNED = re.compile(r"assign (demo-\d+)\s+-> (i-[0-9a-f]+)\s+ip (\S+)")
 
 
 def require_redis() -> None:
-    if redis_answers(TEST_DATABASES["WARMPOOL_BROKER_URL"]):
+    if shutil.which("redis-server"):
         return
-    message = "Redis does not answer at 127.0.0.1:6379 (start one: scripts/ensure_redis.py)"
+    message = "redis-server is not installed (scripts/ensure_redis.py installs it)"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -71,6 +73,7 @@ def test_demo_once_assigns_and_releases_then_stops_cleanly(tmp_path: Path) -> No
     assert re.search(r"release demo-3\s+-> True", output), output
     assert re.search(r"release nobody\s+-> False", output), output
     assert "stopped everything the demo started" in output
+    assert not redis_answers(TEST_DATABASES["WARMPOOL_BROKER_URL"]), "the Redis the demo started is stopped"
     assert (tmp_path / ".demo" / "logs" / "pool-worker.log").exists()
 
 

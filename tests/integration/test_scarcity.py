@@ -18,11 +18,10 @@ from typing import Any
 import pytest
 
 from producer.aio import AsyncPoolClient
-from tests.integration.conftest import Stack, make_client_app, running_stack, wait_for
+from tests.integration.conftest import Stack, running_stack, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
-DBS = ("redis://127.0.0.1:6379/9", "redis://127.0.0.1:6379/14", "redis://127.0.0.1:6379/15")
 READY_DELAY_S = 1.5
 READY_TIMEOUT_S = 6
 
@@ -70,7 +69,7 @@ def scarce(tmp_path_factory: pytest.TempPathFactory, editors: tuple[Editors, int
         "WARMPOOL_READY_TIMEOUT_SECONDS": str(READY_TIMEOUT_S),
     }
     logs: Path = tmp_path_factory.mktemp("scarce-logs")
-    with running_stack(logs, dbs=DBS, idle_target=2, extra_env=extra) as stack:
+    with running_stack(logs, idle_target=2, extra_env=extra) as stack:
         yield stack
 
 
@@ -85,7 +84,7 @@ def burst(stack: Stack, projects: list[str], *, wait: float) -> list[dict[str, A
     """Callers arriving 20 ms apart, in list order, all waiting up to ``wait`` seconds."""
 
     async def run() -> list[dict[str, Any]]:
-        async with AsyncPoolClient(app=make_client_app(DBS[0], DBS[1])) as client:
+        async with AsyncPoolClient(app=stack.app) as client:
 
             async def one(i: int, project: str) -> dict[str, Any]:
                 await asyncio.sleep(0.02 * i)
