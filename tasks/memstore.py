@@ -15,11 +15,10 @@ from tasks.model import (
     Machine,
     MachineState,
     PoolView,
-    Reconciliation,
     Waiter,
     choose_for_assignment,
-    reconcile,
 )
+from tasks.reconcile import Reconciliation, reconcile
 from tasks.store import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
 
 

@@ -25,11 +25,10 @@ from tasks.model import (
     Machine,
     MachineState,
     PoolView,
-    Reconciliation,
     Waiter,
-    reconcile,
 )
 from tasks.planner import GroupBounds
+from tasks.reconcile import Reconciliation, reconcile
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from tasks.model import (
     Machine,
     MachineState,
     PoolView,
-    Reconciliation,
 )
+from tasks.reconcile import Reconciliation
 
 ASG = "test-asg"
 

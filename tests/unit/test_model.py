@@ -27,10 +27,10 @@ from tasks.model import (
     choose_for_assignment,
     choose_for_termination,
     classify,
-    reconcile,
     snapshot_from_json,
     snapshot_to_json,
 )
+from tasks.reconcile import reconcile
 from tests.builders import apply, iid, machine, ready, snapshot, view_of
 
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
