@@ -27,13 +27,12 @@ from types import FrameType
 from typing import Any
 
 import redis
-from rich import box
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
 
 from producer.client import PoolClient
+from producer.render import compact_status_table, status_title
 from producer.sandbox import (
     MotoServer,
     ProcessGroup,
@@ -58,7 +57,6 @@ START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
 ASSIGN_WAIT_S = 20.0
 STAY_INTERVAL_S = 3.0
-_STATE_STYLE = {"idle": "green", "assigned": "cyan", "pending": "yellow", "releasing": "magenta"}
 
 
 class DemoError(Exception):
@@ -255,44 +253,6 @@ def _check_alive(procs: ProcessGroup, log_dir: Path) -> None:
 
 
 # -- showing the pool ----------------------------------------------------------------
-def _yes(flag: Any) -> str:
-    return "[green]yes[/]" if flag else "[dim]-[/]"
-
-
-def _title(status: Mapping[str, Any]) -> str:
-    counts, group = status["counts"], status["group"]
-    parts = [f"{name} {counts.get(name, 0)}" for name in ("idle", "assigned", "pending", "releasing")]
-    bounds = f"desired {group['desired_capacity']} (min {group['min_size']}, max {group['max_size']})"
-    if group.get("capped"):
-        bounds += " [red]capped[/]"
-    age = status.get("refresh_age_s")
-    refreshed = f"refreshed {age:.1f}s ago" if age is not None else "not refreshed yet"
-    lost = f" · [red]lost {status['lost_total']}[/]" if status.get("lost_total") else ""
-    return f"{status['asg_name']}: {' · '.join(parts)} · {bounds} · {refreshed}{lost}"
-
-
-def status_table(status: Mapping[str, Any]) -> Table:
-    """The pool snapshot of ``PoolClient.status()`` as a rich table (fits 80 columns)."""
-    table = Table(
-        title=_title(status), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0)
-    )
-    address = f"{status.get('address', 'public')} ip"
-    for column in ("instance", "state", "project", address, "since", "tag", "prot"):
-        table.add_column(column, no_wrap=True)
-    for m in status["machines"]:
-        style = _STATE_STYLE.get(m["state"], "")
-        table.add_row(
-            m["instance_id"],
-            f"[{style}]{m['state']}[/]" if style else m["state"],
-            m.get("project_id") or "",
-            m.get("ip") or "[dim]none[/]",
-            str(m.get("since", ""))[11:19],
-            _yes(m.get("tagged")),
-            _yes(m.get("protected")),
-        )
-    return table
-
-
 def _poll(
     client: PoolClient,
     ready: Callable[[Mapping[str, Any]], bool],
@@ -306,7 +266,7 @@ def _poll(
         if ready(status):
             return status
         if time.monotonic() >= deadline:
-            raise DemoError(f"the pool did not get ready within {timeout_s:.0f}s:\n{_title(status)}")
+            raise DemoError(f"the pool did not get ready within {timeout_s:.0f}s:\n{status_title(status)}")
         on_wait(status)
         time.sleep(0.2)
 
@@ -357,19 +317,19 @@ def _script(client: PoolClient, console: Console, *, rounds: int, target: int) -
         client.assign("not a valid id!")
     except InvalidProject as exc:
         console.print(f"  assign 'not a valid id!' -> rejected: {escape(str(exc))}")
-    console.print(status_table(client.status()))
+    console.print(compact_status_table(client.status()))
     console.rule("release")
     victim = projects[-1]
     console.print(f"  release {victim:<8} -> {client.release(victim)}  (terminates {held[victim]})")
     console.print(f"  release {'nobody':<8} -> {client.release('nobody')}  (held nothing: harmless)")
     with console.status("waiting for the buffer to refill and AWS to show the tags..."):
         status = _poll(client, _settled({held[victim]}, target), timeout_s=READY_TIMEOUT_S, on_wait=lambda s: None)
-    console.print(status_table(status))
+    console.print(compact_status_table(status))
 
 
 def _current(client: PoolClient) -> RenderableType:
     try:
-        return status_table(client.status())
+        return compact_status_table(client.status())
     except WarmpoolError as exc:
         return f"[yellow]status unavailable: {escape(str(exc))}[/]"
 
@@ -460,7 +420,7 @@ def _run(
     client.app.send_task(TASK_REFRESH, queue=AWS_QUEUE)  # don't wait for beat's first interval
     status = _wait_for_idle(client, console, clock, settings.idle_target)
     say(f"pool ready: {status['counts'].get('idle', 0)} idle machines")
-    console.print(status_table(status))
+    console.print(compact_status_table(status))
     _script(client, console, rounds=rounds, target=settings.idle_target)
     say("demo script done")
     if stay:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -81,3 +82,42 @@ def status_renderable(status: Mapping[str, Any]) -> Group:
     if lost is not None:
         parts.append(lost)
     return Group(*parts)
+
+
+def _yes(flag: Any) -> str:
+    return "[green]yes[/]" if flag else "[dim]-[/]"
+
+
+def status_title(status: Mapping[str, Any]) -> str:
+    """One line: counts by state, group bounds, refresh age, lost machines (rich markup)."""
+    counts, group = status["counts"], status["group"]
+    parts = [f"{name} {counts.get(name, 0)}" for name in ("idle", "assigned", "pending", "releasing")]
+    bounds = f"desired {group['desired_capacity']} (min {group['min_size']}, max {group['max_size']})"
+    if group.get("capped"):
+        bounds += " [red]capped[/]"
+    age = status.get("refresh_age_s")
+    refreshed = f"refreshed {age:.1f}s ago" if age is not None else "not refreshed yet"
+    lost = f" · [red]lost {status['lost_total']}[/]" if status.get("lost_total") else ""
+    return f"{status['asg_name']}: {' · '.join(parts)} · {bounds} · {refreshed}{lost}"
+
+
+def compact_status_table(status: Mapping[str, Any]) -> Table:
+    """The pool snapshot of ``PoolClient.status()`` as a rich table (fits 80 columns)."""
+    table = Table(
+        title=status_title(status), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0)
+    )
+    address = f"{status.get('address', 'public')} ip"
+    for column in ("instance", "state", "project", address, "since", "tag", "prot"):
+        table.add_column(column, no_wrap=True)
+    for m in status["machines"]:
+        style = _STATE_STYLE.get(m["state"], "")
+        table.add_row(
+            m["instance_id"],
+            f"[{style}]{m['state']}[/]" if style else m["state"],
+            m.get("project_id") or "",
+            m.get("ip") or "[dim]none[/]",
+            str(m.get("since", ""))[11:19],
+            _yes(m.get("tagged")),
+            _yes(m.get("protected")),
+        )
+    return table
