@@ -37,6 +37,7 @@ def service() -> PoolService:
             lease_s=s.lease_seconds,
             require_ready_check=bool(s.ready_url),
             ready_timeout_s=s.ready_timeout_seconds,
+            recovery_grace_s=2 * s.refresh_seconds,
         ),
     )
 

@@ -187,13 +187,27 @@ class InMemoryStore:
         return self._group
 
     def apply_snapshot(
-        self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float, require_ready_check: bool = False
+        self,
+        snapshot: GroupSnapshot,
+        *,
+        kind: AddressKind,
+        now: float,
+        require_ready_check: bool = False,
+        recovery_grace_s: float = 0.0,
     ) -> Reconciliation | None:
         with self._lock:
             if snapshot.observed_at < self._group.observed_at:
                 return None
+            recovering = self._group.recovering_until if self._group.observed_at else now + recovery_grace_s
             view = PoolView(machines=dict(self._machines), projects=dict(self._projects))
-            rec = reconcile(view, snapshot, kind=kind, now=now, require_ready_check=require_ready_check)
+            rec = reconcile(
+                view,
+                snapshot,
+                kind=kind,
+                now=now,
+                require_ready_check=require_ready_check,
+                hold_untagged=now < recovering,
+            )
             for m in rec.upserts:
                 self._machines[m.instance_id] = m
             for iid in rec.removals:
@@ -211,6 +225,7 @@ class InMemoryStore:
                 refreshed_at=now,
                 refresh_error="",
                 lost_total=self._group.lost_total + len(rec.lost),
+                recovering_until=recovering,
             )
             return rec
 

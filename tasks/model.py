@@ -69,6 +69,7 @@ _GONE_EC2_STATES = frozenset({"shutting-down", "terminated"})
 # Operators park instances in Standby on purpose: never time those out.
 _PARKED_DETAILS = ("lifecycle Standby", "lifecycle EnteringStandby")
 AWAITING_READY = "awaiting readiness check"
+RECOVERING = "state lost: waiting for in-flight tags before handing out"
 
 
 @dataclass(frozen=True)

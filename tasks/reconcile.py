@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from tasks.contract import PROJECT_ID_PATTERN
 from tasks.model import (
     AWAITING_READY,
+    RECOVERING,
     AddressKind,
     CloudInstance,
     GroupSnapshot,
@@ -71,6 +72,7 @@ def _unheld_machine(
     projects: dict[str, str],
     now: float,
     require_ready_check: bool,
+    hold_untagged: bool,
 ) -> Machine:
     """The new record for an instance no project holds in the store."""
     base = current or Machine(instance_id=inst.instance_id, state=MachineState.PENDING, since=now)
@@ -94,6 +96,10 @@ def _unheld_machine(
     readiness, why = classify(inst, kind)
     if readiness is Readiness.READY and require_ready_check and not base.ready_checked:
         readiness, why = Readiness.NOT_READY, AWAITING_READY
+    if readiness is Readiness.READY and hold_untagged and base.state is not MachineState.IDLE:
+        # Right after the state was lost, an untagged machine may be one whose
+        # tag job is still queued: handing it out could give it to two projects.
+        readiness, why = Readiness.NOT_READY, RECOVERING
     if readiness is Readiness.READY:
         if base.state is MachineState.IDLE:
             return replace(base, detail="")
@@ -110,6 +116,7 @@ def reconcile(
     kind: AddressKind,
     now: float,
     require_ready_check: bool = False,
+    hold_untagged: bool = False,
 ) -> Reconciliation:
     """Fold one complete snapshot of the group into the pool state.
 
@@ -118,7 +125,9 @@ def reconcile(
     the store does not hold (state lost: restore); everything else is classified
     afresh. Instances that left the group are dropped, and assigned ones are
     reported lost. With ``require_ready_check`` an instance AWS calls ready
-    stays pending until a readiness probe passed (``ready_checked``).
+    stays pending until a readiness probe passed (``ready_checked``). With
+    ``hold_untagged`` (the state was just lost) untagged instances stay pending
+    until the tag jobs still in flight had time to land.
     """
     projects = dict(view.projects)
     present: dict[str, CloudInstance] = {}
@@ -146,7 +155,13 @@ def reconcile(
             new = _observed(current, inst, kind)
         else:
             new = _unheld_machine(
-                current, inst, kind=kind, projects=projects, now=now, require_ready_check=require_ready_check
+                current,
+                inst,
+                kind=kind,
+                projects=projects,
+                now=now,
+                require_ready_check=require_ready_check,
+                hold_untagged=hold_untagged,
             )
             if new.state is MachineState.ASSIGNED:
                 restored.append(new)

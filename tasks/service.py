@@ -83,6 +83,9 @@ class PoolConfig:
     lease_s: float = 0.0  # default lease of an assignment; 0 = none
     require_ready_check: bool = False  # WARMPOOL_READY_URL is set
     ready_timeout_s: float = 600.0
+    # After the state is lost (or on first start), untagged machines are held
+    # back this long, so tag jobs still in flight land first (2 refreshes).
+    recovery_grace_s: float = 0.0
 
 
 def assigned_result(machine: Machine) -> dict[str, Any]:
@@ -251,7 +254,11 @@ class PoolService:
             self.store.record_refresh_stats(stats)
         now = self._clock()
         rec = self.store.apply_snapshot(
-            snapshot, kind=self.config.address, now=now, require_ready_check=self.config.require_ready_check
+            snapshot,
+            kind=self.config.address,
+            now=now,
+            require_ready_check=self.config.require_ready_check,
+            recovery_grace_s=self.config.recovery_grace_s,
         )
         if rec is None:
             return {"applied": False, "reason": "stale snapshot"}

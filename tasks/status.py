@@ -55,6 +55,7 @@ def build_status(
         "lost_total": group.lost_total,
         "lost": [{**x.to_json(), "lost_at": iso_utc(x.lost_at)} for x in store.lost(limit=20)],
         "unready_total": group.unready_total,
+        "recovering_until": iso_utc(group.recovering_until) if group.recovering_until > now else None,
         "scale_up_paused_until": iso_utc(group.backoff_until) if backoff else None,
         "scale_up_paused_reason": group.backoff_reason if backoff else None,
         "waiting": [

@@ -89,6 +89,7 @@ class GroupInfo:
     backoff_until: float = 0.0
     backoff_reason: str = ""
     refresh_duration_s: float = 0.0
+    recovering_until: float = 0.0
 
     @property
     def known(self) -> bool:
@@ -133,7 +134,13 @@ class StateStore(Protocol):
     def group(self) -> GroupInfo: ...
 
     def apply_snapshot(
-        self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float, require_ready_check: bool = False
+        self,
+        snapshot: GroupSnapshot,
+        *,
+        kind: AddressKind,
+        now: float,
+        require_ready_check: bool = False,
+        recovery_grace_s: float = 0.0,
     ) -> Reconciliation | None: ...
 
     def claim_for_termination(
@@ -185,6 +192,7 @@ def _group_from_hash(raw: dict[str, str]) -> GroupInfo:
         backoff_until=num("backoff_until"),
         backoff_reason=raw.get("backoff_reason", ""),
         refresh_duration_s=num("refresh_duration_s"),
+        recovering_until=num("recovering_until"),
     )
 
 
@@ -327,12 +335,19 @@ class RedisStore:
         return _group_from_hash(self._call(self._r.hgetall, self.keys.group))
 
     def apply_snapshot(
-        self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float, require_ready_check: bool = False
+        self,
+        snapshot: GroupSnapshot,
+        *,
+        kind: AddressKind,
+        now: float,
+        require_ready_check: bool = False,
+        recovery_grace_s: float = 0.0,
     ) -> Reconciliation | None:
+        options = {"kind": kind, "now": now, "require_ready_check": require_ready_check}
         for _attempt in range(20):
             try:
                 rec: Reconciliation | None = self._call(
-                    self._apply_once, snapshot, kind=kind, now=now, require_ready_check=require_ready_check
+                    self._apply_once, snapshot, recovery_grace_s=recovery_grace_s, **options
                 )
                 return rec
             except redis.WatchError:
@@ -340,7 +355,13 @@ class RedisStore:
         raise StoreUnavailable("state kept changing while applying a snapshot (20 attempts)")
 
     def _apply_once(
-        self, snapshot: GroupSnapshot, *, kind: AddressKind, now: float, require_ready_check: bool
+        self,
+        snapshot: GroupSnapshot,
+        *,
+        kind: AddressKind,
+        now: float,
+        require_ready_check: bool,
+        recovery_grace_s: float,
     ) -> Reconciliation | None:
         k = self.keys
         pipe: Any
@@ -348,12 +369,21 @@ class RedisStore:
             # Race guarded: an assign or release between reading the state and
             # writing the reconciliation would be overwritten; WATCH aborts then.
             pipe.watch(k.machines, k.projects, k.group)
-            observed_at = float(pipe.hget(k.group, "observed_at") or 0)
+            observed_at, recovering = (float(v or 0) for v in pipe.hmget(k.group, "observed_at", "recovering_until"))
             if snapshot.observed_at < observed_at:
                 pipe.unwatch()
                 return None  # an older refresh arrived late: newer truth is applied
+            if not observed_at:  # no state at all: first start, or the state was lost
+                recovering = now + recovery_grace_s
             view = _view_from(pipe.hgetall(k.machines), pipe.hgetall(k.projects))
-            rec = reconcile(view, snapshot, kind=kind, now=now, require_ready_check=require_ready_check)
+            rec = reconcile(
+                view,
+                snapshot,
+                kind=kind,
+                now=now,
+                require_ready_check=require_ready_check,
+                hold_untagged=now < recovering,
+            )
             pipe.multi()
             _write_reconciliation(pipe, k, rec)
             pipe.hset(
@@ -365,6 +395,7 @@ class RedisStore:
                     "observed_at": repr(snapshot.observed_at),
                     "refreshed_at": repr(now),
                     "refresh_error": "",
+                    "recovering_until": repr(recovering),
                 },
             )
             pipe.execute()

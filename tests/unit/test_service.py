@@ -447,3 +447,38 @@ def test_status_shape(pool: Harness) -> None:
     assert set(status["group"]) == {"min_size", "max_size", "desired_capacity", "wanted", "capped"}
     assert status["refreshed_at"].endswith("Z") and status["refresh_age_s"] >= 0
     assert Counter(m["state"] for m in status["machines"]) == Counter({"idle": 1, "assigned": 1})
+
+
+class TestStateLossRecovery:
+    def test_untagged_machines_are_held_back_until_in_flight_tags_can_land(self) -> None:
+        # given an assignment whose tag job has not reached AWS yet
+        h = Harness()
+        h.service = PoolService(
+            h.store,
+            h.effects,
+            config=PoolConfig(asg_name=ASG, idle_target=2, address=AddressKind.PUBLIC, recovery_grace_s=5),
+            clock=h.clock,
+        )
+        h.settle()
+        h.clock.advance(10)
+        h.settle()
+        taken = h.service.assign("early-bird")["instance_id"]
+        h.done = len(h.effects.calls)  # the tag job is still queued: AWS knows nothing yet
+
+        # when the state is lost and the next refresh comes in
+        h.store.reset()
+        h.refresh()
+
+        # expect the untagged machine held back (not idle), so nobody else can get it
+        states = {m["instance_id"]: (m["state"], m["detail"]) for m in h.service.status()["machines"]}
+        assert states[taken][0] == "pending" and "in-flight tags" in states[taken][1]
+        assert h.service.assign("intruder")["status"] == "failed"
+        # and once the tag lands within the grace, the assignment is restored from it
+        h.cloud.tag_assigned(taken, project_id="early-bird", assigned_at="2026-01-01T00:00:00.000Z")
+        h.refresh()
+        held = {m["project_id"]: m["instance_id"] for m in h.service.status()["machines"] if m["state"] == "assigned"}
+        assert held == {"early-bird": taken}
+        # and after the grace the other machines are handed out again
+        h.clock.advance(10)
+        h.refresh()
+        assert h.service.assign("later")["instance_id"] != taken
