@@ -137,13 +137,15 @@ def running_stack(
     *,
     idle_target: int = IDLE_TARGET,
     extra_env: dict[str, str] | None = None,
+    broker_url: str | None = None,
 ) -> Iterator[Stack]:
-    """Private Redis, moto server, aws worker, pool worker and beat."""
+    """Private Redis, moto server, aws worker, pool worker and beat (``broker_url``: another broker)."""
     with (
-        private_redis(logs) as (broker, backend, state),
+        private_redis(logs) as (redis_broker, backend, state),
         MotoServer(log_path=logs / "moto.log") as moto,
         ProcessGroup() as procs,
     ):
+        broker = broker_url or redis_broker
         env = stack_env(
             endpoint_url=moto.endpoint_url,
             broker_url=broker,
