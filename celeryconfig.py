@@ -30,10 +30,21 @@ task_routes = {
 
 # A job is acknowledged only after it ran: a killed worker's job is delivered
 # again (every job is idempotent), never lost.
+# Each worker also consumes a queue of its own (<name>.dq2): the liveness probe
+# (python -m producer.probe --worker NAME) sends a job there, which proves the
+# worker still consumes, not merely that it answers broadcast pings.
+worker_direct = True
+
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 4
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout_s,
+    # kombu looks for jobs of dead workers only every ~100 s by default; look
+    # often enough that a killed worker's job returns close to the timeout.
+    "unacked_restore_interval": max(1, _settings.visibility_timeout_s // 4),
+    "unacked_restore_throttle": 1,
+}
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # keep reconnecting after a broker restart
 result_expires = 3600

@@ -53,11 +53,21 @@ class _ResultListener:
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._starting: asyncio.Lock | None = None
+
+    async def _start(self) -> None:
+        # Race guarded: concurrent first calls each issuing SUBSCRIBE before the
+        # pub/sub connection exists would each open one (and leak all but one).
+        # One subscription of our own is made first, under a lock; it also keeps
+        # the connection subscribed between calls, so the reader can block.
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._reader is None or self._reader.done():
+                await self._pubsub.subscribe(f"warmpool-client-{uuid.uuid4()}")
+                self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
-        # A channel of our own keeps the connection subscribed between calls,
-        # so the reader can block on it instead of polling.
-        await self._pubsub.subscribe(f"warmpool-client-{uuid.uuid4()}")
         while True:
             message = await self._pubsub.get_message(timeout=None)
             if not message or message.get("type") != "message":
@@ -71,8 +81,7 @@ class _ResultListener:
 
     async def subscribe(self, key: str) -> asyncio.Future[Any]:
         if self._reader is None or self._reader.done():
-            # Created before any await: concurrent first calls must share one reader.
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+            await self._start()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters[key] = fut
         await self._pubsub.subscribe(key)
@@ -137,7 +146,7 @@ class AsyncPoolClient:
                 meta = await self._listener.get(key)
                 state = meta.get("status") if meta else None
                 if state == STATE_WAITING:
-                    return timed_out_waiting(args, timeout_s)
+                    return timed_out_waiting(args, timeout_s, meta.get("result") if meta else None)
                 if state not in _FINAL_STATES:
                     raise PoolUnavailable(f"no pool worker answered within {timeout_s:.1f}s") from None
             return _from_meta(meta)

@@ -91,10 +91,22 @@ def assign_kwargs(wait: Any, lease: Any, *, reply_timeout_s: float) -> tuple[dic
     return {"wait_s": wait_s, "lease_s": lease_s, "deadline": time.time() + wait_s}, timeout_s
 
 
-def timed_out_waiting(args: tuple[Any, ...], timeout_s: float) -> dict[str, Any]:
-    """The result of a caller that waited in the queue until its deadline."""
+def timed_out_waiting(args: tuple[Any, ...], timeout_s: float, waiting: Any = None) -> dict[str, Any]:
+    """The result of a caller that waited in the queue until its deadline.
+
+    ``waiting`` is the worker's waiting-state record: why no machine was free
+    (capped by MaxSize, scale-up paused) when the caller was queued.
+    """
     project_id = args[0] if args else None
-    return failure(CODE_NO_CAPACITY, f"no machine became available within {timeout_s:.1f}s", project_id=project_id)
+    note = waiting if isinstance(waiting, Mapping) else {}
+    reason = f" ({note['reason']})" if note.get("reason") else ""
+    return failure(
+        CODE_NO_CAPACITY,
+        f"no machine became available within {timeout_s:.1f}s{reason}",
+        project_id=project_id,
+        capped=bool(note.get("capped")),
+        max_size=note.get("max_size"),
+    )
 
 
 def raise_for_failure(result: Any) -> Mapping[str, Any]:
@@ -135,7 +147,7 @@ class PoolClient:
             result = async_result.get(timeout=timeout_s, propagate=False, disable_sync_subtasks=False)
         except CeleryTimeoutError:
             if async_result.state == STATE_WAITING:
-                return timed_out_waiting(args, timeout_s)
+                return timed_out_waiting(args, timeout_s, async_result.info)
             raise PoolUnavailable(f"no pool worker answered within {timeout_s:.1f}s") from None
         except Exception as exc:
             raise PoolUnavailable(f"result backend unreachable: {exc}") from exc

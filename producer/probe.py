@@ -58,20 +58,39 @@ def check_pidfile(path: str) -> str | None:
     return None
 
 
+def check_worker(name: str, *, timeout_s: float) -> str | None:
+    """None when worker ``name`` runs a job sent to its own queue within ``timeout_s``."""
+    from celery.utils.nodenames import worker_direct
+
+    from producer.client import make_app
+    from tasks.contract import TASK_PING
+
+    app = make_app()
+    try:
+        result = app.send_task(TASK_PING, queue=worker_direct(name), expires=timeout_s)
+        answer = result.get(timeout=timeout_s)
+    except Exception as exc:  # timeout, broker or backend down: all mean "not live"
+        return f"worker {name} did not run a job within {timeout_s:.1f}s ({type(exc).__name__}: {exc})"
+    return None if answer == "pong" else f"worker {name} answered {answer!r}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m producer.probe", description=__doc__.splitlines()[0])
     parser.add_argument("url", nargs="?", help="URL that must answer 2xx")
     parser.add_argument("--pidfile", help="pidfile whose process must be alive")
+    parser.add_argument("--worker", help="Celery worker name (pool@host) that must run a job from its own queue")
     parser.add_argument("--timeout", type=float, default=5.0, help="HTTP timeout in seconds [5]")
     parser.add_argument("--flower-auth", action="store_true", help=f"send basic auth from ${ENV_USER}/${ENV_PASSWORD}")
     args = parser.parse_args(argv)
-    if not args.url and not args.pidfile:
-        parser.error("give a URL or --pidfile")
+    if not args.url and not args.pidfile and not args.worker:
+        parser.error("give a URL, --pidfile or --worker")
     problems = []
     if args.url:
         problems.append(check_http(args.url, timeout_s=args.timeout, flower_auth=args.flower_auth))
     if args.pidfile:
         problems.append(check_pidfile(args.pidfile))
+    if args.worker:
+        problems.append(check_worker(args.worker, timeout_s=args.timeout))
     failed = [p for p in problems if p]
     for problem in failed:
         print(problem, file=sys.stderr)

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from tasks.celery_app import app, cloud, settings
+from tasks.celery_app import app, capacity_lock_key, cloud, settings, state_redis
 from tasks.contract import (
     POOL_QUEUE,
     TASK_APPLY_SNAPSHOT,
@@ -103,12 +103,13 @@ def set_desired(desired: Any) -> bool:
     if not isinstance(desired, int) or isinstance(desired, bool) or desired < 0:
         raise ValueError(f"not a capacity: {desired!r}")
     try:
-        cloud().set_desired_capacity(desired)
+        # Read-then-raise must not interleave between aws threads and workers.
+        with state_redis().lock(capacity_lock_key(), timeout=30, blocking_timeout=30):
+            return cloud().raise_desired_capacity(desired)
     except CapacityRejected as exc:
         # Bounds changed since the last refresh; the next rebalance clamps anew.
         log.warning("capacity change rejected", extra={"desired": desired, "error": str(exc)})
         return False
-    return True
 
 
 @app.task(name=TASK_AWS_PROBE, ignore_result=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 
+import redis
 from celery import Celery
 from celery.signals import worker_ready
 
 from tasks.cloud import Boto3Cloud, Cloud
 from tasks.config import Settings
 from tasks.effects import CelerySideEffects
+from tasks.keys import PoolKeys
 from tasks.service import PoolConfig, PoolService
 from tasks.store import RedisStore
 
@@ -40,6 +42,16 @@ def service() -> PoolService:
             recovery_grace_s=2 * s.refresh_seconds,
         ),
     )
+
+
+@functools.cache
+def state_redis() -> redis.Redis:
+    """A client of the state store for the aws workers' own coordination (the capacity lock)."""
+    return redis.Redis.from_url(settings().redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def capacity_lock_key() -> str:
+    return PoolKeys.for_group(settings().asg_name).capacity_lock
 
 
 @functools.cache

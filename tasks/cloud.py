@@ -56,6 +56,8 @@ class Cloud(Protocol):
 
     def set_desired_capacity(self, desired: int) -> None: ...
 
+    def raise_desired_capacity(self, desired: int) -> bool: ...
+
     def terminate_instance(self, instance_id: str, *, decrement: bool) -> bool: ...
 
     def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool: ...
@@ -217,6 +219,18 @@ class Boto3Cloud:
             if err.aws_code == "ValidationError":
                 raise CapacityRejected(str(err), action=action, aws_code=err.aws_code) from exc
             raise err from exc
+
+    def raise_desired_capacity(self, desired: int) -> bool:
+        """Set desired capacity to ``desired`` only if that raises it; False when it is already there.
+
+        Capacity requests from successive rebalances can land out of order; a
+        lower value would let AWS choose victims, possibly assigned machines
+        not protected yet. Shrinking is done by terminating named idle machines.
+        """
+        if desired <= int(self._read_group()["DesiredCapacity"]):
+            return False
+        self.set_desired_capacity(desired)
+        return True
 
     def terminate_instance(self, instance_id: str, *, decrement: bool) -> bool:
         """Terminate one instance; False when it was already gone."""

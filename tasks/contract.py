@@ -28,6 +28,7 @@ TASK_AWS_SET_DESIRED: Final = "warmpool.aws.set_desired"
 TASK_AWS_PROBE: Final = "warmpool.aws.probe"
 TASK_TOUCH: Final = "warmpool.touch"
 TASK_MARK_READY: Final = "warmpool.mark_ready"
+TASK_PING: Final = "warmpool.ping"
 
 POOL_QUEUE: Final = "pool"
 AWS_QUEUE: Final = "aws"

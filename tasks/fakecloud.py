@@ -135,6 +135,15 @@ class FakeCloud:
             self.desired = desired
             self._fill()
 
+    def raise_desired_capacity(self, desired: int) -> bool:
+        with self._lock:
+            self._call("DescribeAutoScalingGroups")
+            current = self.desired
+        if desired <= current:
+            return False
+        self.set_desired_capacity(desired)
+        return True
+
     def terminate_instance(self, instance_id: str, *, decrement: bool) -> bool:
         with self._lock:
             self._call("TerminateInstanceInAutoScalingGroup")

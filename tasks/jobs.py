@@ -20,6 +20,7 @@ from tasks.contract import (
     TASK_APPLY_SNAPSHOT,
     TASK_ASSIGN,
     TASK_MARK_READY,
+    TASK_PING,
     TASK_REBALANCE,
     TASK_RELEASE,
     TASK_STATUS,
@@ -65,6 +66,12 @@ def release(project_id: Any) -> dict[str, Any]:
 @app.task(name=TASK_TOUCH)
 def touch(project_id: Any, lease_s: Any = None) -> dict[str, Any]:
     return _guarded(lambda: service().touch(project_id, lease_s=lease_s), project_id)
+
+
+@app.task(name=TASK_PING)
+def ping() -> str:
+    """The liveness probe's job: answered only by a worker that still consumes."""
+    return "pong"
 
 
 @app.task(name=TASK_STATUS)

@@ -35,6 +35,8 @@ key                  type    meaning
 ``unready``          zset    instance id -> when it was terminated for never becoming ready;
                              members older than UNREADY_WINDOW_S are trimmed. Drives the
                              launch back-off.
+``capacity_lock``    string  redis-py lock held while an aws worker reads desired capacity
+                             and raises it (TTL 30 s): raises never interleave
 ``aws_calls``        hash    AWS API action -> attempts made by refresh jobs and side effects
                              (reported by the aws workers with each refresh)
 ``aws_errors``       hash    AWS API action -> attempts that failed (throttled, 5xx, refused)
@@ -69,6 +71,7 @@ class PoolKeys:
     waiter_seq: str
     unready: str
     refresh_soon: str
+    capacity_lock: str
     aws_calls: str
     aws_errors: str
 
@@ -88,6 +91,7 @@ class PoolKeys:
             waiter_seq=prefix + "waiter_seq",
             unready=prefix + "unready",
             refresh_soon=prefix + "refresh_soon",
+            capacity_lock=prefix + "capacity_lock",
             aws_calls=prefix + "aws_calls",
             aws_errors=prefix + "aws_errors",
         )

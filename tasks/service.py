@@ -162,10 +162,17 @@ class PoolService:
             waiter = Waiter(request_id, project_id, deadline=serve_by, lease_s=lease, arrived=now)
             self.store.add_waiter(waiter)
             self._scale_for_waiters()
-            return {"status": "waiting", "project_id": project_id, "deadline": iso_utc(serve_by)}
+            # Why there is no machine now travels with the waiting state, so a
+            # caller whose deadline passes can still be told (e.g. capped).
+            return {
+                "status": "waiting",
+                "project_id": project_id,
+                "deadline": iso_utc(serve_by),
+                **self._capacity_note(),
+            }
         return self._no_capacity(project_id)
 
-    def _no_capacity(self, project_id: str) -> dict[str, Any]:
+    def _capacity_note(self) -> dict[str, Any]:
         group = self.store.group()
         capped = group.capped or (group.known and group.desired_capacity >= group.max_size)
         if capped:
@@ -174,13 +181,12 @@ class PoolService:
             why = f"scale-up paused: {group.backoff_reason}"
         else:
             why = "scale-up requested"
-        return failure(
-            CODE_NO_CAPACITY,
-            f"no idle machine in {self.config.asg_name} ({why})",
-            project_id=project_id,
-            capped=capped,
-            max_size=group.max_size,
-        )
+        return {"capped": capped, "max_size": group.max_size, "reason": why}
+
+    def _no_capacity(self, project_id: str) -> dict[str, Any]:
+        note = self._capacity_note()
+        message = f"no idle machine in {self.config.asg_name} ({note['reason']})"
+        return failure(CODE_NO_CAPACITY, message, project_id=project_id, **note)
 
     def _scale_for_waiters(self) -> None:
         # Desired counts waiting callers: scale up now, not at the next beat

@@ -207,13 +207,13 @@ def test_aws_workers_consume_the_aws_queue_with_threads(compose: dict[str, Any])
 
 
 @pytest.mark.parametrize("name", ["pool-worker", "aws-worker"])
-def test_worker_healthchecks_ping_their_own_node(compose: dict[str, Any], name: str) -> None:
+def test_worker_healthchecks_run_a_job_through_their_own_queue(compose: dict[str, Any], name: str) -> None:
     svc = services(compose)[name]
     node = _option(svc["command"], "-n")
     assert node is not None and node.endswith("@%h")
     test = svc["healthcheck"]["test"]
     assert test[0] == "CMD-SHELL"
-    assert f"inspect ping -d {node.split('@')[0]}@$$HOSTNAME" in test[1]
+    assert f"producer.probe --worker {node.split('@')[0]}@$$HOSTNAME" in test[1]
 
 
 def test_beat_command(compose: dict[str, Any]) -> None:
