@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +90,19 @@ class Stack:
     client: PoolClient
     store: RedisStore
     logs: Path
+    clients: dict[str, Any] = field(default_factory=dict)
 
     def aws(self, service: str) -> Any:
-        return boto3.client(
-            service,
-            endpoint_url=self.moto.endpoint_url,
-            region_name=REGION,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        """A boto3 client straight to moto; one per service and stack."""
+        if service not in self.clients:
+            self.clients[service] = boto3.client(
+                service,
+                endpoint_url=self.moto.endpoint_url,
+                region_name=REGION,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+        return self.clients[service]
 
     def group(self, name: str = ASG) -> dict[str, Any]:
         groups = self.aws("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])
