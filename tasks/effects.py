@@ -19,6 +19,8 @@ from tasks.contract import (
 )
 from tasks.model import Machine
 
+REBALANCE_DELAY_S = 0.5
+
 
 class CelerySideEffects:
     """Each side effect is one durable broker message, retried by the aws workers."""
@@ -45,7 +47,11 @@ class CelerySideEffects:
         self._send(TASK_AWS_SET_DESIRED, AWS_QUEUE, desired)
 
     def rebalance(self) -> None:
-        self._send(TASK_REBALANCE, POOL_QUEUE)
+        # A short delay coalesces a burst of assigns into one rebalance (each
+        # reads the whole pool): scale-up still comes long before a beat tick.
+        self._app.send_task(
+            TASK_REBALANCE, queue=POOL_QUEUE, countdown=REBALANCE_DELAY_S, expires=60, ignore_result=True
+        )
 
     def refresh(self, *, delay_s: float) -> None:
         self._app.send_task(TASK_REFRESH, queue=AWS_QUEUE, countdown=delay_s, expires=delay_s + 10, ignore_result=True)

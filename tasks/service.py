@@ -37,7 +37,7 @@ from tasks.model import (
 )
 from tasks.planner import decrement_allowed, plan_capacity
 from tasks.status import build_status
-from tasks.store import RefreshStats, StateStore
+from tasks.store import GroupInfo, RefreshStats, StateStore
 
 log = logging.getLogger("warmpool.pool")
 
@@ -308,12 +308,15 @@ class PoolService:
         if not group.known:
             return {"rebalanced": False, "reason": "group not observed yet"}
         now = self._clock()
-        expired = self._expire_leases(now)
-        replaced = self._replace_unready(now)
+        # One read of the pool serves every step; read again only if a step changed it.
         view = self.store.view()
+        expired = self._expire_leases(now, view.machines.values())
+        replaced = self._replace_unready(now, view.machines.values(), group)
+        if expired or replaced:
+            view, group = self.store.view(), self.store.group()
         plan = plan_capacity(view, group.bounds, idle_target=self.config.idle_target, waiting=self._waiting_count())
         set_desired = plan.set_desired
-        if set_desired is not None and self.store.group().backoff_until > now:
+        if set_desired is not None and group.backoff_until > now:
             log.warning("scale-up paused", extra={"wanted": set_desired, "reason": group.backoff_reason})
             set_desired = None
         if set_desired is not None:
@@ -337,10 +340,10 @@ class PoolService:
             "converged": converged,
         }
 
-    def _expire_leases(self, now: float) -> list[str]:
+    def _expire_leases(self, now: float, machines: Iterable[Machine]) -> list[str]:
         """Release machines whose lease ran out, exactly like ``release``."""
         released = []
-        for m in leases_expired(self.store.view().machines.values(), now=now):
+        for m in leases_expired(machines, now=now):
             assert m.project_id is not None
             outcome = self.store.release(m.project_id, now=now, lease_expired_before=now)
             if outcome.machine is None:
@@ -352,10 +355,9 @@ class PoolService:
             released.append(m.project_id)
         return released
 
-    def _replace_unready(self, now: float) -> list[str]:
+    def _replace_unready(self, now: float, machines: Iterable[Machine], group: GroupInfo) -> list[str]:
         """Terminate machines that never became ready; pause scale-up when launches keep failing."""
-        group = self.store.group()
-        overdue = unready_overdue(self.store.view().machines.values(), now=now, timeout_s=self.config.ready_timeout_s)
+        overdue = unready_overdue(machines, now=now, timeout_s=self.config.ready_timeout_s)
         if not overdue:
             return []
         backing_off = group.backoff_until > now
