@@ -8,7 +8,6 @@ discarded by the worker instead of handing a machine to nobody.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +19,8 @@ from tasks.contract import (
     CODE_INVALID_PROJECT,
     CODE_NO_CAPACITY,
     CODE_STORE_UNAVAILABLE,
+    MAX_LEASE_S,
+    MAX_WAIT_S,
     POOL_QUEUE,
     STATE_WAITING,
     STATUS_FAILED,
@@ -30,19 +31,17 @@ from tasks.contract import (
     TASK_STATUS,
     TASK_TOUCH,
     AssignedMachine,
+    check_seconds,
     failure,
     validate_project_id,
 )
 from tasks.errors import (
     InvalidProject,
-    InvalidRequest,
     JobFailed,
     NoCapacity,
     PoolUnavailable,
 )
 
-MAX_WAIT_S = 3600.0
-MAX_LEASE_S = 30 * 86_400.0
 DEFAULT_REPLY_TIMEOUT_S = 10.0
 
 
@@ -55,11 +54,7 @@ def make_app() -> Celery:
 
 def check_wait(wait: Any) -> float:
     """Validate a caller's wait in seconds: a finite number in [0, MAX_WAIT_S]."""
-    if isinstance(wait, bool) or not isinstance(wait, int | float):
-        raise InvalidRequest(f"wait must be a number of seconds, got {type(wait).__name__}")
-    if not math.isfinite(wait) or wait < 0 or wait > MAX_WAIT_S:
-        raise InvalidRequest(f"wait must be between 0 and {MAX_WAIT_S:.0f} seconds, got {wait!r}")
-    return float(wait)
+    return check_seconds(wait, "wait", high=MAX_WAIT_S)
 
 
 def result_or_raise(result: Any, state: str) -> Any:
@@ -73,11 +68,7 @@ def result_or_raise(result: Any, state: str) -> Any:
 
 def check_lease(lease: Any) -> float:
     """Validate a lease length in seconds: a finite number in [0, MAX_LEASE_S] (0: no lease)."""
-    if isinstance(lease, bool) or not isinstance(lease, int | float):
-        raise InvalidRequest(f"lease must be a number of seconds, got {type(lease).__name__}")
-    if not math.isfinite(lease) or lease < 0 or lease > MAX_LEASE_S:
-        raise InvalidRequest(f"lease must be between 0 and {MAX_LEASE_S:.0f} seconds, got {lease!r}")
-    return float(lease)
+    return check_seconds(lease, "lease", high=MAX_LEASE_S)
 
 
 def assign_kwargs(wait: Any, lease: Any, *, reply_timeout_s: float) -> tuple[dict[str, Any], float]:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tasks.contract import MAX_LEASE_S
 from tasks.errors import ConfigError
 from tasks.model import AddressKind
 
@@ -14,7 +15,6 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/1"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/2"
 DEFAULT_REGION = "ap-south-1"
-MAX_LEASE_S = 30 * 86_400.0
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:

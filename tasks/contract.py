@@ -6,12 +6,17 @@ pulling in boto3 or the worker's Celery app.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tasks.errors import InvalidProject
+from tasks.errors import InvalidProject, InvalidRequest
+
+# Bounds of the durations callers may ask for (client, gateway and worker alike).
+MAX_WAIT_S: Final = 3600.0
+MAX_LEASE_S: Final = 30 * 86_400.0
 
 PROJECT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -67,6 +72,15 @@ def validate_project_id(value: Any) -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+def check_seconds(value: Any, name: str, *, high: float) -> float:
+    """Validate a duration in seconds: a finite number in [0, ``high``]; InvalidRequest otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or value > high:
+        raise InvalidRequest(f"{name} must be between 0 and {high:.0f} seconds, got {value!r}")
+    return float(value)
 
 
 def failure(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -17,13 +17,15 @@ from typing import Any, Protocol
 
 from tasks.contract import (
     CODE_NO_CAPACITY,
+    MAX_LEASE_S,
+    MAX_WAIT_S,
     STATUS_ASSIGNED,
     STATUS_NOT_ASSIGNED,
     STATUS_RELEASED,
+    check_seconds,
     failure,
     validate_project_id,
 )
-from tasks.errors import InvalidRequest
 from tasks.model import (
     AWAITING_READY,
     AddressKind,
@@ -48,8 +50,6 @@ CONVERGE_AFTER_S = 15.0
 # A waiting caller is never served later than this before its own deadline,
 # so the result reaches it before it gives up (covers delivery and clock skew).
 DEADLINE_MARGIN_S = 0.5
-MAX_WAIT_S = 3600.0
-MAX_LEASE_S = 30 * 86_400.0
 # Launch back-off: after this many machines never became ready within the
 # window, scale-up pauses, doubling from BACKOFF_BASE_S up to BACKOFF_MAX_S.
 BACKOFF_AFTER = 3
@@ -102,14 +102,6 @@ def assigned_result(machine: Machine) -> dict[str, Any]:
     return result
 
 
-def _bounded(value: Any, name: str, *, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidRequest(f"{name} must be a number of seconds, got {value!r:.40}")
-    if not 0 <= value <= high:
-        raise InvalidRequest(f"{name} must be between 0 and {high:.0f} seconds, got {value}")
-    return float(value)
-
-
 class PoolService:
     """The pool worker's logic, independent of Celery."""
 
@@ -143,8 +135,8 @@ class PoolService:
         ``request_id`` later, never after the caller's deadline.
         """
         validate_project_id(project_id)
-        wait = _bounded(wait_s, "wait", high=MAX_WAIT_S)
-        lease = self.config.lease_s if lease_s is None else _bounded(lease_s, "lease", high=MAX_LEASE_S)
+        wait = check_seconds(wait_s, "wait", high=MAX_WAIT_S)
+        lease = self.config.lease_s if lease_s is None else check_seconds(lease_s, "lease", high=MAX_LEASE_S)
         now = self._clock()
         outcome = self.store.assign(
             project_id, now=now, assigned_at=iso_utc(now), idle_target=self.config.idle_target, lease_s=lease
@@ -155,9 +147,10 @@ class PoolService:
             if outcome.new:
                 self.effects.tag_assigned(outcome.machine)
             return assigned_result(outcome.machine)
-        serve_by = now + wait - min(DEADLINE_MARGIN_S, wait / 10)
+        margin = min(DEADLINE_MARGIN_S, wait / 10)
+        serve_by = now + wait - margin
         if deadline is not None:
-            serve_by = min(serve_by, _bounded(deadline, "deadline", high=math.inf) - min(DEADLINE_MARGIN_S, wait / 10))
+            serve_by = min(serve_by, check_seconds(deadline, "deadline", high=math.inf) - margin)
         if request_id and serve_by > now:
             waiter = Waiter(request_id, project_id, deadline=serve_by, lease_s=lease, arrived=now)
             self.store.add_waiter(waiter)
@@ -210,7 +203,7 @@ class PoolService:
     def touch(self, project_id: str, *, lease_s: Any = None) -> dict[str, Any]:
         """Renew the lease of the project's machine (``lease_s`` overrides its length)."""
         validate_project_id(project_id)
-        lease = 0.0 if lease_s is None else _bounded(lease_s, "lease", high=MAX_LEASE_S)
+        lease = 0.0 if lease_s is None else check_seconds(lease_s, "lease", high=MAX_LEASE_S)
         outcome, machine = self.store.touch(project_id, now=self._clock(), lease_s=lease)
         if machine is None:
             return {"status": STATUS_NOT_ASSIGNED, "project_id": project_id}
@@ -223,8 +216,8 @@ class PoolService:
     def serve_waiters(self) -> int:
         """Hand idle machines to waiting callers in arrival order; drop the expired ones."""
         served = 0
-        waiters = self.store.waiters()
-        for waiter in waiters:
+        left_waiting = False
+        for waiter in self.store.waiters():
             now = self._clock()
             if waiter.deadline <= now:
                 # Its caller has given up (or is about to): withdraw the place, never assign.
@@ -239,13 +232,14 @@ class PoolService:
                 lease_s=waiter.lease_s,
             )
             if outcome.machine is None:
+                left_waiting = True  # this caller and the ones behind it still wait
                 break
             if outcome.new:
                 self.effects.tag_assigned(outcome.machine)
             self.effects.deliver(waiter.request_id, assigned_result(outcome.machine))
             self.store.remove_waiter(waiter.request_id)
             served += 1
-        if waiters and self._waiting_count():
+        if left_waiting:
             self._scale_for_waiters()
         return served
 

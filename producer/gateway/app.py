@@ -10,7 +10,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
-from producer.client import MAX_LEASE_S, MAX_WAIT_S, check_lease, check_wait
+from producer.client import check_lease, check_wait
 from producer.gateway.asgi import ErrorShield
 from producer.gateway.auth import BearerAuth
 from producer.gateway.clients import GatewayClient, default_client
@@ -41,7 +41,7 @@ from producer.gateway.models import (
 from producer.gateway.parsing import checked, fields_from_body, merged, read_body
 from producer.gateway.service import Gateway, HealthProbe, status_within
 from producer.metrics import GatewayMetrics
-from tasks.contract import CODE_NO_CAPACITY, STATUS_NOT_ASSIGNED
+from tasks.contract import CODE_NO_CAPACITY, MAX_LEASE_S, MAX_WAIT_S, STATUS_NOT_ASSIGNED
 
 FLOWER_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 

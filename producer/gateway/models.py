@@ -7,8 +7,15 @@ from typing import Any
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from producer.client import MAX_LEASE_S, MAX_WAIT_S
-from tasks.contract import PROJECT_ID_PATTERN, STATUS_ASSIGNED, STATUS_NO_LEASE, STATUS_RELEASED, STATUS_TOUCHED
+from tasks.contract import (
+    MAX_LEASE_S,
+    MAX_WAIT_S,
+    PROJECT_ID_PATTERN,
+    STATUS_ASSIGNED,
+    STATUS_NO_LEASE,
+    STATUS_RELEASED,
+    STATUS_TOUCHED,
+)
 
 # No class docstrings here: pydantic would put them into the OpenAPI document.
 
