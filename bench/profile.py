@@ -25,9 +25,9 @@ RATE_HZ = 1000
 # substrings occurs in its stack). Order matters: specific before general.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("assign: Lua script round trip (RedisStore.assign)", ("assign (tasks/store.py",)),
-    ("assign: send the tag job to the aws queue", ("tag_assigned (tasks/effects.py",)),
-    ("assign: send a rebalance job", ("rebalance (tasks/effects.py",)),
+    ("after the answer: send the job's side effects (tag, rebalance)", ("send_held (tasks/effects.py",)),
     ("rebalance job (reads the whole pool)", ("rebalance (tasks/service.py",)),
+    ("top-up job (counters only)", ("top_up (tasks/service.py",)),
     ("apply_snapshot job", ("apply_snapshot (tasks/service.py",)),
     ("assign: rest of PoolService.assign", ("assign (tasks/service.py",)),
     ("store the result (backend SET + PUBLISH)", ("store_result", "mark_as_done", "_store_result")),

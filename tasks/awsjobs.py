@@ -8,9 +8,12 @@ refresh detects and re-issues (PoolService._converge).
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import Any
+
+from celery import Task
 
 from tasks.celery_app import app, capacity_lock_key, cloud, settings, state_redis
 from tasks.contract import (
@@ -19,6 +22,7 @@ from tasks.contract import (
     TASK_AWS_PROBE,
     TASK_AWS_SET_DESIRED,
     TASK_AWS_TAG,
+    TASK_AWS_TAG_BATCH,
     TASK_AWS_TERMINATE,
     TASK_MARK_READY,
     TASK_REFRESH,
@@ -91,6 +95,43 @@ def tag_assigned(instance_id: Any, *, project_id: Any, assigned_at: Any) -> bool
     except InvalidProject:
         raise ValueError(f"refusing to tag with invalid project id {project_id!r}") from None
     return cloud().tag_assigned(_instance_id(instance_id), project_id=project_id, assigned_at=str(assigned_at))
+
+
+def _tag_items(items: Any) -> list[tuple[str, str, str]]:
+    """The valid [instance id, project id, assigned at] triples of a tag message; the rest is logged and dropped."""
+    if not isinstance(items, list):
+        raise ValueError("tag takes a list of [instance id, project id, assigned at] triples")
+    valid: list[tuple[str, str, str]] = []
+    for item in items:
+        try:
+            iid, project, assigned_at = item
+            validate_project_id(project)
+            valid.append((_instance_id(iid), project, str(assigned_at)[:64]))
+        except (TypeError, ValueError, InvalidProject):
+            log.error("tag request refused", extra={"item": repr(item)[:200]})
+    return valid
+
+
+@app.task(name=TASK_AWS_TAG_BATCH, bind=True, ignore_result=True, max_retries=_RETRY["max_retries"])
+def tag(self: Task, items: Any) -> dict[str, int]:
+    """Protect a batch of assigned instances from scale-in, then tag each with its project.
+
+    On throttling or an AWS outage the job is retried (exponential back-off
+    with jitter) with only the instances not tagged yet.
+    """
+    todo = _tag_items(items)
+    tagged = 0
+    try:
+        present = set(cloud().protect([iid for iid, _, _ in todo]))
+        for iid, project, assigned_at in todo:
+            if iid in present:
+                cloud().tag_instance(iid, project_id=project, assigned_at=assigned_at)
+            tagged += 1
+    except (CloudThrottled, CloudUnavailable) as exc:
+        remaining = [list(item) for item in todo[tagged:]]
+        countdown = random.uniform(0, min(60.0, 2.0**self.request.retries))
+        raise self.retry(args=[remaining], exc=exc, countdown=countdown) from exc
+    return {"tagged": len(present), "gone": len(todo) - len(present)}
 
 
 @app.task(name=TASK_AWS_TERMINATE, **_RETRY)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
+from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import celeryd_after_setup, worker_ready
 
 from tasks.cloud import Boto3Cloud, Cloud
 from tasks.config import Settings
@@ -26,12 +29,17 @@ def settings() -> Settings:
 
 
 @functools.cache
+def side_effects() -> CelerySideEffects:
+    return CelerySideEffects(app)
+
+
+@functools.cache
 def service() -> PoolService:
     """The pool service of this worker process, built on first use."""
     s = settings()
     return PoolService(
         RedisStore.from_url(s.redis_url, s.asg_name),
-        CelerySideEffects(app),
+        side_effects(),
         config=PoolConfig(
             asg_name=s.asg_name,
             idle_target=s.idle_target,
@@ -59,6 +67,32 @@ def cloud() -> Cloud:
     """The AWS adapter of this worker process (credentials: boto3's default chain)."""
     s = settings()
     return Boto3Cloud(s.asg_name, region=s.region)
+
+
+def lower_cpu_priority(increment: int) -> None:
+    """Renice every thread of this process by ``increment`` (Linux nice values are per thread)."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        os.nice(increment)
+        return
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+        except OSError:
+            continue  # a thread that ended meanwhile
+
+
+@celeryd_after_setup.connect
+def _side_effects_yield_the_cpu(instance: Any = None, **_: Any) -> None:
+    # An aws worker only runs side effects nobody waits for; on a host it
+    # shares with the pool worker, assigns must get the CPU first. Threads the
+    # worker starts later inherit the lower priority.
+    queues = set(getattr(instance, "app", app).amqp.queues.consume_from or {})
+    increment = settings().aws_worker_nice
+    if increment and queues and all(q == "aws" or q.endswith(".dq2") for q in queues):
+        lower_cpu_priority(increment)
+        logging.getLogger("warmpool.aws").info("aws worker: CPU priority lowered", extra={"nice": increment})
 
 
 @worker_ready.connect

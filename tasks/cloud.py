@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import boto3
@@ -47,6 +47,7 @@ _GONE_MARKERS = (
 )
 _ASG_INSTANCE_PAGE = 100  # DescribeAutoScalingGroups returns every instance of a group
 _EC2_PAGE = 1000  # DescribeInstances' largest page
+PROTECT_BATCH = 50  # SetInstanceProtection takes at most 50 instance ids
 
 
 class Cloud(Protocol):
@@ -61,6 +62,10 @@ class Cloud(Protocol):
     def terminate_instance(self, instance_id: str, *, decrement: bool) -> bool: ...
 
     def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool: ...
+
+    def tag_instance(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool: ...
+
+    def protect(self, instance_ids: Sequence[str]) -> list[str]: ...
 
     def api_calls(self) -> dict[str, int]: ...
 
@@ -251,6 +256,12 @@ class Boto3Cloud:
 
     def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
         """Tag and protect an assigned instance; False when it is already gone."""
+        return self.tag_instance(instance_id, project_id=project_id, assigned_at=assigned_at) and bool(
+            self.protect([instance_id])
+        )
+
+    def tag_instance(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
+        """Tag an instance with its project (CreateTags); False when it is already gone."""
         try:
             self._ec2.create_tags(
                 Resources=[instance_id],
@@ -264,9 +275,25 @@ class Boto3Cloud:
             if _is_gone(err):
                 return False
             raise err from exc
+        return True
+
+    def protect(self, instance_ids: Sequence[str]) -> list[str]:
+        """Protect instances from scale-in, 50 per call; returns those still in the group."""
+        protected: list[str] = []
+        for start in range(0, len(instance_ids), PROTECT_BATCH):
+            chunk = list(instance_ids[start : start + PROTECT_BATCH])
+            if self._protect_chunk(chunk):
+                protected.extend(chunk)
+            elif len(chunk) > 1:
+                # AWS refuses the whole call when one instance left the group:
+                # find which, one call each (rare: a machine lost while assigned).
+                protected.extend(i for i in chunk if self._protect_chunk([i]))
+        return protected
+
+    def _protect_chunk(self, instance_ids: list[str]) -> bool:
         try:
             self._asg.set_instance_protection(
-                InstanceIds=[instance_id],
+                InstanceIds=instance_ids,
                 AutoScalingGroupName=self.asg_name,
                 ProtectedFromScaleIn=True,
             )

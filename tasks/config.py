@@ -59,6 +59,7 @@ class Settings:
     lease_seconds: float = 0.0  # 0: assignments never expire
     ready_url: str = ""  # readiness check URL template; "" = AWS state alone decides
     ready_timeout_seconds: float = 600.0
+    aws_worker_nice: int = 10  # CPU priority an aws-only worker gives up (0: none)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -83,6 +84,7 @@ class Settings:
             lease_seconds=_float(env, "WARMPOOL_LEASE_SECONDS", 0.0, low=0.0, high=MAX_LEASE_S),
             ready_url=_ready_url(env.get("WARMPOOL_READY_URL", "").strip()),
             ready_timeout_seconds=_float(env, "WARMPOOL_READY_TIMEOUT_SECONDS", 600.0, low=0.0, high=86_400),
+            aws_worker_nice=_int(env, "WARMPOOL_AWS_WORKER_NICE", 10, low=0, high=19),
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +14,7 @@ from tasks.contract import (
     POOL_QUEUE,
     TASK_AWS_PROBE,
     TASK_AWS_SET_DESIRED,
-    TASK_AWS_TAG,
+    TASK_AWS_TAG_BATCH,
     TASK_AWS_TERMINATE,
     TASK_REBALANCE,
     TASK_REFRESH,
@@ -20,47 +22,91 @@ from tasks.contract import (
 from tasks.model import Machine
 
 REBALANCE_DELAY_S = 0.5
+TAG_BATCH = 50  # assignments per tag message: SetInstanceProtection takes 50 instances
+
+
+@dataclass(frozen=True)
+class _Message:
+    name: str
+    queue: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class CelerySideEffects:
-    """Each side effect is one durable broker message, retried by the aws workers."""
+    """Each side effect is one durable broker message, retried by the aws workers.
+
+    Between ``hold()`` and ``send_held()`` (one pool job: tasks.jobs calls
+    them on task_prerun and task_postrun) messages are held and sent when the
+    job has ended and its result is stored: the caller's answer never waits
+    for them. Durability is unchanged: the job's own message is acknowledged only
+    after they were sent (acks_late), so a worker killed in between runs the
+    job again, and the service re-sends the tag of an assignment AWS does not
+    show yet. The tags of one job travel in one message.
+    """
 
     def __init__(self, app: Celery) -> None:
         self._app = app
+        self._local = threading.local()
 
-    def _send(self, name: str, queue: str, *args: Any, **kwargs: Any) -> None:
-        self._app.send_task(name, args=args, kwargs=kwargs, queue=queue, ignore_result=True)
+    def hold(self) -> None:
+        """Hold the messages of this thread from now on (the start of a pool job)."""
+        self._local.held = []
+        self._local.tags = []
 
-    def tag_assigned(self, machine: Machine) -> None:
-        self._send(
-            TASK_AWS_TAG,
-            AWS_QUEUE,
-            machine.instance_id,
-            project_id=machine.project_id,
-            assigned_at=machine.assigned_at,
-        )
+    def send_held(self) -> None:
+        """Send what was held (the tags in as few messages as possible) and stop holding."""
+        held: list[_Message] | None = getattr(self._local, "held", None)
+        tags: list[Machine] | None = getattr(self._local, "tags", None)
+        self._local.held = self._local.tags = None
+        if tags:
+            self._send_tags(tags)
+        for message in held or ():
+            self._publish(message)
+
+    def _send_tags(self, machines: Sequence[Machine]) -> None:
+        for start in range(0, len(machines), TAG_BATCH):
+            items = [[m.instance_id, m.project_id, m.assigned_at] for m in machines[start : start + TAG_BATCH]]
+            self._publish(_Message(TASK_AWS_TAG_BATCH, AWS_QUEUE, (items,)))
+
+    def _publish(self, m: _Message) -> None:
+        self._app.send_task(m.name, args=m.args, kwargs=m.kwargs, queue=m.queue, ignore_result=True, **m.options)
+
+    def _send(self, message: _Message) -> None:
+        held = getattr(self._local, "held", None)
+        if held is None:
+            self._publish(message)
+        else:
+            held.append(message)
+
+    def tag(self, machines: Sequence[Machine]) -> None:
+        tags = getattr(self._local, "tags", None)
+        if tags is None:
+            self._send_tags(machines)
+        else:
+            tags.extend(machines)
 
     def terminate(self, instance_id: str, *, decrement: bool) -> None:
-        self._send(TASK_AWS_TERMINATE, AWS_QUEUE, instance_id, decrement=decrement)
+        self._send(_Message(TASK_AWS_TERMINATE, AWS_QUEUE, (instance_id,), {"decrement": decrement}))
 
     def set_desired(self, desired: int) -> None:
-        self._send(TASK_AWS_SET_DESIRED, AWS_QUEUE, desired)
+        self._send(_Message(TASK_AWS_SET_DESIRED, AWS_QUEUE, (desired,)))
 
     def rebalance(self) -> None:
-        # A short delay coalesces a burst of assigns into one rebalance (each
-        # reads the whole pool): scale-up still comes long before a beat tick.
-        self._app.send_task(
-            TASK_REBALANCE, queue=POOL_QUEUE, countdown=REBALANCE_DELAY_S, expires=60, ignore_result=True
-        )
+        # A short delay coalesces a burst of assigns into one rebalance.
+        self._send(_Message(TASK_REBALANCE, POOL_QUEUE, options={"countdown": REBALANCE_DELAY_S, "expires": 60}))
 
     def refresh(self, *, delay_s: float) -> None:
-        self._app.send_task(TASK_REFRESH, queue=AWS_QUEUE, countdown=delay_s, expires=delay_s + 10, ignore_result=True)
+        options = {"countdown": delay_s, "expires": delay_s + 10}
+        self._send(_Message(TASK_REFRESH, AWS_QUEUE, options=options))
 
     def probe(self, candidates: list[tuple[str, str]]) -> None:
-        self._send(TASK_AWS_PROBE, AWS_QUEUE, [list(c) for c in candidates])
+        self._send(_Message(TASK_AWS_PROBE, AWS_QUEUE, ([list(c) for c in candidates],)))
 
     def deliver(self, request_id: str, result: dict[str, Any]) -> None:
-        # The waiting caller's own job ended with Ignore(): its result is stored here.
+        # The waiting caller's own job ended with Ignore(): its result is stored
+        # here, at once (it is the answer, not a side effect).
         self._app.backend.store_result(request_id, result, "SUCCESS")
 
 
@@ -70,8 +116,10 @@ class RecordingSideEffects:
 
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
-    def tag_assigned(self, machine: Machine) -> None:
-        self.calls.append(("tag", (machine.instance_id, machine.project_id, machine.assigned_at)))
+    def tag(self, machines: Sequence[Machine]) -> None:
+        self.calls.append(("tag_message", len(machines)))
+        for m in machines:
+            self.calls.append(("tag", (m.instance_id, m.project_id, m.assigned_at)))
 
     def terminate(self, instance_id: str, *, decrement: bool) -> None:
         self.calls.append(("terminate", (instance_id, decrement)))

@@ -12,7 +12,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from tasks.errors import CapacityRejected, CloudError
@@ -158,19 +158,30 @@ class FakeCloud:
             return True
 
     def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
+        return self.tag_instance(instance_id, project_id=project_id, assigned_at=assigned_at) and bool(
+            self.protect([instance_id])
+        )
+
+    def tag_instance(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
         with self._lock:
             self._call("CreateTags")
             inst = self._instances.get(instance_id)
             if inst is None:
                 return False
-            self._call("SetInstanceProtection")
-            inst.cloud = replace(
-                inst.cloud,
-                project_tag=project_id,
-                assigned_at_tag=assigned_at,
-                protected_from_scale_in=True,
-            )
+            inst.cloud = replace(inst.cloud, project_tag=project_id, assigned_at_tag=assigned_at)
             return True
+
+    def protect(self, instance_ids: Sequence[str]) -> list[str]:
+        protected: list[str] = []
+        with self._lock:
+            for start in range(0, len(instance_ids), 50):
+                self._call("SetInstanceProtection")
+                for iid in instance_ids[start : start + 50]:
+                    inst = self._instances.get(iid)
+                    if inst is not None:
+                        inst.cloud = replace(inst.cloud, protected_from_scale_in=True)
+                        protected.append(iid)
+        return protected
 
     def api_calls(self) -> dict[str, int]:
         with self._lock:

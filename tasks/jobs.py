@@ -11,8 +11,9 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.signals import task_postrun, task_prerun
 
-from tasks.celery_app import app, service
+from tasks.celery_app import app, service, side_effects
 from tasks.contract import (
     CODE_BAD_REQUEST,
     STATE_WAITING,
@@ -39,6 +40,27 @@ def _guarded(call: Callable[[], dict[str, Any]], project_id: Any) -> dict[str, A
         return failure(exc.code, str(exc))
     except StoreUnavailable as exc:
         return failure(exc.code, str(exc), project_id=project_id)
+
+
+# The pool-queue jobs below; their side effects are sent after their result is stored.
+POOL_JOBS = frozenset(
+    {TASK_ASSIGN, TASK_RELEASE, TASK_TOUCH, TASK_STATUS, TASK_REBALANCE, TASK_MARK_READY, TASK_APPLY_SNAPSHOT}
+)
+
+
+@task_prerun.connect
+def _hold_side_effects(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", None) in POOL_JOBS:
+        side_effects().hold()
+
+
+@task_postrun.connect
+def _send_side_effects(sender: Any = None, **_: Any) -> None:
+    # task_postrun runs after the result was stored and before the job's
+    # message is acknowledged (acks_late): the caller is answered first, and a
+    # worker killed before this point runs the job again.
+    if getattr(sender, "name", None) in POOL_JOBS:
+        side_effects().send_held()
 
 
 @app.task(name=TASK_ASSIGN, bind=True)
@@ -81,7 +103,7 @@ def status() -> dict[str, Any]:
 
 @app.task(name=TASK_REBALANCE, ignore_result=True)
 def rebalance() -> dict[str, Any]:
-    return service().rebalance()
+    return service().top_up()
 
 
 @app.task(name=TASK_MARK_READY, ignore_result=True)

@@ -56,6 +56,8 @@ def job_fields(task_name: str, args: Any, result: Any) -> dict[str, Any]:
         fields["outcome"] = "done" if result else "nothing to do"
     if task_name in ("warmpool.aws.tag_assigned", "warmpool.aws.terminate") and args:
         fields["instance_id"] = str(args[0])[:32]
+    if task_name == "warmpool.aws.tag" and args and isinstance(args[0], list):
+        fields["instances"] = len(args[0])
     return fields
 
 

@@ -269,3 +269,7 @@ class InMemoryStore:
 
     def rebalance_started(self) -> None:
         self._flag_until = 0.0
+
+    def assigned_count(self) -> int:
+        with self._lock:
+            return len(self._projects)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ from tasks.model import (
     leases_expired,
     unready_overdue,
 )
-from tasks.planner import decrement_allowed, plan_capacity
+from tasks.planner import clamp, decrement_allowed, plan_capacity
 from tasks.status import build_status
 from tasks.store import GroupInfo, RefreshStats, StateStore
 
@@ -60,7 +60,7 @@ BACKOFF_MAX_S = 900.0
 class SideEffects(Protocol):
     """Deferred work. Implementations: tasks.effects.CelerySideEffects, RecordingSideEffects."""
 
-    def tag_assigned(self, machine: Machine) -> None: ...
+    def tag(self, machines: Sequence[Machine]) -> None: ...
 
     def terminate(self, instance_id: str, *, decrement: bool) -> None: ...
 
@@ -144,8 +144,7 @@ class PoolService:
         if outcome.rebalance:
             self.effects.rebalance()
         if outcome.machine is not None:
-            if outcome.new:
-                self.effects.tag_assigned(outcome.machine)
+            self._tag_if_needed(outcome.machine, new=outcome.new)
             return assigned_result(outcome.machine)
         margin = min(DEADLINE_MARGIN_S, wait / 10)
         serve_by = now + wait - margin
@@ -164,6 +163,13 @@ class PoolService:
                 **self._capacity_note(),
             }
         return self._no_capacity(project_id)
+
+    def _tag_if_needed(self, machine: Machine, *, new: bool) -> None:
+        # A project asking again for a machine AWS does not show as tagged yet
+        # may be the redelivery of an assign whose worker died before sending
+        # the tag: send it again (tagging is idempotent).
+        if new or not (machine.tagged and machine.protected):
+            self.effects.tag([machine])
 
     def _capacity_note(self) -> dict[str, Any]:
         group = self.store.group()
@@ -234,8 +240,7 @@ class PoolService:
             if outcome.machine is None:
                 left_waiting = True  # this caller and the ones behind it still wait
                 break
-            if outcome.new:
-                self.effects.tag_assigned(outcome.machine)
+            self._tag_if_needed(outcome.machine, new=outcome.new)
             self.effects.deliver(waiter.request_id, assigned_result(outcome.machine))
             self.store.remove_waiter(waiter.request_id)
             served += 1
@@ -294,6 +299,25 @@ class PoolService:
             self.store.record_refresh_stats(stats)
         self.store.record_refresh_error(message, now=self._clock())
         return {"applied": False, "reason": message}
+
+    def top_up(self) -> dict[str, Any]:
+        """The rebalance that assigns, releases and waiting callers ask for: raise capacity if needed.
+
+        It reads counters, not the pool, so it costs the pool queue next to
+        nothing when capacity suffices; only a needed scale-up runs the full
+        rebalance. Scale-in, expired leases and unready machines are left to
+        the full rebalance after every refresh.
+        """
+        self.store.rebalance_started()
+        group = self.store.group()
+        if not group.known:
+            return {"rebalanced": False, "reason": "group not observed yet"}
+        wanted = self.store.assigned_count() + self.config.idle_target + self._waiting_count()
+        target = clamp(wanted, group.min_size, max(group.min_size, group.max_size))
+        if target > group.desired_capacity:
+            return self.rebalance()
+        self.store.record_plan(wanted=wanted, capped=wanted > group.max_size, desired_capacity=None)
+        return {"rebalanced": False, "reason": "capacity suffices", "target": target, "wanted": wanted}
 
     def rebalance(self, *, converge: bool = False) -> dict[str, Any]:
         """Resize toward assigned + idle target + waiting; terminate surplus idle machines by name."""
@@ -383,16 +407,19 @@ class PoolService:
         bounds = self.store.group().bounds
         count = 0
         candidates: list[tuple[str, str]] = []
+        untagged: list[Machine] = []
         for m in machines:
             overdue = now - m.since >= CONVERGE_AFTER_S
             if m.state is MachineState.ASSIGNED and not (m.tagged and m.protected) and overdue:
-                self.effects.tag_assigned(m)
+                untagged.append(m)
                 count += 1
             elif m.state is MachineState.RELEASING and (overdue or m.detail.startswith("duplicate")):
                 self.effects.terminate(m.instance_id, decrement=decrement_allowed(bounds))
                 count += 1
             elif m.state is MachineState.PENDING and m.detail == AWAITING_READY and m.ip:
                 candidates.append((m.instance_id, m.ip))
+        if untagged:
+            self.effects.tag(untagged)
         if candidates:
             self.effects.probe(candidates)
         return count

@@ -8,6 +8,7 @@ runs the pure ``model.reconcile`` under WATCH/MULTI. Key names: ``tasks.keys``.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -162,6 +163,8 @@ class StateStore(Protocol):
     def request_rebalance(self) -> bool: ...
 
     def rebalance_started(self) -> None: ...
+
+    def assigned_count(self) -> int: ...
 
     def reset(self) -> None: ...
 
@@ -440,12 +443,24 @@ class RedisStore:
     def rebalance_started(self) -> None:
         self._call(self._r.delete, self.keys.rebalance)
 
+    def assigned_count(self) -> int:
+        count: int = self._call(self._r.hlen, self.keys.projects)
+        return count
+
     def reset(self) -> None:
         self._call(self._r.delete, *self.keys.all())
 
 
+@functools.lru_cache(maxsize=20_000)
+def _decode_record(raw: str) -> Machine:
+    # Records are immutable strings and nearly all are byte-identical between
+    # two reads of the pool, so every full read after the first is dictionary
+    # lookups instead of JSON decoding (Machine is frozen: sharing is safe).
+    return Machine.from_json(json.loads(raw))
+
+
 def _view_from(machines_raw: dict[str, str], projects: dict[str, str]) -> PoolView:
-    machines = {iid: Machine.from_json(json.loads(raw)) for iid, raw in machines_raw.items()}
+    machines = {iid: _decode_record(raw) for iid, raw in machines_raw.items()}
     return PoolView(machines=machines, projects=dict(projects))
 
 

@@ -194,6 +194,23 @@ class TestCloudContract:
             assert insts[other].project_tag is None and not insts[other].protected_from_scale_in
         assert len(insts) == 3
 
+    def test_protect_and_tag_instance_separately(self, backend: Backend) -> None:
+        # given the group's instances and one id that is not (or no longer) in it
+        ids = sorted(by_id(backend.cloud))
+        # when two are protected in one call and one of them tagged
+        assert backend.cloud.protect(ids[:2]) == ids[:2]
+        assert backend.cloud.tag_instance(ids[0], project_id="proj-1", assigned_at="t0")
+        # expect exactly that, and nothing on the third
+        insts = by_id(backend.cloud)
+        assert insts[ids[0]].project_tag == "proj-1" and insts[ids[0]].protected_from_scale_in
+        assert insts[ids[1]].project_tag is None and insts[ids[1]].protected_from_scale_in
+        assert insts[ids[2]].project_tag is None and not insts[ids[2]].protected_from_scale_in
+
+    def test_protect_of_nothing_calls_nothing(self, backend: Backend) -> None:
+        before = backend.cloud.api_calls().get("SetInstanceProtection", 0)
+        assert backend.cloud.protect([]) == []
+        assert backend.cloud.api_calls().get("SetInstanceProtection", 0) == before
+
     def test_terminate_with_decrement_shrinks_the_group(self, backend: Backend) -> None:
         target = sorted(by_id(backend.cloud))[0]
         assert backend.cloud.terminate_instance(target, decrement=True) is True
@@ -614,6 +631,39 @@ class TestBoto3CloudAgainstAwsBehaviour:
             http_status_code=400,
         )
         assert stubbed.cloud.tag_assigned("i-00000000000000001", project_id="p", assigned_at="t") is False
+
+    def test_protect_sends_50_instances_per_call(self, stubbed: Stubbed) -> None:
+        ids = [f"i-{n:017x}" for n in range(1, 121)]
+        for _ in range(3):
+            stubbed.asg.add_response("set_instance_protection", {})
+        assert stubbed.cloud.protect(ids) == ids
+        assert [len(p["InstanceIds"]) for p in ops(stubbed, "SetInstanceProtection")] == [50, 50, 20]
+
+    def test_protect_batch_with_an_instance_gone_protects_the_others(self, stubbed: Stubbed) -> None:
+        # given AWS refusing the batch because one instance left the group
+        ids = [f"i-{n:017x}" for n in range(1, 4)]
+        stubbed.asg.add_client_error(
+            "set_instance_protection",
+            "ValidationError",
+            f"The instance {ids[1]} is not part of Auto Scaling group {NAME}.",
+            http_status_code=400,
+        )
+        stubbed.asg.add_response("set_instance_protection", {})
+        stubbed.asg.add_client_error(
+            "set_instance_protection",
+            "ValidationError",
+            f"The instance {ids[1]} is not part of Auto Scaling group {NAME}.",
+            http_status_code=400,
+        )
+        stubbed.asg.add_response("set_instance_protection", {})
+        # expect the others protected one by one, and the gone one reported as not protected
+        assert stubbed.cloud.protect(ids) == [ids[0], ids[2]]
+        assert [p["InstanceIds"] for p in ops(stubbed, "SetInstanceProtection")] == [ids, [ids[0]], [ids[1]], [ids[2]]]
+
+    def test_protect_throttled(self, stubbed: Stubbed) -> None:
+        stubbed.asg.add_client_error("set_instance_protection", "Throttling", "Rate exceeded", http_status_code=400)
+        with pytest.raises(CloudThrottled):
+            stubbed.cloud.protect(["i-00000000000000001", "i-00000000000000002"])
 
     def test_tag_throttled(self, stubbed: Stubbed) -> None:
         stubbed.ec2.add_client_error("create_tags", "RequestLimitExceeded", "slow down", http_status_code=503)

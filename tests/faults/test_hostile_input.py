@@ -37,6 +37,7 @@ from tasks.contract import (
     TASK_ASSIGN,
     TASK_AWS_SET_DESIRED,
     TASK_AWS_TAG,
+    TASK_AWS_TAG_BATCH,
     TASK_AWS_TERMINATE,
     TASK_RELEASE,
 )
@@ -325,6 +326,9 @@ def poisoned_messages(marker: Path) -> list[tuple[str, str, bytes, dict[str, Any
     json_msg("aws", TASK_AWS_TERMINATE, ["not-an-instance"])
     json_msg("aws", TASK_AWS_TERMINATE, [{"id": "i-1"}])
     json_msg("aws", TASK_AWS_TAG, ["i-0"], {"project_id": "../x", "assigned_at": "now"})
+    json_msg("aws", TASK_AWS_TAG_BATCH, [[["i-0", "../x", "now"], ["not-an-instance", "p", "t"], "junk", [1, 2]]])
+    json_msg("aws", TASK_AWS_TAG_BATCH, ["not-a-list"])
+    json_msg("aws", TASK_AWS_TAG_BATCH, [])
     # unknown task names
     for name in ("warmpool.nope", "os.system", "", "warmpool.assign\x00"):
         json_msg("pool", name, ["x"])

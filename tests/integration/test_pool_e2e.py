@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from typing import Any
 
 import pytest
@@ -241,3 +243,20 @@ def test_bad_input_and_poisoned_messages_change_nothing(pool: Stack) -> None:
     assert {i: m.state for i, m in after.machines.items()} == {i: m.state for i, m in before.machines.items()}
     assert pool.procs.alive("pool")
     assert pool.client.assign("still-works").instance_id
+
+
+def thread_nice_values(pid: int) -> set[int]:
+    values = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            values.add(os.getpriority(os.PRIO_PROCESS, int(tid)))
+    return values
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread priorities are read from /proc")
+def test_the_aws_worker_yields_the_cpu_to_the_pool_worker(stack: Stack) -> None:
+    # given the stack's workers (WARMPOOL_AWS_WORKER_NICE defaults to 10)
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    # expect every thread of the aws worker 10 below the pool worker, which keeps its priority
+    assert thread_nice_values(stack.procs.get("aws").pid) == {min(19, own + 10)}
+    assert thread_nice_values(stack.procs.get("pool").pid) == {own}

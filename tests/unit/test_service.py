@@ -83,7 +83,7 @@ class Harness:
                 except CapacityRejected:  # what tasks.awsjobs.set_desired does
                     pass
             elif kind == "rebalance":
-                self.service.rebalance()
+                self.service.top_up()  # what tasks.jobs.rebalance runs
 
     def settle(self, rounds: int = 4) -> None:
         for _ in range(rounds):
@@ -125,6 +125,16 @@ class TestAssign:
         assert result["assigned_at"].endswith("Z")
         # and the tag + protection queued as a side effect
         assert pool.pending_effects("tag") == [(result["instance_id"], "proj-1", result["assigned_at"])]
+
+    def test_asking_again_before_aws_shows_the_tag_sends_it_again(self, pool: Harness) -> None:
+        # given an assign whose worker died after answering, before its tag was sent
+        first = pool.service.assign("proj-1")
+        pool.effects.calls.clear()
+        # when the job is delivered again (or the project asks again) before a refresh shows the tag
+        again = pool.service.assign("proj-1")
+        # expect the same machine, and the tag sent again
+        assert again == first
+        assert pool.pending_effects("tag") == [(first["instance_id"], "proj-1", first["assigned_at"])]
 
     def test_tag_and_protection_land_after_the_side_effect_runs(self, pool: Harness) -> None:
         result = pool.service.assign("proj-1")
@@ -312,8 +322,8 @@ class TestRefresh:
     def test_lost_tag_side_effect_is_reissued(self, pool: Harness) -> None:
         # given an assignment whose tag job was lost
         assigned = pool.service.assign("proj-1")
-        lost_job = next(i for i, (k, _) in enumerate(pool.effects.calls) if i >= pool.done and k == "tag")
-        pool.effects.calls.pop(lost_job)  # the tag side effect never reaches a worker
+        # the tag side effect never reaches a worker
+        pool.effects.calls = [c for c in pool.effects.calls if c[0] != "tag"]
         pool.settle()
         assert pool.cloud.instances()[assigned["instance_id"]].project_tag is None
         # when refreshes keep seeing it untagged for longer than CONVERGE_AFTER_S
