@@ -7,6 +7,7 @@ refresh detects and re-issues (PoolService._converge).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -15,7 +16,9 @@ from typing import Any
 
 from celery import Task
 
+from tasks.batching import Coalescer
 from tasks.celery_app import app, capacity_lock_key, cloud, settings, state_redis
+from tasks.cloud import PROTECT_BATCH
 from tasks.contract import (
     POOL_QUEUE,
     TASK_APPLY_SNAPSHOT,
@@ -97,6 +100,15 @@ def tag_assigned(instance_id: Any, *, project_id: Any, assigned_at: Any) -> bool
     return cloud().tag_assigned(_instance_id(instance_id), project_id=project_id, assigned_at=str(assigned_at))
 
 
+# Tag jobs running at the same moment on one worker share a SetInstanceProtection call.
+PROTECT_WINDOW_S = 0.02
+
+
+@functools.cache
+def _protector() -> Coalescer:
+    return Coalescer(cloud().protect, window_s=PROTECT_WINDOW_S, max_items=PROTECT_BATCH)
+
+
 def _tag_items(items: Any) -> list[tuple[str, str, str]]:
     """The valid [instance id, project id, assigned at] triples of a tag message; the rest is logged and dropped."""
     if not isinstance(items, list):
@@ -122,12 +134,12 @@ def tag(self: Task, items: Any) -> dict[str, int]:
     todo = _tag_items(items)
     tagged = 0
     try:
-        present = set(cloud().protect([iid for iid, _, _ in todo]))
+        present = _protector().call([iid for iid, _, _ in todo])
         for iid, project, assigned_at in todo:
             if iid in present:
                 cloud().tag_instance(iid, project_id=project, assigned_at=assigned_at)
             tagged += 1
-    except (CloudThrottled, CloudUnavailable) as exc:
+    except (CloudThrottled, CloudUnavailable, TimeoutError) as exc:
         remaining = [list(item) for item in todo[tagged:]]
         countdown = random.uniform(0, min(60.0, 2.0**self.request.retries))
         raise self.retry(args=[remaining], exc=exc, countdown=countdown) from exc

@@ -23,6 +23,7 @@ from tasks.model import Machine
 
 REBALANCE_DELAY_S = 0.5
 TAG_BATCH = 50  # assignments per tag message: SetInstanceProtection takes 50 instances
+TAG_LINGER_S = 0.1  # how long a tag may wait in the pool worker for others to share its message
 
 
 @dataclass(frozen=True)
@@ -40,30 +41,49 @@ class CelerySideEffects:
     Between ``hold()`` and ``send_held()`` (one pool job: tasks.jobs calls
     them on task_prerun and task_postrun) messages are held and sent when the
     job has ended and its result is stored: the caller's answer never waits
-    for them. Durability is unchanged: the job's own message is acknowledged only
-    after they were sent (acks_late), so a worker killed in between runs the
-    job again, and the service re-sends the tag of an assignment AWS does not
-    show yet. The tags of one job travel in one message.
+    for them, and the job's own message is acknowledged only after they were
+    sent (acks_late), so a worker killed in between runs the job again.
+
+    Tags linger up to ``tag_linger_s`` in this process so that the assigns of
+    that window share one aws message (one SetInstanceProtection call per 50
+    machines, one job on the aws side) instead of one each. What that risks:
+    a worker killed in the window loses the batch, and the next refresh's
+    converge step re-sends it (the state still holds the assignments); a
+    state store lost in the window does not touch the batch, which then lands
+    and restores the assignments. Only both at once lose a tag.
     """
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, *, tag_linger_s: float = TAG_LINGER_S) -> None:
         self._app = app
         self._local = threading.local()
+        self._tag_linger_s = tag_linger_s
+        self._tags: list[Machine] = []  # lingering, across jobs
+        self._tags_lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def hold(self) -> None:
         """Hold the messages of this thread from now on (the start of a pool job)."""
         self._local.held = []
-        self._local.tags = []
 
     def send_held(self) -> None:
-        """Send what was held (the tags in as few messages as possible) and stop holding."""
+        """Send what was held and stop holding (a full batch of lingering tags goes too)."""
         held: list[_Message] | None = getattr(self._local, "held", None)
-        tags: list[Machine] | None = getattr(self._local, "tags", None)
-        self._local.held = self._local.tags = None
-        if tags:
-            self._send_tags(tags)
+        self._local.held = None
+        with self._tags_lock:
+            full = len(self._tags) >= TAG_BATCH
+        if full:
+            self.flush_tags()
         for message in held or ():
             self._publish(message)
+
+    def flush_tags(self) -> None:
+        """Send every lingering tag now (the linger timer, a full batch, worker shutdown)."""
+        with self._tags_lock:
+            machines, self._tags = self._tags, []
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self._send_tags(machines)
 
     def _send_tags(self, machines: Sequence[Machine]) -> None:
         for start in range(0, len(machines), TAG_BATCH):
@@ -81,11 +101,15 @@ class CelerySideEffects:
             held.append(message)
 
     def tag(self, machines: Sequence[Machine]) -> None:
-        tags = getattr(self._local, "tags", None)
-        if tags is None:
-            self._send_tags(machines)
-        else:
-            tags.extend(machines)
+        if getattr(self._local, "held", None) is None or self._tag_linger_s <= 0:
+            self._send_tags(machines)  # outside a pool job: at once
+            return
+        with self._tags_lock:
+            self._tags.extend(machines)
+            if self._timer is None:
+                self._timer = threading.Timer(self._tag_linger_s, self.flush_tags)
+                self._timer.daemon = True
+                self._timer.start()
 
     def terminate(self, instance_id: str, *, decrement: bool) -> None:
         self._send(_Message(TASK_AWS_TERMINATE, AWS_QUEUE, (instance_id,), {"decrement": decrement}))

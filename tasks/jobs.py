@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_shutdown
 
 from tasks.celery_app import app, service, side_effects
 from tasks.contract import (
@@ -61,6 +61,11 @@ def _send_side_effects(sender: Any = None, **_: Any) -> None:
     # worker killed before this point runs the job again.
     if getattr(sender, "name", None) in POOL_JOBS:
         side_effects().send_held()
+
+
+@worker_shutdown.connect
+def _send_lingering_tags(**_: Any) -> None:
+    side_effects().flush_tags()
 
 
 @app.task(name=TASK_ASSIGN, bind=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from tasks.contract import TASK_AWS_TAG_BATCH, TASK_AWS_TERMINATE, TASK_REBALANCE
@@ -21,41 +22,70 @@ def assigned(n: int) -> Machine:
     return Machine(f"i-{n:017x}", MachineState.ASSIGNED, since=1.0, project_id=f"p{n}", assigned_at=f"t{n}")
 
 
-def make() -> tuple[FakeApp, CelerySideEffects]:
+def make(*, tag_linger_s: float = 60.0) -> tuple[FakeApp, CelerySideEffects]:
     app = FakeApp()
-    return app, CelerySideEffects(app)  # type: ignore[arg-type]
+    return app, CelerySideEffects(app, tag_linger_s=tag_linger_s)  # type: ignore[arg-type]
+
+
+def names(app: FakeApp) -> list[str]:
+    return [name for name, _ in app.sent]
 
 
 def test_outside_a_job_every_side_effect_is_sent_at_once() -> None:
     app, effects = make()
     effects.tag([assigned(1)])
     effects.terminate("i-00000000000000002", decrement=True)
-    assert [name for name, _ in app.sent] == [TASK_AWS_TAG_BATCH, TASK_AWS_TERMINATE]
+    assert names(app) == [TASK_AWS_TAG_BATCH, TASK_AWS_TERMINATE]
     assert app.sent[0][1]["args"] == ([["i-00000000000000001", "p1", "t1"]],)
 
 
-def test_during_a_job_nothing_is_sent_until_it_ends_then_tags_go_in_batches_of_50() -> None:
-    # given a job that tags 120 machines and asks for a termination and a rebalance
+def test_a_jobs_messages_wait_for_its_end_and_its_tags_linger_for_the_next_jobs() -> None:
+    # given a job that tags a machine and asks for a termination and a rebalance
     app, effects = make()
     effects.hold()
-    for n in range(120):
-        effects.tag([assigned(n)])
+    effects.tag([assigned(0)])
     effects.terminate("i-00000000000000fff", decrement=False)
     effects.rebalance()
     # expect nothing sent while the job runs
     assert app.sent == []
-    # when it ends
+    # when it ends: its messages go, in order; the tag lingers
     effects.send_held()
-    # expect three tag messages (50 + 50 + 20, in assignment order), then the rest in order
-    names = [name for name, _ in app.sent]
-    assert names == [TASK_AWS_TAG_BATCH] * 3 + [TASK_AWS_TERMINATE, TASK_REBALANCE]
-    batches = [options["args"][0] for _, options in app.sent[:3]]
+    assert names(app) == [TASK_AWS_TERMINATE, TASK_REBALANCE]
+    assert app.sent[1][1]["countdown"] > 0
+    # when two more jobs tag a machine each, then the linger ends
+    for n in (1, 2):
+        effects.hold()
+        effects.tag([assigned(n)])
+        effects.send_held()
+    assert names(app) == [TASK_AWS_TERMINATE, TASK_REBALANCE]
+    effects.flush_tags()
+    # expect the three tags in one message, in assignment order
+    assert names(app)[2:] == [TASK_AWS_TAG_BATCH]
+    assert [item[1] for item in app.sent[2][1]["args"][0]] == ["p0", "p1", "p2"]
+
+
+def test_a_full_batch_goes_when_its_job_ends_in_messages_of_50() -> None:
+    app, effects = make()
+    effects.hold()
+    effects.tag([assigned(n) for n in range(120)])
+    assert app.sent == []
+    effects.send_held()
+    batches = [options["args"][0] for _, options in app.sent]
     assert [len(b) for b in batches] == [50, 50, 20]
     assert [item[1] for b in batches for item in b] == [f"p{n}" for n in range(120)]
-    assert app.sent[4][1]["countdown"] > 0
-    # and after the job, side effects are sent at once again
-    effects.terminate("i-00000000000000abc", decrement=True)
-    assert len(app.sent) == 6
+
+
+def test_lingering_tags_are_sent_by_the_timer_without_another_job() -> None:
+    app, effects = make(tag_linger_s=0.05)
+    effects.hold()
+    effects.tag([assigned(1)])
+    effects.send_held()
+    deadline = time.monotonic() + 5
+    while not app.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert names(app) == [TASK_AWS_TAG_BATCH]
+    effects.flush_tags()  # nothing left: sends nothing
+    assert len(app.sent) == 1
 
 
 def test_sending_with_nothing_held_sends_nothing() -> None:
@@ -63,4 +93,5 @@ def test_sending_with_nothing_held_sends_nothing() -> None:
     effects.send_held()
     effects.hold()
     effects.send_held()
+    effects.flush_tags()
     assert app.sent == []
