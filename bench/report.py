@@ -102,8 +102,13 @@ def goal_rows(results: dict[str, Any]) -> list[Row]:
     if "sequential" in results:
         s = results["sequential"]
         rows += _latency_rows("2 sequential", s, s["floor"])
+        if "side_effects_queued" in s:
+            q = s["side_effects_queued"]
+            rows += _latency_rows("2 seq, aws paused", q, q["floor"])
     if "burst" in results:
         rows += _burst_rows("3 burst", results["burst"])
+        if "side_effects_queued" in results["burst"]:
+            rows += _burst_rows("3 burst, aws paused", results["burst"]["side_effects_queued"])
     if "slow_aws" in results:
         s = results["slow_aws"]
         rows += _latency_rows("4 slow AWS seq", s["sequential"], s["sequential"]["floor"])
@@ -167,6 +172,12 @@ def _refresh_rows(r: dict[str, Any]) -> list[Row]:
             _met(_le(rd, 2.0)),
         )
     )
+    if "pool_side_only" in r:
+        side = r["pool_side_only"]
+        got, base = side["assign_during_apply"], side["floor"]["sync"]["p99_ms"]
+        rp = ratio(got["p99_ms"], base)
+        label = f"assign p99 ms, aws paused, snapshots applied ({got.get('refreshes_applied', '?')})"
+        rows.append(("5 refresh", label, got["p99_ms"], base, rp, "<= 2x floor p99", _met(_le(rp, 2.0))))
     return rows
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from bench.measure import (
 from bench.stack import Infra, Warmpool, log_lines, log_offset, task_runtimes
 from bench.stats import Progress, raw_ms, say, summary_ms, wait_until
 from producer.client import PoolClient
+from tasks.contract import POOL_QUEUE, TASK_APPLY_SNAPSHOT
 
 SLOW_AWS_S = 0.100
 
@@ -134,11 +136,21 @@ def assign_sequential(infra: Infra, wp: Warmpool, n: int, label: str, *, warmup:
     }
 
 
-def sequential_scenario(infra: Infra, sizes: Sizes, *, label: str = "sequential") -> dict[str, Any]:
-    size = 2 * (sizes.seq_n + sizes.warmup) + 10
+def sequential_scenario(
+    infra: Infra, sizes: Sizes, *, label: str = "sequential", queued_too: bool = True
+) -> dict[str, Any]:
+    """Sequential assigns; with ``queued_too``, again with the aws side effects held in the broker."""
+    size = (4 if queued_too else 2) * (sizes.seq_n + sizes.warmup) + 10
     with Warmpool(infra, label, idle_target=size) as wp:
         wp.start(group_steps=[size], max_size=size)
-        return assign_sequential(infra, wp, sizes.seq_n, label, warmup=sizes.warmup)
+        result = assign_sequential(infra, wp, sizes.seq_n, label, warmup=sizes.warmup)
+        if queued_too:
+            with wp.side_effects_queued():
+                say(f"[{label}] again with the aws worker paused: side effects wait in the broker")
+                result["side_effects_queued"] = assign_sequential(
+                    infra, wp, sizes.seq_n, f"{label}-q", warmup=sizes.warmup
+                )
+        return result
 
 
 # -- 3. burst ----------------------------------------------------------------------------
@@ -168,11 +180,19 @@ def assign_burst(infra: Infra, wp: Warmpool, n: int, label: str) -> dict[str, An
     return result
 
 
-def burst_scenario(infra: Infra, sizes: Sizes, *, label: str = "burst") -> dict[str, Any]:
+def burst_scenario(infra: Infra, sizes: Sizes, *, label: str = "burst", queued_too: bool = True) -> dict[str, Any]:
+    """A burst of assigns; with ``queued_too``, a second one with the aws side effects held in the broker."""
     n = sizes.burst_n
-    with Warmpool(infra, label, idle_target=n) as wp:
-        wp.start(group_steps=[n], max_size=n)
-        return assign_burst(infra, wp, n, label)
+    size = 2 * n if queued_too else n
+    with Warmpool(infra, label, idle_target=size) as wp:
+        wp.start(group_steps=[size], max_size=size)
+        result = assign_burst(infra, wp, n, label)
+        if queued_too:
+            wait_until(lambda: infra.queue_length("aws") == 0, timeout_s=120, what="the first burst's side effects")
+            with wp.side_effects_queued():
+                say(f"[{label}] again with the aws worker paused: side effects wait in the broker")
+                result["side_effects_queued"] = assign_burst(infra, wp, n, f"{label}-q")
+        return result
 
 
 # -- 4. slow AWS -------------------------------------------------------------------------
@@ -183,10 +203,10 @@ def slow_aws_scenario(infra: Infra, sizes: Sizes) -> dict[str, Any]:
     say(f"[slow-aws] +{SLOW_AWS_S * 1000:.0f} ms on every AWS call")
     try:
         infra.control.reset_counts()
-        seq = sequential_scenario(infra, sizes, label="slow-seq")
+        seq = sequential_scenario(infra, sizes, label="slow-seq", queued_too=False)
         seq["aws_calls"] = infra.control.counts()
         infra.control.reset_counts()
-        bur = burst_scenario(infra, sizes, label="slow-burst")
+        bur = burst_scenario(infra, sizes, label="slow-burst", queued_too=False)
         bur["aws_calls"] = infra.control.counts()
     finally:
         infra.control.reset_faults()
@@ -328,6 +348,7 @@ def refresh_scenario(infra: Infra, sizes: Sizes) -> dict[str, Any]:
         during["refreshed"] = wp.refreshed_at() > before
         rebalances = task_runtimes(wp.log("pool"), "warmpool.rebalance", since_offset=pool_offset)
         result["rebalance_jobs"] = {"count": len(rebalances), **summary_ms(rebalances)}
+        result["pool_side_only"] = refresh_pool_side_only(infra, wp, sizes)
     if sizes.many_reservations_n:
         m = sizes.many_reservations_n
         with Warmpool(infra, "refresh-many", idle_target=m, refresh_s=sizes.refresh_interval_s) as wp:
@@ -338,6 +359,47 @@ def refresh_scenario(infra: Infra, sizes: Sizes) -> dict[str, Any]:
                 **measure_refreshes(infra, wp, sizes.refresh_count, "refresh (1 instance per reservation)"),
             }
     return result
+
+
+def refresh_pool_side_only(infra: Infra, wp: Warmpool, sizes: Sizes) -> dict[str, Any]:
+    """Assigns while the pool worker applies full snapshots, with no AWS work on this machine.
+
+    The snapshot is read from moto once, beforehand; while the aws worker is
+    paused it is sent to the pool worker (a fresh ``observed_at`` each time)
+    every refresh interval, as the refresh job would. What remains is the pool
+    side of a refresh: decoding, reconciling and writing N instances.
+    """
+    assert infra.app is not None
+    say(f"[refresh] pool side only: reading the group once, then applying it every {sizes.refresh_interval_s:.0f}s")
+    payload = infra.snapshot_payload()
+    stop = threading.Event()
+
+    def send_snapshots() -> None:
+        assert infra.app is not None
+        while not stop.wait(sizes.refresh_interval_s):
+            payload["observed_at"] = time.time()
+            infra.app.send_task(TASK_APPLY_SNAPSHOT, args=[payload], queue=POOL_QUEUE, ignore_result=True)
+
+    with wp.side_effects_queued():
+        floor = floor_sequential(infra, sizes.floor_n, label="refresh floor (pool side only)")
+        sender = threading.Thread(target=send_snapshots, daemon=True)
+        sender.start()
+        try:
+            during = paced_assigns(
+                infra,
+                sizes.refresh_load_s,
+                sizes.refresh_rate_per_s,
+                "rp-",
+                "assigns while snapshots are applied",
+                wp=wp,
+                min_refreshes=2,
+                max_duration_s=3 * sizes.refresh_load_s,
+            )
+        finally:
+            stop.set()
+            sender.join(5)
+    during["refreshes_applied"] = len(during["refreshes_applied_at_s"])
+    return {"floor": floor, "assign_during_apply": during}
 
 
 # -- profile -----------------------------------------------------------------------------

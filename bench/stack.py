@@ -11,6 +11,7 @@ against a freshly created Auto Scaling Group, and stops them afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,10 @@ from producer.sandbox import (
     wait_for_workers,
     worker_argv,
 )
+from tasks.cloud import Boto3Cloud
 from tasks.contract import POOL_QUEUE, TASK_REFRESH
 from tasks.keys import PoolKeys
+from tasks.model import snapshot_to_json
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -263,6 +266,15 @@ class Infra:
             aws_secret_access_key=DUMMY_CREDENTIAL,
         )
 
+    def queue_length(self, queue: str) -> int:
+        """Messages waiting in a broker queue (kombu's Redis transport keeps each queue in a list)."""
+        return int(self.redis(0).llen(queue))
+
+    def snapshot_payload(self) -> dict[str, Any]:
+        """The group as the refresh job would send it to the pool worker (read straight from moto)."""
+        cloud = Boto3Cloud(ASG, region=REGION, autoscaling=self.aws("autoscaling"), ec2=self.aws("ec2"))
+        return snapshot_to_json(cloud.describe_group())
+
     def purge_pool_queues(self) -> None:
         """Drop every queued or unacknowledged pool/aws message (not the floor queue)."""
         r = self.redis(0)
@@ -401,6 +413,23 @@ class Warmpool:
 
     def pid(self, name: str) -> int:
         return int(self.infra.procs.get(name).pid)
+
+    @contextlib.contextmanager
+    def side_effects_queued(self) -> Iterator[None]:
+        """The aws worker stops taking jobs: side effects (and refreshes) wait in the broker until the block ends.
+
+        Isolates the assign path from the CPU the AWS side effects (botocore in
+        the aws worker, moto and the proxy) use on this machine. Nothing is
+        lost: the jobs are durable in the broker and run when it resumes.
+        """
+        assert self.infra.app is not None
+        destination = [f"aws@{HOST}"]
+        self.infra.app.control.cancel_consumer("aws", destination=destination, reply=True, timeout=5)
+        time.sleep(0.5)  # jobs it had already prefetched finish
+        try:
+            yield
+        finally:
+            self.infra.app.control.add_consumer("aws", destination=destination, reply=True, timeout=5)
 
     def stop(self) -> None:
         started = time.monotonic()

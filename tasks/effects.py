@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,10 @@ class CelerySideEffects:
     converge step re-sends it (the state still holds the assignments); a
     state store lost in the window does not touch the batch, which then lands
     and restores the assignments. Only both at once lose a tag.
+
+    Lingering tags are sent by the worker's own thread when a job ends, after
+    its answer; the linger timer sends them only when no job is running, so
+    it never competes with an assign for the GIL.
     """
 
     def __init__(self, app: Celery, *, tag_linger_s: float = TAG_LINGER_S) -> None:
@@ -60,18 +65,25 @@ class CelerySideEffects:
         self._tags: list[Machine] = []  # lingering, across jobs
         self._tags_lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._first_tag_at = 0.0  # monotonic time the oldest lingering tag arrived
+        self._jobs_running = 0
 
     def hold(self) -> None:
         """Hold the messages of this thread from now on (the start of a pool job)."""
         self._local.held = []
+        with self._tags_lock:
+            self._jobs_running += 1
 
     def send_held(self) -> None:
         """Send what was held and stop holding (a full batch of lingering tags goes too)."""
         held: list[_Message] | None = getattr(self._local, "held", None)
         self._local.held = None
         with self._tags_lock:
-            full = len(self._tags) >= TAG_BATCH
-        if full:
+            self._jobs_running = max(0, self._jobs_running - 1)
+            due = len(self._tags) >= TAG_BATCH or (
+                bool(self._tags) and time.monotonic() - self._first_tag_at >= self._tag_linger_s
+            )
+        if due:
             self.flush_tags()
         for message in held or ():
             self._publish(message)
@@ -84,6 +96,17 @@ class CelerySideEffects:
                 self._timer.cancel()
                 self._timer = None
         self._send_tags(machines)
+
+    def _linger_ended(self) -> None:
+        with self._tags_lock:
+            self._timer = None
+            if self._jobs_running and self._tags:
+                # The job's end sends them; look again in case it was the last one.
+                self._timer = threading.Timer(self._tag_linger_s / 2, self._linger_ended)
+                self._timer.daemon = True
+                self._timer.start()
+                return
+        self.flush_tags()
 
     def _send_tags(self, machines: Sequence[Machine]) -> None:
         for start in range(0, len(machines), TAG_BATCH):
@@ -105,9 +128,11 @@ class CelerySideEffects:
             self._send_tags(machines)  # outside a pool job: at once
             return
         with self._tags_lock:
+            if not self._tags:
+                self._first_tag_at = time.monotonic()
             self._tags.extend(machines)
             if self._timer is None:
-                self._timer = threading.Timer(self._tag_linger_s, self.flush_tags)
+                self._timer = threading.Timer(self._tag_linger_s, self._linger_ended)
                 self._timer.daemon = True
                 self._timer.start()
 
