@@ -424,8 +424,16 @@ class Warmpool:
         """
         assert self.infra.app is not None
         destination = [f"aws@{HOST}"]
-        self.infra.app.control.cancel_consumer("aws", destination=destination, reply=True, timeout=5)
-        time.sleep(0.5)  # jobs it had already prefetched finish
+        control = self.infra.app.control
+        control.cancel_consumer("aws", destination=destination, reply=True, timeout=5)
+
+        def busy() -> bool:
+            inspect = control.inspect(destination=destination, timeout=2)
+            jobs = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
+            return any(jobs)
+
+        # Jobs it had already taken (prefetched tag batches) run to the end first.
+        wait_until(lambda: not busy(), timeout_s=300, what="the aws worker to finish the jobs it holds")
         try:
             yield
         finally:
