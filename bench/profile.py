@@ -79,12 +79,16 @@ def summarize(path: Path, *, top: int = 15) -> dict[str, Any]:
     """Sample shares by category, busy vs idle, and the hottest leaf functions while busy."""
     by_category: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
-    total = 0
+    total = background = 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
+        if stack.startswith("Thread._bootstrap"):
+            # Not the worker's main thread (the tag linger timer, waiting): not the job's time.
+            background += count
+            continue
         total += count
         category = categorize(stack)
         by_category[category] += count
@@ -93,6 +97,7 @@ def summarize(path: Path, *, top: int = 15) -> dict[str, Any]:
     busy = total - sum(v for k, v in by_category.items() if k.startswith("idle"))
     return {
         "samples": total,
+        "background_thread_samples": background,
         "rate_hz": RATE_HZ,
         "busy_share": round(busy / total, 3) if total else 0.0,
         "categories": {k: round(v / total, 4) for k, v in by_category.most_common()},
