@@ -271,6 +271,9 @@ def latency_series(results: dict[str, Any]) -> list[tuple[str, list[float], dict
     if "sequential" in results:
         series.append(("assign, sync client", results["sequential"]["sync_raw_ms"], {"color": "tab:blue"}))
         series.append(("assign, async client", results["sequential"]["async_raw_ms"], {"color": "tab:cyan"}))
+        if "side_effects_queued" in results["sequential"]:
+            q = results["sequential"]["side_effects_queued"]
+            series.append(("assign, sync, aws worker paused", q["sync_raw_ms"], {"color": "tab:brown", "lw": 1.5}))
     if "slow_aws" in results:
         s = results["slow_aws"]["sequential"]
         series.append(("assign, AWS +100 ms, sync", s["sync_raw_ms"], {"color": "tab:orange", "ls": "--"}))
@@ -302,6 +305,8 @@ def throughput_bars(results: dict[str, Any]) -> list[tuple[str, float]]:
         bars.append(("floor: no-op burst", results["floor"]["burst"]["completed_per_s"]))
     if "burst" in results:
         bars.append(("assign burst", results["burst"]["completed_per_s"]))
+        if "side_effects_queued" in results["burst"]:
+            bars.append(("assign burst, aws paused", results["burst"]["side_effects_queued"]["completed_per_s"]))
     if "slow_aws" in results:
         bars.append(("assign burst, AWS +100 ms", results["slow_aws"]["burst"]["completed_per_s"]))
     return bars
@@ -358,7 +363,10 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=7, loc="lower right")
     if bars:
-        _bars(axes[1], bars, ["black", "grey", "tab:blue", "tab:orange"], "burst throughput vs the floor")
+        colors = ["black", "grey", "tab:blue", "tab:brown", "tab:orange"]
+        if not any(name == "assign burst, aws paused" for name, _ in bars):
+            colors.remove("tab:brown")
+        _bars(axes[1], bars, colors, "burst throughput vs the floor")
     if sustained:
         _bars(axes[-1], sustained, ["tab:green", "tab:purple"], "sustained, idle target 2 (assigns/s)")
     fig.suptitle(f"warmpool benchmarks — {results.get('meta', {}).get('started_at', '')} (2 CPUs, shared machine)")
