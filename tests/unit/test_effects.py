@@ -95,3 +95,31 @@ def test_sending_with_nothing_held_sends_nothing() -> None:
     effects.send_held()
     effects.flush_tags()
     assert app.sent == []
+
+
+def test_a_job_ending_after_the_linger_sends_the_lingering_tags() -> None:
+    # given a tag that has lingered longer than the linger (its timer found a job running)
+    app, effects = make(tag_linger_s=0.05)
+    effects.hold()
+    effects.tag([assigned(1)])
+    time.sleep(0.2)  # the timer fired while this job ran: it left the sending to the job's end
+    assert app.sent == []
+    # when the job ends / expect the tag sent by the worker's own thread
+    effects.send_held()
+    assert names(app) == [TASK_AWS_TAG_BATCH]
+
+
+def test_the_timer_never_sends_while_a_job_runs() -> None:
+    # given a tag from a job that ended before the linger did
+    app, effects = make(tag_linger_s=0.05)
+    effects.hold()
+    effects.tag([assigned(1)])
+    effects.send_held()
+    # when the next job is still running when the linger ends
+    effects.hold()
+    time.sleep(0.2)
+    # expect nothing sent meanwhile (an assign never competes with the timer for the GIL)
+    assert app.sent == []
+    # and the tag sent when that job ends
+    effects.send_held()
+    assert names(app) == [TASK_AWS_TAG_BATCH]
