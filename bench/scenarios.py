@@ -309,6 +309,20 @@ def paced_assigns(
     }
 
 
+def assigns_over_refreshes(infra: Infra, wp: Warmpool, sizes: Sizes, prefix: str, label: str) -> dict[str, Any]:
+    """Paced assigns for the load period, and on until at least 2 refreshes were applied."""
+    return paced_assigns(
+        infra,
+        sizes.refresh_load_s,
+        sizes.refresh_rate_per_s,
+        prefix,
+        label,
+        wp=wp,
+        min_refreshes=2,
+        max_duration_s=3 * sizes.refresh_load_s,
+    )
+
+
 def refresh_scenario(infra: Infra, sizes: Sizes) -> dict[str, Any]:
     """A large group: AWS calls and wall time per refresh; assign latency with and without refreshes running."""
     n = sizes.refresh_n
@@ -328,15 +342,8 @@ def refresh_scenario(infra: Infra, sizes: Sizes) -> dict[str, Any]:
         wp.start_beat()
         say(f"[refresh] beat on: a refresh every {sizes.refresh_interval_s:.0f}s while assigns run")
         before = wp.refreshed_at()
-        result["assign_during_refresh"] = during = paced_assigns(
-            infra,
-            sizes.refresh_load_s,
-            sizes.refresh_rate_per_s,
-            "rr-",
-            "assigns while refreshes run",
-            wp=wp,
-            min_refreshes=2,
-            max_duration_s=3 * sizes.refresh_load_s,
+        result["assign_during_refresh"] = during = assigns_over_refreshes(
+            infra, wp, sizes, "rr-", "assigns while refreshes run"
         )
         applied = [
             e
@@ -385,16 +392,7 @@ def refresh_pool_side_only(infra: Infra, wp: Warmpool, sizes: Sizes) -> dict[str
         sender = threading.Thread(target=send_snapshots, daemon=True)
         sender.start()
         try:
-            during = paced_assigns(
-                infra,
-                sizes.refresh_load_s,
-                sizes.refresh_rate_per_s,
-                "rp-",
-                "assigns while snapshots are applied",
-                wp=wp,
-                min_refreshes=2,
-                max_duration_s=3 * sizes.refresh_load_s,
-            )
+            during = assigns_over_refreshes(infra, wp, sizes, "rp-", "assigns while snapshots are applied")
         finally:
             stop.set()
             sender.join(5)

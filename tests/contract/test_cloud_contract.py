@@ -642,20 +642,15 @@ class TestBoto3CloudAgainstAwsBehaviour:
     def test_protect_batch_with_an_instance_gone_protects_the_others(self, stubbed: Stubbed) -> None:
         # given AWS refusing the batch because one instance left the group
         ids = [f"i-{n:017x}" for n in range(1, 4)]
-        stubbed.asg.add_client_error(
-            "set_instance_protection",
-            "ValidationError",
-            f"The instance {ids[1]} is not part of Auto Scaling group {NAME}.",
-            http_status_code=400,
-        )
-        stubbed.asg.add_response("set_instance_protection", {})
-        stubbed.asg.add_client_error(
-            "set_instance_protection",
-            "ValidationError",
-            f"The instance {ids[1]} is not part of Auto Scaling group {NAME}.",
-            http_status_code=400,
-        )
-        stubbed.asg.add_response("set_instance_protection", {})
+        message = f"The instance {ids[1]} is not part of Auto Scaling group {NAME}."
+        # the batch, then one call each: ok, refused (gone), ok
+        for answer in ("gone", "ok", "gone", "ok"):
+            if answer == "ok":
+                stubbed.asg.add_response("set_instance_protection", {})
+            else:
+                stubbed.asg.add_client_error(
+                    "set_instance_protection", "ValidationError", message, http_status_code=400
+                )
         # expect the others protected one by one, and the gone one reported as not protected
         assert stubbed.cloud.protect(ids) == [ids[0], ids[2]]
         assert [p["InstanceIds"] for p in ops(stubbed, "SetInstanceProtection")] == [ids, [ids[0]], [ids[1]], [ids[2]]]
