@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import task_postrun, task_prerun, worker_shutdown
+from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_shutdown
 
 from tasks.celery_app import app, service, side_effects
 from tasks.contract import (
@@ -64,6 +64,7 @@ def _send_side_effects(sender: Any = None, **_: Any) -> None:
 
 
 @worker_shutdown.connect
+@worker_process_shutdown.connect  # a prefork child holds its own
 def _send_lingering_tags(**_: Any) -> None:
     side_effects().flush_tags()
 
