@@ -172,7 +172,7 @@ def _refresh_rows(r: dict[str, Any]) -> list[Row]:
             _met(_le(rd, 2.0)),
         )
     )
-    if "pool_side_only" in r:
+    if "assign_during_apply" in r.get("pool_side_only", {}):
         side = r["pool_side_only"]
         got, base = side["assign_during_apply"], side["floor"]["sync"]["p99_ms"]
         rp = ratio(got["p99_ms"], base)

@@ -310,16 +310,20 @@ def paced_assigns(
 
 
 def assigns_over_refreshes(infra: Infra, wp: Warmpool, sizes: Sizes, prefix: str, label: str) -> dict[str, Any]:
-    """Paced assigns for the load period, and on until at least 2 refreshes were applied."""
+    """Paced assigns for the load period, and on until at least 2 refreshes were applied.
+
+    Never longer than the idle machines left allow (each assign takes one).
+    """
+    budget_s = max(0.0, (wp.idle_count() - 20) / sizes.refresh_rate_per_s)
     return paced_assigns(
         infra,
-        sizes.refresh_load_s,
+        min(sizes.refresh_load_s, budget_s),
         sizes.refresh_rate_per_s,
         prefix,
         label,
         wp=wp,
         min_refreshes=2,
-        max_duration_s=3 * sizes.refresh_load_s,
+        max_duration_s=min(3 * sizes.refresh_load_s, budget_s),
     )
 
 
@@ -377,6 +381,9 @@ def refresh_pool_side_only(infra: Infra, wp: Warmpool, sizes: Sizes) -> dict[str
     side of a refresh: decoding, reconciling and writing N instances.
     """
     assert infra.app is not None
+    if wp.idle_count() < sizes.refresh_load_s * sizes.refresh_rate_per_s:
+        say("[refresh] pool side only: skipped, too few idle machines left")
+        return {"skipped": f"{wp.idle_count()} idle machines left"}
     say(f"[refresh] pool side only: reading the group once, then applying it every {sizes.refresh_interval_s:.0f}s")
     payload = infra.snapshot_payload()
     stop = threading.Event()

@@ -16,8 +16,8 @@ from typing import Any
 
 from celery import Task
 
-from tasks.batching import Coalescer
-from tasks.celery_app import app, capacity_lock_key, cloud, settings, state_redis
+from tasks.batching import Coalescer, one_at_a_time
+from tasks.celery_app import app, capacity_lock_key, cloud, refresh_lock_key, settings, state_redis
 from tasks.cloud import PROTECT_BATCH
 from tasks.contract import (
     POOL_QUEUE,
@@ -38,6 +38,7 @@ from tasks.errors import (
     CloudUnavailable,
     InvalidProject,
 )
+from tasks.keys import REFRESH_LOCK_TTL_S
 from tasks.model import snapshot_to_json
 from tasks.readiness import probe_all
 
@@ -77,7 +78,20 @@ def _stats_since_last_report(duration_s: float) -> dict[str, Any]:
 
 @app.task(name=TASK_REFRESH, ignore_result=True)
 def refresh() -> dict[str, Any]:
-    """Read the group from AWS and hand the snapshot (with call statistics) to the pool worker."""
+    """Read the group from AWS and hand the snapshot (with call statistics) to the pool worker.
+
+    One refresh at a time per group: when AWS answers slower than beat's
+    interval, a refresh that finds another running is skipped instead of
+    piling up (each would be slower, and throttled reads would multiply).
+    """
+    with one_at_a_time(state_redis(), refresh_lock_key(), ttl_s=REFRESH_LOCK_TTL_S) as go_ahead:
+        if not go_ahead:
+            log.info("refresh skipped: another is still running")
+            return {"ok": False, "status": "skipped", "reason": "another refresh is running"}
+        return _refresh()
+
+
+def _refresh() -> dict[str, Any]:
     started = time.perf_counter()
     try:
         snapshot = cloud().describe_group()

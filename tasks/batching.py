@@ -1,4 +1,4 @@
-"""Coalescing concurrent calls into one: the aws workers' SetInstanceProtection batching.
+"""Coalescing concurrent work: SetInstanceProtection batching, and one refresh at a time.
 
 Each tag job still waits for its own instances to be protected before it
 returns (and its message is acknowledged), so batching never weakens
@@ -8,9 +8,15 @@ same moment into one AWS request.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+import redis
+
+log = logging.getLogger("warmpool.aws")
 
 
 @dataclass
@@ -74,3 +80,26 @@ class Coalescer:
         for w in batch:
             w.result = answered.intersection(w.items)
             w.done.set()
+
+
+@contextlib.contextmanager
+def one_at_a_time(client: redis.Redis, key: str, *, ttl_s: float) -> Iterator[bool]:
+    """Yield True when this caller may go ahead (it holds ``key`` until the block ends), False when another holds it.
+
+    The lock expires after ``ttl_s`` (a worker killed while holding it blocks
+    nobody for longer). If Redis does not answer, the caller goes ahead: an
+    overlapping refresh is better than none.
+    """
+    lock = client.lock(key, timeout=ttl_s)
+    try:
+        held = lock.acquire(blocking=False)
+    except redis.RedisError as exc:
+        log.warning("refresh lock unavailable: going ahead", extra={"error": str(exc)})
+        yield True
+        return
+    try:
+        yield bool(held)
+    finally:
+        if held:
+            with contextlib.suppress(redis.RedisError):
+                lock.release()

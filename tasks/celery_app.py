@@ -62,6 +62,10 @@ def capacity_lock_key() -> str:
     return PoolKeys.for_group(settings().asg_name).capacity_lock
 
 
+def refresh_lock_key() -> str:
+    return PoolKeys.for_group(settings().asg_name).refresh_lock
+
+
 @functools.cache
 def cloud() -> Cloud:
     """The AWS adapter of this worker process (credentials: boto3's default chain)."""

@@ -35,6 +35,9 @@ key                  type    meaning
 ``unready``          zset    instance id -> when it was terminated for never becoming ready;
                              members older than UNREADY_WINDOW_S are trimmed. Drives the
                              launch back-off.
+``refresh_lock``     string  redis-py lock held while an aws worker reads the group (TTL
+                             REFRESH_LOCK_TTL_S): a refresh that finds it held is skipped, so
+                             slow AWS answers never pile refreshes up
 ``capacity_lock``    string  redis-py lock held while an aws worker reads desired capacity
                              and raises it (TTL 30 s): raises never interleave
 ``aws_calls``        hash    AWS API action -> attempts made by refresh jobs and side effects
@@ -52,6 +55,7 @@ from dataclasses import astuple, dataclass
 LOST_KEEP = 100
 REBALANCE_COALESCE_MS = 5_000
 REFRESH_SOON_MS = 1_000
+REFRESH_LOCK_TTL_S = 120  # the aws jobs' hard time limit: a refresh never holds it longer
 UNREADY_WINDOW_S = 3_600
 
 
@@ -72,6 +76,7 @@ class PoolKeys:
     unready: str
     refresh_soon: str
     capacity_lock: str
+    refresh_lock: str
     aws_calls: str
     aws_errors: str
 
@@ -92,6 +97,7 @@ class PoolKeys:
             unready=prefix + "unready",
             refresh_soon=prefix + "refresh_soon",
             capacity_lock=prefix + "capacity_lock",
+            refresh_lock=prefix + "refresh_lock",
             aws_calls=prefix + "aws_calls",
             aws_errors=prefix + "aws_errors",
         )
