@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
+import multiprocessing
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,8 @@ from bench.measure import (
     sequential_async,
     warm_client,
 )
-from bench.stack import Infra, Warmpool, log_lines, log_offset, task_runtimes
+from bench.noop import NOOP_TASK
+from bench.stack import Infra, Warmpool, log_lines, log_offset, make_app, task_runtimes
 from bench.stats import Progress, raw_ms, say, summary_ms, wait_until
 from producer.client import PoolClient
 from tasks.contract import POOL_QUEUE, TASK_APPLY_SNAPSHOT
@@ -263,8 +264,9 @@ def paced_assigns(
     wp: Warmpool | None = None,
     min_refreshes: int = 0,
     max_duration_s: float = 0.0,
+    noop: bool = False,
 ) -> dict[str, Any]:
-    """Sequential assigns scheduled at ``rate``/s for ``duration_s`` seconds.
+    """Sequential assigns (or, with ``noop``, no-op floor calls) scheduled at ``rate``/s for ``duration_s`` seconds.
 
     One assign at a time; a late one is sent as soon as the previous answered
     (the schedule does not wait for it), and nothing is sent after
@@ -292,7 +294,10 @@ def paced_assigns(
             if due > now:
                 time.sleep(due - now)
             t = time.perf_counter()
-            client.assign(f"{prefix}{i}")
+            if noop:
+                client.call(NOOP_TASK, timeout_s=60.0)
+            else:
+                client.assign(f"{prefix}{i}")
             latencies.append(time.perf_counter() - t)
             sent_at.append(t - start)
             i += 1
@@ -307,6 +312,12 @@ def paced_assigns(
         "raw_ms": raw_ms(latencies),
         "sent_at_s": [round(x, 4) for x in sent_at],
     }
+
+
+def paced_floor(infra: Infra, sizes: Sizes) -> dict[str, Any]:
+    """No-op calls paced like the refresh benchmark's assigns (same rate, a quarter of the time)."""
+    duration = max(2.0, sizes.refresh_load_s / 4)
+    return paced_assigns(infra, duration, sizes.refresh_rate_per_s, "", "floor, paced", noop=True)
 
 
 def assigns_over_refreshes(infra: Infra, wp: Warmpool, sizes: Sizes, prefix: str, label: str) -> dict[str, Any]:
@@ -339,6 +350,8 @@ def refresh_scenario(infra: Infra, sizes: Sizes) -> dict[str, Any]:
         }
         pool_offset = log_offset(wp.log("pool"))
         result["floor"] = floor_sequential(infra, sizes.floor_n, label="refresh floor")
+        # Paced assigns idle between calls (wake-ups cost): their baseline is a no-op paced alike.
+        result["floor_paced"] = paced_floor(infra, sizes)
         quiet_s = max(2.0, sizes.refresh_load_s / 4)
         result["assign_quiet"] = paced_assigns(
             infra, quiet_s, sizes.refresh_rate_per_s, "rq-", "assigns, no refresh running"
@@ -372,6 +385,14 @@ def refresh_scenario(infra: Infra, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
+def _send_snapshots(broker_url: str, backend_url: str, payload: dict[str, Any], interval_s: float, stop: Any) -> None:
+    """Send ``payload`` to the pool worker as a refresh would, every ``interval_s``, until ``stop`` is set."""
+    app = make_app(broker_url, backend_url)
+    while not stop.wait(interval_s):
+        payload["observed_at"] = time.time()
+        app.send_task(TASK_APPLY_SNAPSHOT, args=[payload], queue=POOL_QUEUE, ignore_result=True)
+
+
 def refresh_pool_side_only(infra: Infra, wp: Warmpool, sizes: Sizes) -> dict[str, Any]:
     """Assigns while the pool worker applies full snapshots, with no AWS work on this machine.
 
@@ -386,25 +407,26 @@ def refresh_pool_side_only(infra: Infra, wp: Warmpool, sizes: Sizes) -> dict[str
         return {"skipped": f"{wp.idle_count()} idle machines left"}
     say(f"[refresh] pool side only: reading the group once, then applying it every {sizes.refresh_interval_s:.0f}s")
     payload = infra.snapshot_payload()
-    stop = threading.Event()
-
-    def send_snapshots() -> None:
-        assert infra.app is not None
-        while not stop.wait(sizes.refresh_interval_s):
-            payload["observed_at"] = time.time()
-            infra.app.send_task(TASK_APPLY_SNAPSHOT, args=[payload], queue=POOL_QUEUE, ignore_result=True)
-
+    # Sent from another process: encoding 5,000 instances (~1.6 MB of JSON) in
+    # this one would stall the measured client, not the pool worker.
+    spawn = multiprocessing.get_context("spawn")
+    stop = spawn.Event()
+    sender = spawn.Process(
+        target=_send_snapshots,
+        args=(infra.broker_url, infra.backend_url, payload, sizes.refresh_interval_s, stop),
+        daemon=True,
+    )
     with wp.side_effects_queued():
         floor = floor_sequential(infra, sizes.floor_n, label="refresh floor (pool side only)")
-        sender = threading.Thread(target=send_snapshots, daemon=True)
+        floor_paced = paced_floor(infra, sizes)
         sender.start()
         try:
             during = assigns_over_refreshes(infra, wp, sizes, "rp-", "assigns while snapshots are applied")
         finally:
             stop.set()
-            sender.join(5)
+            sender.join(15)
     during["refreshes_applied"] = len(during["refreshes_applied_at_s"])
-    return {"floor": floor, "assign_during_apply": during}
+    return {"floor": floor, "floor_paced": floor_paced, "assign_during_apply": during}
 
 
 # -- profile -----------------------------------------------------------------------------
