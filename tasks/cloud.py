@@ -72,12 +72,18 @@ class Cloud(Protocol):
     def api_errors(self) -> dict[str, int]: ...
 
 
-def boto_config(*, max_attempts: int = 5) -> Config:
+# A page of DescribeInstances carries up to 1,000 instances and can take AWS
+# (or a loaded simulator) well over the 10 s a small mutating call gets.
+READ_TIMEOUT_S = 10
+DESCRIBE_READ_TIMEOUT_S = 60
+
+
+def boto_config(*, max_attempts: int = 5, read_timeout_s: float = READ_TIMEOUT_S) -> Config:
     """botocore settings: standard retry mode (throttling and 5xx with backoff), short timeouts."""
     return Config(
         retries={"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=3,
-        read_timeout=10,
+        read_timeout=read_timeout_s,
         max_pool_connections=20,
     )
 
@@ -130,11 +136,16 @@ class Boto3Cloud:
         session = boto3.session.Session(region_name=region) if autoscaling is None or ec2 is None else None
         self._asg = autoscaling or session.client("autoscaling", config=boto_config())  # type: ignore[union-attr]
         self._ec2 = ec2 or session.client("ec2", config=boto_config())  # type: ignore[union-attr]
+        # The refresh's reads get their own clients with a longer read timeout
+        # (injected clients, as in tests, serve both).
+        reads = boto_config(read_timeout_s=DESCRIBE_READ_TIMEOUT_S)
+        self._asg_reads = autoscaling or session.client("autoscaling", config=reads)  # type: ignore[union-attr]
+        self._ec2_reads = ec2 or session.client("ec2", config=reads)  # type: ignore[union-attr]
         self._clock = clock
         self._calls: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._lock = threading.Lock()
-        for client in (self._asg, self._ec2):
+        for client in {id(c): c for c in (self._asg, self._ec2, self._asg_reads, self._ec2_reads)}.values():
             # Counts every HTTP attempt, retries included: what AWS bills and throttles.
             client.meta.events.register("before-send", self._count)
             client.meta.events.register("response-received", self._count_error)
@@ -178,7 +189,7 @@ class Boto3Cloud:
     def _read_group(self) -> dict[str, Any]:
         action = "DescribeAutoScalingGroups"
         try:
-            pages = self._asg.get_paginator("describe_auto_scaling_groups").paginate(
+            pages = self._asg_reads.get_paginator("describe_auto_scaling_groups").paginate(
                 AutoScalingGroupNames=[self.asg_name],
                 PaginationConfig={"PageSize": _ASG_INSTANCE_PAGE},
             )
@@ -198,7 +209,7 @@ class Boto3Cloud:
         try:
             # Filter by the group's own tag rather than by ids: one call per
             # 1000 instances, and MaxResults is allowed with filters.
-            pages = self._ec2.get_paginator("describe_instances").paginate(
+            pages = self._ec2_reads.get_paginator("describe_instances").paginate(
                 Filters=[{"Name": "tag:aws:autoscaling:groupName", "Values": [self.asg_name]}],
                 PaginationConfig={"PageSize": _EC2_PAGE},
             )
