@@ -139,24 +139,29 @@ def _tag_items(items: Any) -> list[tuple[str, str, str]]:
 
 
 @app.task(name=TASK_AWS_TAG_BATCH, bind=True, ignore_result=True, max_retries=_RETRY["max_retries"])
-def tag(self: Task, items: Any) -> dict[str, int]:
-    """Protect a batch of assigned instances from scale-in, then tag each with its project.
+def tag(self: Task, items: Any, tagged: Any = None) -> dict[str, int]:
+    """Tag a batch of assigned instances with their projects, then protect them from scale-in.
 
-    On throttling or an AWS outage the job is retried (exponential back-off
-    with jitter) with only the instances not tagged yet.
+    Tags first, one call each, without waiting: after a state loss the tag is
+    what gives a machine back to its project, and a refresh running beside
+    this job must find it as early as possible. Protection then goes in one
+    call shared with the tag jobs running beside this one. On throttling or an
+    AWS outage the job is retried (exponential back-off with jitter); the
+    retry skips the tags already made (``tagged``).
     """
     todo = _tag_items(items)
-    tagged = 0
+    done = {i for i in tagged if isinstance(i, str)} if isinstance(tagged, list) else set()
+    present: set[str] = set()
     try:
-        present = _protector().call([iid for iid, _, _ in todo])
         for iid, project, assigned_at in todo:
-            if iid in present:
-                cloud().tag_instance(iid, project_id=project, assigned_at=assigned_at)
-            tagged += 1
+            if iid not in done and not cloud().tag_instance(iid, project_id=project, assigned_at=assigned_at):
+                continue  # gone: nothing to protect either
+            done.add(iid)
+        present = _protector().call([iid for iid, _, _ in todo if iid in done])
     except (CloudThrottled, CloudUnavailable, TimeoutError) as exc:
-        remaining = [list(item) for item in todo[tagged:]]
         countdown = random.uniform(0, min(60.0, 2.0**self.request.retries))
-        raise self.retry(args=[remaining], exc=exc, countdown=countdown) from exc
+        remaining = [list(item) for item in todo]
+        raise self.retry(args=[remaining], kwargs={"tagged": sorted(done)}, exc=exc, countdown=countdown) from exc
     return {"tagged": len(present), "gone": len(todo) - len(present)}
 
 
