@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import threading
 import time
 from typing import Any
 
 from celery import Task
+from celery.utils.time import get_exponential_backoff_interval
 
 from tasks.batching import Coalescer, one_at_a_time
-from tasks.celery_app import app, capacity_lock_key, cloud, refresh_lock_key, settings, state_redis
+from tasks.celery_app import app, cloud, pool_keys, settings, state_redis
 from tasks.cloud import PROTECT_BATCH
 from tasks.contract import (
     POOL_QUEUE,
@@ -84,7 +84,7 @@ def refresh() -> dict[str, Any]:
     interval, a refresh that finds another running is skipped instead of
     piling up (each would be slower, and throttled reads would multiply).
     """
-    with one_at_a_time(state_redis(), refresh_lock_key(), ttl_s=REFRESH_LOCK_TTL_S) as go_ahead:
+    with one_at_a_time(state_redis(), pool_keys().refresh_lock, ttl_s=REFRESH_LOCK_TTL_S) as go_ahead:
         if not go_ahead:
             log.info("refresh skipped: another is still running")
             return {"ok": False, "status": "skipped", "reason": "another refresh is running"}
@@ -159,7 +159,13 @@ def tag(self: Task, items: Any, tagged: Any = None) -> dict[str, int]:
             done.add(iid)
         present = _protector().call([iid for iid, _, _ in todo if iid in done])
     except (CloudThrottled, CloudUnavailable, TimeoutError) as exc:
-        countdown = random.uniform(0, min(60.0, 2.0**self.request.retries))
+        # The back-off the autoretried aws jobs get (_RETRY), computed the same way.
+        countdown = get_exponential_backoff_interval(
+            factor=_RETRY["retry_backoff"],
+            retries=self.request.retries,
+            maximum=_RETRY["retry_backoff_max"],
+            full_jitter=True,
+        )
         remaining = [list(item) for item in todo]
         raise self.retry(args=[remaining], kwargs={"tagged": sorted(done)}, exc=exc, countdown=countdown) from exc
     return {"tagged": len(present), "gone": len(todo) - len(present)}
@@ -176,7 +182,7 @@ def set_desired(desired: Any) -> bool:
         raise ValueError(f"not a capacity: {desired!r}")
     try:
         # Read-then-raise must not interleave between aws threads and workers.
-        with state_redis().lock(capacity_lock_key(), timeout=30, blocking_timeout=30):
+        with state_redis().lock(pool_keys().capacity_lock, timeout=30, blocking_timeout=30):
             return cloud().raise_desired_capacity(desired)
     except CapacityRejected as exc:
         # Bounds changed since the last refresh; the next rebalance clamps anew.

@@ -54,16 +54,13 @@ def service() -> PoolService:
 
 @functools.cache
 def state_redis() -> redis.Redis:
-    """A client of the state store for the aws workers' own coordination (the capacity lock)."""
+    """A client of the state store for the aws workers' own coordination (capacity and refresh locks)."""
     return redis.Redis.from_url(settings().redis_url, socket_timeout=5, socket_connect_timeout=5)
 
 
-def capacity_lock_key() -> str:
-    return PoolKeys.for_group(settings().asg_name).capacity_lock
-
-
-def refresh_lock_key() -> str:
-    return PoolKeys.for_group(settings().asg_name).refresh_lock
+@functools.cache
+def pool_keys() -> PoolKeys:
+    return PoolKeys.for_group(settings().asg_name)
 
 
 @functools.cache

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Celery
 
+from tasks.cloud import PROTECT_BATCH
 from tasks.contract import (
     AWS_QUEUE,
     POOL_QUEUE,
@@ -23,7 +24,7 @@ from tasks.contract import (
 from tasks.model import Machine
 
 REBALANCE_DELAY_S = 0.5
-TAG_BATCH = 50  # assignments per tag message: SetInstanceProtection takes 50 instances
+TAG_BATCH = PROTECT_BATCH  # assignments per tag message: one SetInstanceProtection call
 TAG_LINGER_S = 0.1  # how long a tag may wait in the pool worker for others to share its message
 
 
@@ -102,11 +103,15 @@ class CelerySideEffects:
             self._timer = None
             if self._jobs_running and self._tags:
                 # The job's end sends them; look again in case it was the last one.
-                self._timer = threading.Timer(self._tag_linger_s / 2, self._linger_ended)
-                self._timer.daemon = True
-                self._timer.start()
+                self._arm_timer(self._tag_linger_s / 2)
                 return
         self.flush_tags()
+
+    def _arm_timer(self, delay_s: float) -> None:
+        # Called with _tags_lock held.
+        self._timer = threading.Timer(delay_s, self._linger_ended)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _send_tags(self, machines: Sequence[Machine]) -> None:
         for start in range(0, len(machines), TAG_BATCH):
@@ -132,9 +137,7 @@ class CelerySideEffects:
                 self._first_tag_at = time.monotonic()
             self._tags.extend(machines)
             if self._timer is None:
-                self._timer = threading.Timer(self._tag_linger_s, self._linger_ended)
-                self._timer.daemon = True
-                self._timer.start()
+                self._arm_timer(self._tag_linger_s)
 
     def terminate(self, instance_id: str, *, decrement: bool) -> None:
         self._send(_Message(TASK_AWS_TERMINATE, AWS_QUEUE, (instance_id,), {"decrement": decrement}))

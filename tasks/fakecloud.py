@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from tasks.cloud import PROTECT_BATCH
 from tasks.errors import CapacityRejected, CloudError
 from tasks.model import CloudInstance, GroupSnapshot
 
@@ -174,9 +175,9 @@ class FakeCloud:
     def protect(self, instance_ids: Sequence[str]) -> list[str]:
         protected: list[str] = []
         with self._lock:
-            for start in range(0, len(instance_ids), 50):
+            for start in range(0, len(instance_ids), PROTECT_BATCH):
                 self._call("SetInstanceProtection")
-                for iid in instance_ids[start : start + 50]:
+                for iid in instance_ids[start : start + PROTECT_BATCH]:
                     inst = self._instances.get(iid)
                     if inst is not None:
                         inst.cloud = replace(inst.cloud, protected_from_scale_in=True)
