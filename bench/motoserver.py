@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from producer.sandbox import MotoServer, _popen, _wait_until
+from sandbox import MotoServer, popen_child, wait_until_up
 
 NICE = 19
 
@@ -68,7 +68,7 @@ def patch_moto_dispatch() -> None:
 
 
 class BenchMotoServer(MotoServer):
-    """``producer.sandbox.MotoServer`` running ``python -m bench.motoserver`` under ``nice``."""
+    """``sandbox.MotoServer`` running ``python -m bench.motoserver`` under ``nice``."""
 
     def __init__(self, *, log_path: Path | None = None, nice: int = NICE) -> None:
         super().__init__(log_path=log_path)
@@ -82,12 +82,12 @@ class BenchMotoServer(MotoServer):
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
         out: Any = open(self.log_path, "ab") if self.log_path is not None else subprocess.DEVNULL
         try:
-            self._proc = _popen(argv, env=env, out=out)
+            self._proc = popen_child(argv, env=env, out=out)
         finally:
             if not isinstance(out, int):
                 out.close()
         try:
-            _wait_until(self.answers, timeout_s=self.start_timeout_s, what="moto server", proc=self._proc)
+            wait_until_up(self.answers, timeout_s=self.start_timeout_s, what="moto server", proc=self._proc)
         except BaseException:
             self.stop()
             raise

@@ -1,7 +1,7 @@
 """The floor: a no-op Celery task on warmpool's broker and result backend.
 
 Same settings as the pool worker (``celeryconfig``: JSON, acks late, prefetch,
-result backend; ``tasks.logs``: one JSON log line per job), its own queue, run
+result backend; ``tasks.worker.logs``: one JSON log line per job), its own queue, run
 by its own solo worker::
 
     celery -A bench.noop worker -Q bench-noop -P solo
@@ -21,7 +21,7 @@ app.config_from_object("celeryconfig")
 app.conf.task_default_queue = NOOP_QUEUE
 app.conf.task_routes = {NOOP_TASK: {"queue": NOOP_QUEUE}}
 app.conf.beat_schedule = {}
-app.conf.include = ["tasks.logs"]  # the pool worker's logging: one "job done" line per job
+app.conf.include = ["tasks.worker.logs"]  # the pool worker's logging: one "job done" line per job
 
 
 @app.task(name=NOOP_TASK)

@@ -36,7 +36,7 @@ from bench.motoserver import NICE
 from bench.stack import ASG, REGION, REPO, Infra, Warmpool
 from bench.stats import Progress, raw_ms, say, summary_ms, wait_until
 from producer.aio import AsyncPoolClient
-from producer.sandbox import DUMMY_CREDENTIAL, free_port
+from sandbox import DUMMY_CREDENTIAL, free_port
 from tasks.errors import NoCapacity, PoolUnavailable
 
 POLL_S = 10.0

@@ -24,14 +24,14 @@ RATE_HZ = 1000
 # (category, substrings: a sample belongs to the first category one of whose
 # substrings occurs in its stack). Order matters: specific before general.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("assign: Lua script round trip (RedisStore.assign)", ("assign (tasks/store.py",)),
-    ("after the answer: send the job's side effects (tag, rebalance)", ("send_held (tasks/effects.py",)),
-    ("rebalance job (reads the whole pool)", ("rebalance (tasks/service.py",)),
-    ("top-up job (counters only)", ("top_up (tasks/service.py",)),
-    ("apply_snapshot job", ("apply_snapshot (tasks/service.py",)),
-    ("assign: rest of PoolService.assign", ("assign (tasks/service.py",)),
+    ("assign: Lua script round trip (RedisStore.assign)", ("assign (tasks/state/redis_store.py",)),
+    ("after the answer: send the job's side effects (tag, rebalance)", ("send_held (tasks/worker/side_effects.py",)),
+    ("rebalance job (reads the whole pool)", ("rebalance (tasks/pool/service.py",)),
+    ("top-up job (counters only)", ("top_up (tasks/pool/service.py",)),
+    ("apply_snapshot job", ("apply_snapshot (tasks/pool/service.py",)),
+    ("assign: rest of PoolService.assign", ("assign (tasks/pool/service.py",)),
     ("store the result (backend SET + PUBLISH)", ("store_result", "mark_as_done", "_store_result")),
-    ("per-job logging (tasks/logs.py, logging)", ("tasks/logs.py", "logging/__init__.py")),
+    ("per-job logging (tasks/worker/logs.py, logging)", ("tasks/worker/logs.py", "logging/__init__.py")),
     ("other work inside the task (Celery trace)", ("celery/app/trace.py",)),
     ("receive + decode the message (kombu/celery)", ("on_message", "_receive", "on_task_received", "loads")),
     ("idle: waiting for the next message", ("poll (", "epoll", "select (", "_poll", "hub.py")),

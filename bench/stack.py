@@ -28,11 +28,10 @@ import boto3
 import redis
 from celery import Celery
 
-from bench.awsproxy import ProxyControl
 from bench.motoserver import NICE, BenchMotoServer
 from bench.noop import NOOP_QUEUE, NOOP_TASK
 from bench.stats import say, wait_until
-from producer.sandbox import (
+from sandbox import (
     DUMMY_CREDENTIAL,
     ProcessGroup,
     beat_argv,
@@ -44,10 +43,11 @@ from producer.sandbox import (
     wait_for_workers,
     worker_argv,
 )
-from tasks.cloud import Boto3Cloud
+from sandbox.awsproxy import ProxyControl
+from tasks.cloud.boto3_cloud import Boto3Cloud
 from tasks.contract import POOL_QUEUE, TASK_REFRESH
-from tasks.keys import PoolKeys
-from tasks.model import snapshot_to_json
+from tasks.pool.model import snapshot_to_json
+from tasks.state.keys import PoolKeys
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -90,7 +90,7 @@ _SUCCEEDED = re.compile(r"Task ([\w.]+)\[([0-9a-f-]+)\] succeeded in ([0-9.eE+-]
 def task_runtimes(log_path: Path, task: str, *, since_offset: int = 0) -> list[float]:
     """Seconds each run of ``task`` took inside the worker.
 
-    From tasks.logs' ``{"msg": "job done", "task": ..., "duration_ms": ...}``
+    From tasks.worker.logs' ``{"msg": "job done", "task": ..., "duration_ms": ...}``
     lines (prerun to postrun), or Celery's own "succeeded in" lines.
     """
     if not log_path.exists():
@@ -191,7 +191,7 @@ class Infra:
     def _start_proxy(self) -> None:
         assert self.moto is not None
         port, control_port = free_port(), free_port()
-        argv = ["nice", "-n", str(NICE), sys.executable, "-m", "bench.awsproxy", "--upstream", self.moto.endpoint_url]
+        argv = ["nice", "-n", str(NICE), sys.executable, "-m", "sandbox.awsproxy", "--upstream", self.moto.endpoint_url]
         argv += ["--port", str(port), "--control-port", str(control_port)]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.procs.spawn("awsproxy", argv, env=env, log_path=self.logs / "proxy.log")

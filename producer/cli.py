@@ -155,7 +155,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from producer.demo import run_demo
+    from sandbox.demo import run_demo
 
     return run_demo(idle_target=args.idle_target, stay=not args.once)
 

@@ -1,4 +1,4 @@
-"""warmpool's worker side: the Celery app, pool model, state store and cloud adapter.
+"""warmpool's worker side: the pool model (pool/), state store (state/), cloud (cloud/) and Celery jobs (worker/).
 
 ``celery -A tasks worker -Q pool -P solo`` finds the app as ``tasks.app``. The
 app is loaded lazily so that producers can import the pure modules
@@ -12,7 +12,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        from tasks.celery_app import app
+        from tasks.worker.app import app
 
         return app
     raise AttributeError(name)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tasks.contract import MAX_LEASE_S
 from tasks.errors import ConfigError
-from tasks.model import AddressKind
+from tasks.pool.model import AddressKind
 
 DEFAULT_ASG_NAME = "heavrdevs-asg"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from tasks.model import (
+from tasks.pool.model import (
     CloudInstance,
     GroupSnapshot,
     Machine,
     MachineState,
     PoolView,
 )
-from tasks.reconcile import Reconciliation
+from tasks.pool.reconcile import Reconciliation
 
 ASG = "test-asg"
 

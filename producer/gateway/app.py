@@ -25,6 +25,7 @@ from producer.gateway.constants import (
 )
 from producer.gateway.errors import ApiError, check_project_id, install_error_handlers
 from producer.gateway.flower_proxy import FlowerProxy
+from producer.gateway.metrics import GatewayMetrics
 from producer.gateway.models import (
     PROJECT_ID_PARAM,
     AssignRequest,
@@ -40,7 +41,6 @@ from producer.gateway.models import (
 )
 from producer.gateway.parsing import checked, fields_from_body, merged, read_body
 from producer.gateway.service import Gateway, HealthProbe, status_within
-from producer.metrics import GatewayMetrics
 from tasks.contract import CODE_NO_CAPACITY, MAX_LEASE_S, MAX_WAIT_S, STATUS_NOT_ASSIGNED
 
 FLOWER_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]

@@ -1,4 +1,4 @@
-"""The gateway's logger and log setup: JSON lines off a terminal (tasks.logs.JsonFormatter)."""
+"""The gateway's logger and log setup: JSON lines off a terminal (tasks.worker.logs.JsonFormatter)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from tasks import logs as task_logs
+from tasks.worker import logs as task_logs
 
 log = logging.getLogger("warmpool.gateway")
 

@@ -15,7 +15,7 @@ from producer.gateway.constants import CODE_NOT_IMPLEMENTED
 from producer.gateway.errors import ApiError, error_for, outcome_of
 from producer.gateway.flower_proxy import FlowerProxy
 from producer.gateway.logs import log
-from producer.metrics import GatewayMetrics
+from producer.gateway.metrics import GatewayMetrics
 from tasks.contract import (
     CODE_NO_CAPACITY,
     STATUS_ASSIGNED,

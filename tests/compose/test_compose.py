@@ -393,6 +393,6 @@ def test_flower_service_runs_a_real_celery_flower_command() -> None:
 
 
 def test_moto_server_command_exists() -> None:
-    """The plain moto_server (what producer.mockaws wraps) is installed with the demo extra."""
+    """The plain moto_server (what sandbox.mockaws wraps) is installed with the demo extra."""
     run = _run(_dry_run(["moto_server"]))
     assert run.returncode == 0, run.stderr

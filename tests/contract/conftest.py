@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from tasks.memstore import InMemoryStore
-from tasks.store import RedisStore, StateStore
+from tasks.pool.ports import StateStore
+from tasks.state.memory_store import InMemoryStore
+from tasks.state.redis_store import RedisStore
 
 REDIS_URL = os.environ.get("WARMPOOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 

@@ -24,7 +24,8 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
-from tasks.cloud import Boto3Cloud, Cloud, boto_config
+from tasks.cloud.boto3_cloud import Boto3Cloud, boto_config
+from tasks.cloud.fake_cloud import FakeCloud
 from tasks.contract import TAG_ASSIGNED_AT, TAG_PROJECT
 from tasks.errors import (
     CapacityRejected,
@@ -33,8 +34,8 @@ from tasks.errors import (
     CloudUnavailable,
     GroupNotFound,
 )
-from tasks.fakecloud import FakeCloud
-from tasks.model import AddressKind, CloudInstance, Readiness, classify
+from tasks.pool.model import AddressKind, CloudInstance, Readiness, classify
+from tasks.pool.ports import Cloud
 
 REGION = "ap-south-1"
 NAME = "warmpool-contract-asg"

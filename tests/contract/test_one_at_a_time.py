@@ -11,7 +11,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tasks.batching import one_at_a_time
+from tasks.worker.batching import one_at_a_time
 
 
 @pytest.fixture

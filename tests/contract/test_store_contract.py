@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tasks.model import AddressKind, GroupSnapshot, MachineState
-from tasks.store import AssignOutcome, RedisStore, StateStore
+from tasks.pool.model import AddressKind, GroupSnapshot, MachineState
+from tasks.pool.ports import AssignOutcome, StateStore
+from tasks.state.redis_store import RedisStore
 from tests.builders import iid, ready, snapshot
 
 T0 = 1_764_000_000.0  # realistic epoch seconds: records must survive JSON/Lua round trips

@@ -1,4 +1,4 @@
-"""AWS that misbehaves like AWS: bench.awsproxy.AwsFaultProxy plus the capacity checks moto lacks.
+"""AWS that misbehaves like AWS: sandbox.awsproxy.AwsFaultProxy plus the capacity checks moto lacks.
 
 moto 5.2.5 accepts any desired capacity and any termination; real Auto Scaling
 answers ``ValidationError`` when ``SetDesiredCapacity`` leaves [MinSize,
@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 import boto3
 
-from bench.awsproxy import AwsFaultProxy, _Handler, _query_error, _request_id, describe_request
+from sandbox.awsproxy import AwsFaultProxy, _Handler, _query_error, _request_id, describe_request
 
 
 @dataclass(frozen=True)

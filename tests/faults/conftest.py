@@ -32,7 +32,7 @@ import redis
 from celery import Celery
 
 from producer.client import PoolClient
-from producer.sandbox import (
+from sandbox import (
     MotoServer,
     ProcessGroup,
     beat_argv,
@@ -44,7 +44,7 @@ from producer.sandbox import (
     wait_for_workers,
     worker_argv,
 )
-from tasks.store import RedisStore
+from tasks.state.redis_store import RedisStore
 
 ASG = "faults-asg"
 REGION = "ap-south-1"

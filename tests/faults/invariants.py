@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tasks.contract import TAG_PROJECT
-from tasks.model import MachineState, PoolView
+from tasks.pool.model import MachineState, PoolView
 from tests.faults.conftest import FaultStack, eventually
 
 LIVE_LIFECYCLES = frozenset({"InService", "Pending", "Pending:Wait", "Pending:Proceed", "Standby"})

@@ -1,6 +1,6 @@
 """Scenarios 5, 6 and 7: AWS throttles and fails, AWS is unreachable, AWS rejects capacity changes.
 
-The workers reach moto through a fault-injecting proxy (bench.awsproxy, with
+The workers reach moto through a fault-injecting proxy (sandbox.awsproxy, with
 the capacity validation moto lacks: tests/faults/awsfaults.py). The test
 process reads moto directly, so its checks never meet the faults.
 """
@@ -18,7 +18,7 @@ from unittest import mock
 import pytest
 
 from producer import cli
-from producer.metrics import GatewayMetrics
+from producer.gateway.metrics import GatewayMetrics
 from tasks.contract import TASK_AWS_SET_DESIRED
 from tasks.errors import NoCapacity
 from tests.faults.awsfaults import CapacityProxy

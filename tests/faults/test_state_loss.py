@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tasks.cloud import Boto3Cloud
+from tasks.cloud.boto3_cloud import Boto3Cloud
 from tasks.contract import TASK_APPLY_SNAPSHOT
 from tasks.errors import NoCapacity, PoolUnavailable
-from tasks.model import snapshot_to_json
+from tasks.pool.model import snapshot_to_json
 from tests.faults.conftest import ASG, REGION, FaultStack, wait_for
 from tests.faults.invariants import assert_invariants
 

@@ -520,7 +520,7 @@ def test_metrics_exposes_counters_histogram_and_pool_gauges(app: Any, pool: Fake
 def test_a_new_status_series_is_one_function() -> None:
     from prometheus_client.core import GaugeMetricFamily
 
-    from producer.metrics import STATUS_FAMILIES, GatewayMetrics
+    from producer.gateway.metrics import STATUS_FAMILIES, GatewayMetrics
 
     def aws_calls(status: dict[str, Any]) -> Any:
         yield GaugeMetricFamily("warmpool_test_aws_calls", "AWS calls", value=status["aws_calls"])

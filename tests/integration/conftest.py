@@ -21,7 +21,7 @@ import pytest
 from celery import Celery
 
 from producer.client import PoolClient
-from producer.sandbox import (
+from sandbox import (
     MotoServer,
     ProcessGroup,
     beat_argv,
@@ -33,7 +33,7 @@ from producer.sandbox import (
     wait_for_workers,
     worker_argv,
 )
-from tasks.store import RedisStore
+from tasks.state.redis_store import RedisStore
 
 ASG = "heavrdevs-asg"
 REGION = "ap-south-1"

@@ -1,6 +1,6 @@
 """``warmpool demo`` end to end: Redis, a moto server, both workers, beat, assigns and releases.
 
-Runs ``python -m producer.demo --once`` (the demo without its endless status
+Runs ``python -m sandbox.demo --once`` (the demo without its endless status
 loop) in a subprocess, pointed at a free port where no Redis answers: the demo
 must start its own redis-server there (as on a fresh machine) and stop it
 again, and never meets a real demo on the defaults. redis-server absent:
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.sandbox import ensure_redis, free_port, redis_answers, terminate
+from sandbox import ensure_redis, free_port, redis_answers, terminate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,7 +58,7 @@ def logs_of(cwd: Path) -> str:
 @pytest.mark.timeout(90)
 def test_demo_once_assigns_and_releases_then_stops_cleanly(tmp_path: Path) -> None:
     require_redis()
-    argv = [sys.executable, "-m", "producer.demo", "--once", "--rounds", "3", "--refresh-seconds", "1"]
+    argv = [sys.executable, "-m", "sandbox.demo", "--once", "--rounds", "3", "--refresh-seconds", "1"]
     proc = subprocess.run(argv, cwd=tmp_path, env=demo_env(), capture_output=True, text=True, timeout=75)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"demo exited {proc.returncode}:\n{output}\n{logs_of(tmp_path)}"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from producer.sandbox import free_port
+from sandbox import free_port
 from tests.integration.conftest import IDLE_TARGET, Stack, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

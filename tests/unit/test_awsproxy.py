@@ -1,4 +1,4 @@
-"""bench.awsproxy.AwsFaultProxy: forwarding, injected AWS errors as botocore sees them, refusal, control API."""
+"""sandbox.awsproxy.AwsFaultProxy: forwarding, injected AWS errors as botocore sees them, refusal, control API."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from bench.awsproxy import AwsFaultProxy, FaultConfig, ProxyControl
-from tasks.cloud import _map_error
+from sandbox.awsproxy import AwsFaultProxy, FaultConfig, ProxyControl
+from tasks.cloud.boto3_cloud import _map_error
 from tasks.errors import CloudThrottled, CloudUnavailable
 
 _ASG_OK = (

@@ -6,8 +6,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from tasks.batching import Coalescer
 from tasks.errors import CloudThrottled
+from tasks.worker.batching import Coalescer
 
 
 class Recorder:

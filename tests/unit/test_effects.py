@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from tasks.contract import TASK_AWS_TAG_BATCH, TASK_AWS_TERMINATE, TASK_REBALANCE
-from tasks.effects import CelerySideEffects
-from tasks.model import Machine, MachineState
+from tasks.pool.model import Machine, MachineState
+from tasks.worker.side_effects import CelerySideEffects
 
 
 class FakeApp:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.model import (
+from tasks.pool.model import (
     ALLOWED_TRANSITIONS,
     AddressKind,
     CloudInstance,
@@ -30,7 +30,7 @@ from tasks.model import (
     snapshot_from_json,
     snapshot_to_json,
 )
-from tasks.reconcile import reconcile
+from tasks.pool.reconcile import reconcile
 from tests.builders import apply, iid, machine, ready, snapshot, view_of
 
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

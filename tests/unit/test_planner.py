@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.model import MachineState, PoolView
-from tasks.planner import CapacityPlan, GroupBounds, clamp, decrement_allowed, plan_capacity
+from tasks.pool.model import MachineState, PoolView
+from tasks.pool.planner import CapacityPlan, GroupBounds, clamp, decrement_allowed, plan_capacity
 from tests.builders import machine, view_of
 
 PROPS = settings(max_examples=150, deadline=None)

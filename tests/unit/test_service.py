@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from tasks.effects import RecordingSideEffects
+from tasks.cloud.fake_cloud import FakeCloud
 from tasks.errors import CapacityRejected, InvalidProject
-from tasks.fakecloud import FakeCloud
-from tasks.memstore import InMemoryStore
-from tasks.model import AddressKind
-from tasks.service import CONVERGE_AFTER_S, PoolConfig, PoolService
+from tasks.pool.model import AddressKind
+from tasks.pool.service import CONVERGE_AFTER_S, PoolConfig, PoolService
+from tasks.state.memory_store import InMemoryStore
+from tasks.worker.side_effects import RecordingSideEffects
 
 ASG = "svc-asg"
 T0 = 1_764_000_000.0
@@ -80,10 +80,10 @@ class Harness:
             elif kind == "set_desired":
                 try:
                     self.cloud.set_desired_capacity(arg)
-                except CapacityRejected:  # what tasks.awsjobs.set_desired does
+                except CapacityRejected:  # what tasks.worker.aws_jobs.set_desired does
                     pass
             elif kind == "rebalance":
-                self.service.top_up()  # what tasks.jobs.rebalance runs
+                self.service.top_up()  # what tasks.worker.pool_jobs.rebalance runs
 
     def settle(self, rounds: int = 4) -> None:
         for _ in range(rounds):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.model import Machine, MachineState, PoolView, choose_for_termination
+from tasks.pool.model import Machine, MachineState, PoolView, choose_for_termination
 
 
 @dataclass(frozen=True)

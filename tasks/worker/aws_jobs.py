@@ -16,9 +16,7 @@ from typing import Any
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
-from tasks.batching import Coalescer, one_at_a_time
-from tasks.celery_app import app, cloud, pool_keys, settings, state_redis
-from tasks.cloud import PROTECT_BATCH
+from tasks.cloud.readiness import probe_all
 from tasks.contract import (
     POOL_QUEUE,
     TASK_APPLY_SNAPSHOT,
@@ -38,9 +36,11 @@ from tasks.errors import (
     CloudUnavailable,
     InvalidProject,
 )
-from tasks.keys import REFRESH_LOCK_TTL_S
-from tasks.model import snapshot_to_json
-from tasks.readiness import probe_all
+from tasks.pool.model import snapshot_to_json
+from tasks.pool.ports import PROTECT_BATCH
+from tasks.state.keys import REFRESH_LOCK_TTL_S
+from tasks.worker.app import app, cloud, pool_keys, settings, state_redis
+from tasks.worker.batching import Coalescer, one_at_a_time
 
 log = logging.getLogger("warmpool.aws")
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import boto3
 import botocore.exceptions
@@ -26,7 +26,8 @@ from tasks.errors import (
     CloudUnavailable,
     GroupNotFound,
 )
-from tasks.model import CloudInstance, GroupSnapshot
+from tasks.pool.model import CloudInstance, GroupSnapshot
+from tasks.pool.ports import PROTECT_BATCH
 
 _THROTTLE_CODES = frozenset(
     {
@@ -47,29 +48,6 @@ _GONE_MARKERS = (
 )
 _ASG_INSTANCE_PAGE = 100  # DescribeAutoScalingGroups returns every instance of a group
 _EC2_PAGE = 1000  # DescribeInstances' largest page
-PROTECT_BATCH = 50  # SetInstanceProtection takes at most 50 instance ids
-
-
-class Cloud(Protocol):
-    """What warmpool needs from AWS. Implementations: Boto3Cloud, tasks.fakecloud.FakeCloud."""
-
-    def describe_group(self) -> GroupSnapshot: ...
-
-    def set_desired_capacity(self, desired: int) -> None: ...
-
-    def raise_desired_capacity(self, desired: int) -> bool: ...
-
-    def terminate_instance(self, instance_id: str, *, decrement: bool) -> bool: ...
-
-    def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool: ...
-
-    def tag_instance(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool: ...
-
-    def protect(self, instance_ids: Sequence[str]) -> list[str]: ...
-
-    def api_calls(self) -> dict[str, int]: ...
-
-    def api_errors(self) -> dict[str, int]: ...
 
 
 # A page of DescribeInstances carries up to 1,000 instances and can take AWS

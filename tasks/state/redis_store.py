@@ -2,23 +2,21 @@
 
 The store is the only place pool state lives between jobs. Every transition
 that touches more than one key is atomic: the hot ones (assign, release,
-scale-in claim) are Lua scripts in ``tasks/lua``; applying a refresh snapshot
-runs the pure ``model.reconcile`` under WATCH/MULTI. Key names: ``tasks.keys``.
+scale-in claim) are Lua scripts in ``tasks/state/lua``; applying a refresh snapshot
+runs the pure ``model.reconcile`` under WATCH/MULTI. Key names: ``tasks.state.keys``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 
 from tasks.errors import StoreUnavailable
-from tasks.keys import LOST_KEEP, REBALANCE_COALESCE_MS, REFRESH_SOON_MS, UNREADY_WINDOW_S, PoolKeys
-from tasks.model import (
+from tasks.pool.model import (
     AWAITING_READY,
     AddressKind,
     GroupSnapshot,
@@ -28,149 +26,13 @@ from tasks.model import (
     PoolView,
     Waiter,
 )
-from tasks.planner import GroupBounds
-from tasks.reconcile import Reconciliation, reconcile
-
-
-@dataclass(frozen=True)
-class AssignOutcome:
-    machine: Machine | None  # None: no idle machine
-    new: bool  # False when the project already held ``machine``
-    rebalance: bool  # this caller should enqueue a rebalance
-
-
-@dataclass(frozen=True)
-class ReleaseOutcome:
-    machine: Machine | None  # None: the project held nothing
-    decrement: bool  # terminate with ShouldDecrementDesiredCapacity
-    rebalance: bool
-
-
-@dataclass(frozen=True)
-class RefreshStats:
-    """What an aws worker reports with a refresh: its duration and AWS attempts since its last report."""
-
-    duration_s: float = 0.0
-    aws_calls: dict[str, int] = field(default_factory=dict)
-    aws_errors: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, data: Any) -> RefreshStats:
-        if not isinstance(data, dict):
-            return cls()
-
-        def counts(raw: Any) -> dict[str, int]:
-            if not isinstance(raw, dict):
-                return {}
-            return {str(k)[:64]: int(v) for k, v in raw.items() if isinstance(v, int) and v > 0}
-
-        duration = data.get("duration_s")
-        return cls(
-            duration_s=float(duration) if isinstance(duration, int | float) else 0.0,
-            aws_calls=counts(data.get("aws_calls")),
-            aws_errors=counts(data.get("aws_errors")),
-        )
-
-
-@dataclass(frozen=True)
-class GroupInfo:
-    """Group bounds as last observed plus refresh bookkeeping."""
-
-    min_size: int = 0
-    max_size: int = 0
-    desired_capacity: int = 0
-    observed_at: float = 0.0
-    refreshed_at: float = 0.0
-    refresh_error: str = ""
-    refresh_error_at: float = 0.0
-    lost_total: int = 0
-    wanted: int = 0
-    capped: bool = False
-    unready_total: int = 0
-    backoff_until: float = 0.0
-    backoff_reason: str = ""
-    refresh_duration_s: float = 0.0
-    recovering_until: float = 0.0
-
-    @property
-    def known(self) -> bool:
-        return self.observed_at > 0
-
-    @property
-    def bounds(self) -> GroupBounds:
-        return GroupBounds(self.min_size, self.max_size, self.desired_capacity)
-
-
-class StateStore(Protocol):
-    """Pool state. Implementations: RedisStore, tasks.memstore.InMemoryStore."""
-
-    def assign(
-        self, project_id: str, *, now: float, assigned_at: str, idle_target: int, lease_s: float = 0.0
-    ) -> AssignOutcome: ...
-
-    def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome: ...
-
-    def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]: ...
-
-    def add_waiter(self, waiter: Waiter) -> bool: ...
-
-    def waiters(self) -> list[Waiter]: ...
-
-    def remove_waiter(self, request_id: str) -> None: ...
-
-    def mark_ready(self, instance_ids: list[str], *, now: float) -> list[Machine]: ...
-
-    def record_unready(self, instance_ids: list[str], *, now: float) -> int: ...
-
-    def record_backoff(self, *, until: float, reason: str) -> None: ...
-
-    def request_refresh_soon(self) -> bool: ...
-
-    def record_refresh_stats(self, stats: RefreshStats) -> None: ...
-
-    def aws_stats(self) -> tuple[dict[str, int], dict[str, int]]: ...
-
-    def view(self) -> PoolView: ...
-
-    def group(self) -> GroupInfo: ...
-
-    def apply_snapshot(
-        self,
-        snapshot: GroupSnapshot,
-        *,
-        kind: AddressKind,
-        now: float,
-        require_ready_check: bool = False,
-        recovery_grace_s: float = 0.0,
-    ) -> Reconciliation | None: ...
-
-    def claim_for_termination(
-        self,
-        instance_ids: list[str],
-        *,
-        now: float,
-        detail: str,
-        expected: MachineState = MachineState.IDLE,
-        decrement: bool = True,
-    ) -> list[Machine]: ...
-
-    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None) -> None: ...
-
-    def record_refresh_error(self, message: str, *, now: float) -> None: ...
-
-    def lost(self, *, limit: int = 20) -> list[LostMachine]: ...
-
-    def request_rebalance(self) -> bool: ...
-
-    def rebalance_started(self) -> None: ...
-
-    def assigned_count(self) -> int: ...
-
-    def reset(self) -> None: ...
+from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
+from tasks.pool.reconcile import Reconciliation, reconcile
+from tasks.state.keys import LOST_KEEP, REBALANCE_COALESCE_MS, REFRESH_SOON_MS, UNREADY_WINDOW_S, PoolKeys
 
 
 def _load_script(name: str) -> str:
-    return resources.files("tasks").joinpath("lua", name).read_text(encoding="utf-8")
+    return resources.files("tasks.state").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 def _group_from_hash(raw: dict[str, str]) -> GroupInfo:

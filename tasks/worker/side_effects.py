@@ -10,7 +10,6 @@ from typing import Any
 
 from celery import Celery
 
-from tasks.cloud import PROTECT_BATCH
 from tasks.contract import (
     AWS_QUEUE,
     POOL_QUEUE,
@@ -21,7 +20,8 @@ from tasks.contract import (
     TASK_REBALANCE,
     TASK_REFRESH,
 )
-from tasks.model import Machine
+from tasks.pool.model import Machine
+from tasks.pool.ports import PROTECT_BATCH
 
 REBALANCE_DELAY_S = 0.5
 TAG_BATCH = PROTECT_BATCH  # assignments per tag message: one SetInstanceProtection call
@@ -40,7 +40,7 @@ class _Message:
 class CelerySideEffects:
     """Each side effect is one durable broker message, retried by the aws workers.
 
-    Between ``hold()`` and ``send_held()`` (one pool job: tasks.jobs calls
+    Between ``hold()`` and ``send_held()`` (one pool job: tasks.worker.pool_jobs calls
     them on task_prerun and task_postrun) messages are held and sent when the
     job has ended and its result is stored: the caller's answer never waits
     for them, and the job's own message is acknowledged only after they were

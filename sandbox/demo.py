@@ -6,7 +6,7 @@ an aws worker and beat; shows the pool, runs a few assigns and releases through
 ``producer.PoolClient``, then keeps showing the pool until Ctrl-C, when it
 stops everything it started. Logs go to ``.demo/logs/`` in the current directory.
 
-``python -m producer.demo [--once]`` runs it without the CLI.
+``python -m sandbox.demo [--once]`` runs it without the CLI.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from rich.markup import escape
 
 from producer.client import PoolClient
 from producer.render import compact_status_table, status_title
-from producer.sandbox import (
+from sandbox import (
     MotoServer,
     ProcessGroup,
     beat_argv,
@@ -48,7 +48,7 @@ from producer.sandbox import (
 from tasks.config import Settings
 from tasks.contract import AWS_QUEUE, POOL_QUEUE, TASK_REFRESH
 from tasks.errors import InvalidProject, WarmpoolError
-from tasks.keys import PoolKeys
+from tasks.state.keys import PoolKeys
 
 DEMO_DIR = Path(".demo")
 GROUP_MIN, GROUP_MAX, GROUP_DESIRED = 0, 10, 3
@@ -465,8 +465,8 @@ def run_demo(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m producer.demo``."""
-    parser = argparse.ArgumentParser(prog="python -m producer.demo", description="Run warmpool's local demo stack.")
+    """``python -m sandbox.demo``."""
+    parser = argparse.ArgumentParser(prog="python -m sandbox.demo", description="Run warmpool's local demo stack.")
     parser.add_argument("--idle-target", type=int, default=2, help="idle machines to keep ready [2]")
     parser.add_argument("--refresh-seconds", type=float, default=2.0, help="beat interval [2.0]")
     parser.add_argument("--rounds", type=int, default=3, help="projects to assign (demo-1..demo-N) [3]")

@@ -1,9 +1,9 @@
 """A simulated AWS for the compose stack: a moto server seeded with the pool's Auto Scaling Group.
 
-    python -m producer.mockaws --host 0.0.0.0 --port 5000 --instances 4 --max-size 10
+    python -m sandbox.mockaws --host 0.0.0.0 --port 5000 --instances 4 --max-size 10
 
 Starts moto in server mode in this process, creates the group
-``WARMPOOL_ASG_NAME`` in ``AWS_REGION`` with producer.sandbox's
+``WARMPOOL_ASG_NAME`` in ``AWS_REGION`` with sandbox.aws_group's
 ``create_simulated_group`` (idempotent: a VPC, a subnet that maps public IPs, a
 launch template, the group), and serves until SIGTERM or Ctrl-C. Workers reach
 it through ``AWS_ENDPOINT_URL``. It only ever talks to its own server, with
@@ -22,7 +22,7 @@ from tasks.config import DEFAULT_ASG_NAME, DEFAULT_REGION
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m producer.mockaws", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sandbox.mockaws", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind [127.0.0.1]")
     parser.add_argument("--port", type=int, default=5000, help="port [5000]")
     parser.add_argument("--instances", type=int, default=4, help="initial desired capacity [4]")
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("need 0 <= --min-size <= --instances <= --max-size")
     from moto.server import ThreadedMotoServer
 
-    from producer.sandbox import create_simulated_group
+    from sandbox.aws_group import create_simulated_group
 
     server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
     server.start()

@@ -6,8 +6,7 @@ import threading
 import time
 from dataclasses import replace
 
-from tasks.keys import LOST_KEEP, REBALANCE_COALESCE_MS, UNREADY_WINDOW_S
-from tasks.model import (
+from tasks.pool.model import (
     AWAITING_READY,
     AddressKind,
     GroupSnapshot,
@@ -18,8 +17,9 @@ from tasks.model import (
     Waiter,
     choose_for_assignment,
 )
-from tasks.reconcile import Reconciliation, reconcile
-from tasks.store import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
+from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
+from tasks.pool.reconcile import Reconciliation, reconcile
+from tasks.state.keys import LOST_KEEP, REBALANCE_COALESCE_MS, UNREADY_WINDOW_S
 
 
 class InMemoryStore:

@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from tasks.cloud import PROTECT_BATCH
 from tasks.errors import CapacityRejected, CloudError
-from tasks.model import CloudInstance, GroupSnapshot
+from tasks.pool.model import CloudInstance, GroupSnapshot
+from tasks.pool.ports import PROTECT_BATCH
 
 
 @dataclass

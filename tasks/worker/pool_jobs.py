@@ -13,7 +13,6 @@ from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_shutdown
 
-from tasks.celery_app import app, service, side_effects
 from tasks.contract import (
     CODE_BAD_REQUEST,
     STATE_WAITING,
@@ -29,8 +28,9 @@ from tasks.contract import (
     failure,
 )
 from tasks.errors import InvalidProject, InvalidRequest, StoreUnavailable
-from tasks.model import snapshot_from_json
-from tasks.store import RefreshStats
+from tasks.pool.model import snapshot_from_json
+from tasks.pool.ports import RefreshStats
+from tasks.worker.app import app, service, side_effects
 
 
 def _guarded(call: Callable[[], dict[str, Any]], project_id: Any) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.model import AddressKind, Machine, iso_utc
-from tasks.store import StateStore
+from tasks.pool.model import AddressKind, Machine, iso_utc
+from tasks.pool.ports import StateStore
 
 
 def _machine_json(m: Machine) -> dict[str, Any]:

@@ -11,16 +11,17 @@ import redis
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_ready
 
-from tasks.cloud import Boto3Cloud, Cloud
+from tasks.cloud.boto3_cloud import Boto3Cloud
 from tasks.config import Settings
-from tasks.effects import CelerySideEffects
-from tasks.keys import PoolKeys
-from tasks.service import PoolConfig, PoolService
-from tasks.store import RedisStore
+from tasks.pool.ports import Cloud
+from tasks.pool.service import PoolConfig, PoolService
+from tasks.state.keys import PoolKeys
+from tasks.state.redis_store import RedisStore
+from tasks.worker.side_effects import CelerySideEffects
 
 app = Celery("warmpool")
 app.config_from_object("celeryconfig")
-app.conf.include = ["tasks.jobs", "tasks.awsjobs", "tasks.logs"]
+app.conf.include = ["tasks.worker.pool_jobs", "tasks.worker.aws_jobs", "tasks.worker.logs"]
 
 
 @functools.cache

@@ -8,7 +8,7 @@ a TTL unless stated: they are the pool's state, rebuilt from AWS on refresh.
 ===================  ======  ==============================================================
 key                  type    meaning
 ===================  ======  ==============================================================
-``machines``         hash    instance id -> JSON machine record (tasks.model.Machine.to_json)
+``machines``         hash    instance id -> JSON machine record (tasks.pool.model.Machine.to_json)
 ``idle``             zset    instance ids that may be handed out; score = idle-since (ms).
                              ZPOPMIN hands out the machine idle longest. May hold stale
                              members: the record's ``state`` field is authoritative.
@@ -30,7 +30,7 @@ key                  type    meaning
                              a lease; expired members are released like ``release``
 ``waiters``          zset    request id -> arrival sequence: callers waiting for a machine
                              (assign with ``wait``), served lowest score first (FIFO)
-``waiter_data``      hash    request id -> JSON tasks.model.Waiter (project, deadline, lease)
+``waiter_data``      hash    request id -> JSON tasks.pool.model.Waiter (project, deadline, lease)
 ``waiter_seq``       string  counter giving each waiter its arrival sequence
 ``unready``          zset    instance id -> when it was terminated for never becoming ready;
                              members older than UNREADY_WINDOW_S are trimmed. Drives the

@@ -38,7 +38,7 @@ control listener (``control_url``) keeps answering while the proxy refuses::
     POST   /__proxy__/reset    zero the counters
 
 ``ProxyControl(control_url)`` is the client for that API; ``python -m
-bench.awsproxy --upstream URL`` runs a proxy as a process.
+sandbox.awsproxy --upstream URL`` runs a proxy as a process.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
                 if size == 0:
@@ -250,11 +250,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Date", self.date_time_string())
         # Status line, headers and body in one write.
-        self._headers_buffer.append(b"\r\n")
+        buffer: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]  # set by send_header()
+        buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self._headers_buffer.append(body)
-        self.wfile.write(b"".join(self._headers_buffer))
-        self._headers_buffer = []
+            buffer.append(body)
+        self.wfile.write(b"".join(buffer))
+        buffer.clear()
         self.wfile.flush()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
@@ -611,7 +612,7 @@ class ProxyControl:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.awsproxy", description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(prog="python -m sandbox.awsproxy", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--upstream", required=True, help="the AWS endpoint to forward to (a moto server)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from tasks.contract import PROJECT_ID_PATTERN
-from tasks.model import (
+from tasks.pool.model import (
     AWAITING_READY,
     RECOVERING,
     AddressKind,

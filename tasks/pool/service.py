@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from tasks.contract import (
     CODE_NO_CAPACITY,
@@ -26,7 +26,7 @@ from tasks.contract import (
     failure,
     validate_project_id,
 )
-from tasks.model import (
+from tasks.pool.model import (
     AWAITING_READY,
     AddressKind,
     GroupSnapshot,
@@ -37,9 +37,9 @@ from tasks.model import (
     leases_expired,
     unready_overdue,
 )
-from tasks.planner import clamp, decrement_allowed, plan_capacity
-from tasks.status import build_status
-from tasks.store import GroupInfo, RefreshStats, StateStore
+from tasks.pool.planner import clamp, decrement_allowed, plan_capacity
+from tasks.pool.ports import GroupInfo, RefreshStats, SideEffects, StateStore
+from tasks.pool.status import build_status
 
 log = logging.getLogger("warmpool.pool")
 
@@ -55,24 +55,6 @@ DEADLINE_MARGIN_S = 0.5
 BACKOFF_AFTER = 3
 BACKOFF_BASE_S = 60.0
 BACKOFF_MAX_S = 900.0
-
-
-class SideEffects(Protocol):
-    """Deferred work. Implementations: tasks.effects.CelerySideEffects, RecordingSideEffects."""
-
-    def tag(self, machines: Sequence[Machine]) -> None: ...
-
-    def terminate(self, instance_id: str, *, decrement: bool) -> None: ...
-
-    def set_desired(self, desired: int) -> None: ...
-
-    def rebalance(self) -> None: ...
-
-    def refresh(self, *, delay_s: float) -> None: ...
-
-    def probe(self, candidates: list[tuple[str, str]]) -> None: ...
-
-    def deliver(self, request_id: str, result: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,217 @@
+"""Every port the pool service uses, and the types that cross them.
+
+The service (tasks.pool.service) talks to the outside world only through
+these three interfaces; each has a real adapter and an in-memory one, and one
+contract suite runs against both (tests/contract):
+
+=============  ======================================  =====================================
+port           real adapter                            in-memory adapter
+=============  ======================================  =====================================
+StateStore     tasks.state.redis_store.RedisStore      tasks.state.memory_store.InMemoryStore
+Cloud          tasks.cloud.boto3_cloud.Boto3Cloud      tasks.cloud.fake_cloud.FakeCloud
+SideEffects    tasks.worker.side_effects               tasks.worker.side_effects
+               .CelerySideEffects                      .RecordingSideEffects
+=============  ======================================  =====================================
+
+Pure: standard library and the pool model only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tasks.pool.model import (
+    AddressKind,
+    GroupSnapshot,
+    LostMachine,
+    Machine,
+    MachineState,
+    PoolView,
+    Waiter,
+)
+from tasks.pool.planner import GroupBounds
+from tasks.pool.reconcile import Reconciliation
+
+PROTECT_BATCH = 50  # SetInstanceProtection takes at most 50 instance ids
+
+
+# -- state store ----------------------------------------------------------------
+@dataclass(frozen=True)
+class AssignOutcome:
+    machine: Machine | None  # None: no idle machine
+    new: bool  # False when the project already held ``machine``
+    rebalance: bool  # this caller should enqueue a rebalance
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    machine: Machine | None  # None: the project held nothing
+    decrement: bool  # terminate with ShouldDecrementDesiredCapacity
+    rebalance: bool
+
+
+@dataclass(frozen=True)
+class RefreshStats:
+    """What an aws worker reports with a refresh: its duration and AWS attempts since its last report."""
+
+    duration_s: float = 0.0
+    aws_calls: dict[str, int] = field(default_factory=dict)
+    aws_errors: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> RefreshStats:
+        if not isinstance(data, dict):
+            return cls()
+
+        def counts(raw: Any) -> dict[str, int]:
+            if not isinstance(raw, dict):
+                return {}
+            return {str(k)[:64]: int(v) for k, v in raw.items() if isinstance(v, int) and v > 0}
+
+        duration = data.get("duration_s")
+        return cls(
+            duration_s=float(duration) if isinstance(duration, int | float) else 0.0,
+            aws_calls=counts(data.get("aws_calls")),
+            aws_errors=counts(data.get("aws_errors")),
+        )
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """Group bounds as last observed plus refresh bookkeeping."""
+
+    min_size: int = 0
+    max_size: int = 0
+    desired_capacity: int = 0
+    observed_at: float = 0.0
+    refreshed_at: float = 0.0
+    refresh_error: str = ""
+    refresh_error_at: float = 0.0
+    lost_total: int = 0
+    wanted: int = 0
+    capped: bool = False
+    unready_total: int = 0
+    backoff_until: float = 0.0
+    backoff_reason: str = ""
+    refresh_duration_s: float = 0.0
+    recovering_until: float = 0.0
+
+    @property
+    def known(self) -> bool:
+        return self.observed_at > 0
+
+    @property
+    def bounds(self) -> GroupBounds:
+        return GroupBounds(self.min_size, self.max_size, self.desired_capacity)
+
+
+class StateStore(Protocol):
+    """Pool state. Implementations: RedisStore, tasks.state.memory_store.InMemoryStore."""
+
+    def assign(
+        self, project_id: str, *, now: float, assigned_at: str, idle_target: int, lease_s: float = 0.0
+    ) -> AssignOutcome: ...
+
+    def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome: ...
+
+    def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]: ...
+
+    def add_waiter(self, waiter: Waiter) -> bool: ...
+
+    def waiters(self) -> list[Waiter]: ...
+
+    def remove_waiter(self, request_id: str) -> None: ...
+
+    def mark_ready(self, instance_ids: list[str], *, now: float) -> list[Machine]: ...
+
+    def record_unready(self, instance_ids: list[str], *, now: float) -> int: ...
+
+    def record_backoff(self, *, until: float, reason: str) -> None: ...
+
+    def request_refresh_soon(self) -> bool: ...
+
+    def record_refresh_stats(self, stats: RefreshStats) -> None: ...
+
+    def aws_stats(self) -> tuple[dict[str, int], dict[str, int]]: ...
+
+    def view(self) -> PoolView: ...
+
+    def group(self) -> GroupInfo: ...
+
+    def apply_snapshot(
+        self,
+        snapshot: GroupSnapshot,
+        *,
+        kind: AddressKind,
+        now: float,
+        require_ready_check: bool = False,
+        recovery_grace_s: float = 0.0,
+    ) -> Reconciliation | None: ...
+
+    def claim_for_termination(
+        self,
+        instance_ids: list[str],
+        *,
+        now: float,
+        detail: str,
+        expected: MachineState = MachineState.IDLE,
+        decrement: bool = True,
+    ) -> list[Machine]: ...
+
+    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None) -> None: ...
+
+    def record_refresh_error(self, message: str, *, now: float) -> None: ...
+
+    def lost(self, *, limit: int = 20) -> list[LostMachine]: ...
+
+    def request_rebalance(self) -> bool: ...
+
+    def rebalance_started(self) -> None: ...
+
+    def assigned_count(self) -> int: ...
+
+    def reset(self) -> None: ...
+
+
+# -- cloud ------------------------------------------------------------------------
+class Cloud(Protocol):
+    """What warmpool needs from AWS. Implementations: Boto3Cloud, tasks.cloud.fake_cloud.FakeCloud."""
+
+    def describe_group(self) -> GroupSnapshot: ...
+
+    def set_desired_capacity(self, desired: int) -> None: ...
+
+    def raise_desired_capacity(self, desired: int) -> bool: ...
+
+    def terminate_instance(self, instance_id: str, *, decrement: bool) -> bool: ...
+
+    def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool: ...
+
+    def tag_instance(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool: ...
+
+    def protect(self, instance_ids: Sequence[str]) -> list[str]: ...
+
+    def api_calls(self) -> dict[str, int]: ...
+
+    def api_errors(self) -> dict[str, int]: ...
+
+
+# -- side effects -----------------------------------------------------------------
+class SideEffects(Protocol):
+    """Deferred work. Implementations: tasks.worker.side_effects.CelerySideEffects, RecordingSideEffects."""
+
+    def tag(self, machines: Sequence[Machine]) -> None: ...
+
+    def terminate(self, instance_id: str, *, decrement: bool) -> None: ...
+
+    def set_desired(self, desired: int) -> None: ...
+
+    def rebalance(self) -> None: ...
+
+    def refresh(self, *, delay_s: float) -> None: ...
+
+    def probe(self, candidates: list[tuple[str, str]]) -> None: ...
+
+    def deliver(self, request_id: str, result: dict[str, Any]) -> None: ...
