@@ -243,13 +243,13 @@ class Boto3Cloud:
                 return self.terminate_instance(instance_id, decrement=False)
             raise err from exc
 
-    def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
+    def tag_and_protect(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
         """Tag and protect an assigned instance; False when it is already gone."""
-        return self.tag_instance(instance_id, project_id=project_id, assigned_at=assigned_at) and bool(
+        return self.tag_project(instance_id, project_id=project_id, assigned_at=assigned_at) and bool(
             self.protect([instance_id])
         )
 
-    def tag_instance(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
+    def tag_project(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
         """Tag an instance with its project (CreateTags); False when it is already gone."""
         try:
             self._ec2.create_tags(

@@ -60,13 +60,6 @@ class FakeCloud:
             self._settle()
             return {iid: i.cloud for iid, i in self._instances.items()}
 
-    def alter(self, instance_id: str, **changes: object) -> None:
-        """Change an instance's observed attributes (lifecycle, health, addresses...)."""
-        with self._lock:
-            inst = self._instances[instance_id]
-            inst.cloud = replace(inst.cloud, **changes)  # type: ignore[arg-type]
-            inst.ready_at = 0.0
-
     def vanish(self, instance_id: str) -> None:
         """The instance disappears without warmpool asking (spot interruption...)."""
         with self._lock:
@@ -158,12 +151,12 @@ class FakeCloud:
             self._fill()
             return True
 
-    def tag_assigned(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
-        return self.tag_instance(instance_id, project_id=project_id, assigned_at=assigned_at) and bool(
+    def tag_and_protect(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
+        return self.tag_project(instance_id, project_id=project_id, assigned_at=assigned_at) and bool(
             self.protect([instance_id])
         )
 
-    def tag_instance(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
+    def tag_project(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
         with self._lock:
             self._call("CreateTags")
             inst = self._instances.get(instance_id)

@@ -123,8 +123,8 @@ class PoolService:
         outcome = self.store.assign(
             project_id, now=now, assigned_at=iso_utc(now), idle_target=self.config.idle_target, lease_s=lease
         )
-        if outcome.rebalance:
-            self.effects.rebalance()
+        if outcome.top_up:
+            self.effects.top_up()
         if outcome.machine is not None:
             self._tag_if_needed(outcome.machine, new=outcome.new)
             return assigned_result(outcome.machine)
@@ -151,7 +151,7 @@ class PoolService:
         # may be the redelivery of an assign whose worker died before sending
         # the tag: send it again (tagging is idempotent).
         if new or not (machine.tagged and machine.protected):
-            self.effects.tag([machine])
+            self.effects.tag_assignments([machine])
 
     def _capacity_note(self) -> dict[str, Any]:
         group = self.store.group()
@@ -172,8 +172,8 @@ class PoolService:
     def _scale_for_waiters(self) -> None:
         # Desired counts waiting callers: scale up now, not at the next beat
         # tick, and look at the group again soon instead of every interval.
-        if self.store.request_rebalance():
-            self.effects.rebalance()
+        if self.store.request_top_up():
+            self.effects.top_up()
         if self.store.request_refresh_soon():
             self.effects.refresh(delay_s=1.0)
 
@@ -184,8 +184,8 @@ class PoolService:
         if outcome.machine is None:
             return {"status": STATUS_NOT_ASSIGNED, "project_id": project_id}
         self.effects.terminate(outcome.machine.instance_id, decrement=outcome.decrement)
-        if outcome.rebalance:
-            self.effects.rebalance()
+        if outcome.top_up:
+            self.effects.top_up()
         return {"status": STATUS_RELEASED, "project_id": project_id, "instance_id": outcome.machine.instance_id}
 
     def touch(self, project_id: str, *, lease_s: Any = None) -> dict[str, Any]:
@@ -290,7 +290,7 @@ class PoolService:
         rebalance. Scale-in, expired leases and unready machines are left to
         the full rebalance after every refresh.
         """
-        self.store.rebalance_started()
+        self.store.clear_top_up_request()
         group = self.store.group()
         if not group.known:
             return {"rebalanced": False, "reason": "group not observed yet"}
@@ -303,7 +303,7 @@ class PoolService:
 
     def rebalance(self, *, converge: bool = False) -> dict[str, Any]:
         """Resize toward assigned + idle target + waiting; terminate surplus idle machines by name."""
-        self.store.rebalance_started()
+        self.store.clear_top_up_request()
         group = self.store.group()
         if not group.known:
             return {"rebalanced": False, "reason": "group not observed yet"}
@@ -401,7 +401,7 @@ class PoolService:
             elif m.state is MachineState.PENDING and m.detail == AWAITING_READY and m.ip:
                 candidates.append((m.instance_id, m.ip))
         if untagged:
-            self.effects.tag(untagged)
+            self.effects.tag_assignments(untagged)
         if candidates:
             self.effects.probe(candidates)
         return count

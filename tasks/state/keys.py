@@ -22,10 +22,12 @@ key                  type    meaning
                              (machines terminated for never becoming ready),
                              ``backoff_until`` / ``backoff_reason`` (scale-up paused),
                              ``refresh_duration_s`` (the last refresh's AWS read)
+                             ``recovering_until`` (after the state was lost: untagged machines
+                             are held back until then, so tag jobs in flight land first)
 ``lost``             list    JSON records of assigned machines that vanished, newest first,
                              trimmed to LOST_KEEP entries
-``rebalance``        string  "1" while a rebalance job is queued; TTL REBALANCE_COALESCE_MS.
-                             Coalesces the rebalance that assign/release ask for.
+``top_up``           string  "1" while a top-up job (``warmpool.rebalance``) is queued; TTL
+                             TOP_UP_COALESCE_MS. Coalesces the top-ups assign/release ask for.
 ``leases``           zset    instance id -> lease expiry (epoch s) of assigned machines with
                              a lease; expired members are released like ``release``
 ``waiters``          zset    request id -> arrival sequence: callers waiting for a machine
@@ -53,7 +55,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 
 LOST_KEEP = 100
-REBALANCE_COALESCE_MS = 5_000
+TOP_UP_COALESCE_MS = 5_000
 REFRESH_SOON_MS = 1_000
 REFRESH_LOCK_TTL_S = 120  # the aws jobs' hard time limit: a refresh never holds it longer
 UNREADY_WINDOW_S = 3_600
@@ -68,7 +70,7 @@ class PoolKeys:
     projects: str
     group: str
     lost: str
-    rebalance: str
+    top_up: str
     leases: str
     waiters: str
     waiter_data: str
@@ -89,7 +91,7 @@ class PoolKeys:
             projects=prefix + "projects",
             group=prefix + "group",
             lost=prefix + "lost",
-            rebalance=prefix + "rebalance",
+            top_up=prefix + "top_up",
             leases=prefix + "leases",
             waiters=prefix + "waiters",
             waiter_data=prefix + "waiter_data",

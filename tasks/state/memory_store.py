@@ -1,4 +1,4 @@
-"""In-memory StateStore for unit tests; same contract as RedisStore (tests/contract)."""
+"""InMemoryStore: the StateStore port (tasks.pool.ports) in a dict; same contract as RedisStore (tests/contract)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tasks.pool.model import (
 )
 from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
 from tasks.pool.reconcile import Reconciliation, reconcile
-from tasks.state.keys import LOST_KEEP, REBALANCE_COALESCE_MS, UNREADY_WINDOW_S
+from tasks.state.keys import LOST_KEEP, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S
 
 
 class InMemoryStore:
@@ -45,7 +45,7 @@ class InMemoryStore:
         now = time.monotonic()
         if now < self._flag_until:
             return False
-        self._flag_until = now + REBALANCE_COALESCE_MS / 1000
+        self._flag_until = now + TOP_UP_COALESCE_MS / 1000
         return True
 
     def _idle_count(self) -> int:
@@ -68,12 +68,12 @@ class InMemoryStore:
                 if lease_s > 0:
                     current = replace(current, lease_s=lease_fields[0], lease_expires_at=lease_fields[1])
                     self._machines[current.instance_id] = current
-                return AssignOutcome(machine=current, new=False, rebalance=False)
+                return AssignOutcome(machine=current, new=False, top_up=False)
             self._projects.pop(project_id, None)
             idle = [m for m in self._machines.values() if m.state is MachineState.IDLE]
             chosen = choose_for_assignment(idle)
             if chosen is None:
-                return AssignOutcome(machine=None, new=False, rebalance=self._flag())
+                return AssignOutcome(machine=None, new=False, top_up=self._flag())
             machine = replace(
                 chosen,
                 state=MachineState.ASSIGNED,
@@ -87,11 +87,11 @@ class InMemoryStore:
             )
             self._machines[machine.instance_id] = machine
             self._projects[project_id] = machine.instance_id
-            rebalance = self._idle_count() < idle_target and self._flag()
-            return AssignOutcome(machine=machine, new=True, rebalance=rebalance)
+            top_up = self._idle_count() < idle_target and self._flag()
+            return AssignOutcome(machine=machine, new=True, top_up=top_up)
 
     def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome:
-        nothing = ReleaseOutcome(machine=None, decrement=False, rebalance=False)
+        nothing = ReleaseOutcome(machine=None, decrement=False, top_up=False)
         with self._lock:
             current = self._held(project_id)
             if current is None:
@@ -107,7 +107,7 @@ class InMemoryStore:
             decrement = g.known and g.desired_capacity - 1 >= g.min_size
             if decrement:
                 self._group = replace(g, desired_capacity=g.desired_capacity - 1)
-            return ReleaseOutcome(machine=machine, decrement=decrement, rebalance=self._flag())
+            return ReleaseOutcome(machine=machine, decrement=decrement, top_up=self._flag())
 
     def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]:
         with self._lock:
@@ -263,11 +263,11 @@ class InMemoryStore:
     def lost(self, *, limit: int = 20) -> list[LostMachine]:
         return self._lost[:limit]
 
-    def request_rebalance(self) -> bool:
+    def request_top_up(self) -> bool:
         with self._lock:
             return self._flag()
 
-    def rebalance_started(self) -> None:
+    def clear_top_up_request(self) -> None:
         self._flag_until = 0.0
 
     def assigned_count(self) -> int:

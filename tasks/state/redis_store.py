@@ -1,9 +1,11 @@
-"""The state store port and its Redis implementation.
+"""RedisStore: the StateStore port (tasks.pool.ports) on Redis.
 
 The store is the only place pool state lives between jobs. Every transition
 that touches more than one key is atomic: the hot ones (assign, release,
-scale-in claim) are Lua scripts in ``tasks/state/lua``; applying a refresh snapshot
-runs the pure ``model.reconcile`` under WATCH/MULTI. Key names: ``tasks.state.keys``.
+scale-in claim, touch, readiness, waiters) are Lua scripts in
+``tasks/state/lua``; applying a refresh snapshot runs the pure
+``tasks.pool.reconcile.reconcile`` under WATCH/MULTI. Key names and the schema:
+``tasks.state.keys``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tasks.pool.model import (
 )
 from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
 from tasks.pool.reconcile import Reconciliation, reconcile
-from tasks.state.keys import LOST_KEEP, REBALANCE_COALESCE_MS, REFRESH_SOON_MS, UNREADY_WINDOW_S, PoolKeys
+from tasks.state.keys import LOST_KEEP, REFRESH_SOON_MS, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S, PoolKeys
 
 
 def _load_script(name: str) -> str:
@@ -97,24 +99,24 @@ class RedisStore:
         k = self.keys
         kind, raw, flag = self._call(
             self._assign,
-            keys=[k.machines, k.idle, k.projects, k.rebalance, k.leases],
-            args=[project_id, repr(now), assigned_at, idle_target, REBALANCE_COALESCE_MS, repr(float(lease_s))],
+            keys=[k.machines, k.idle, k.projects, k.top_up, k.leases],
+            args=[project_id, repr(now), assigned_at, idle_target, TOP_UP_COALESCE_MS, repr(float(lease_s))],
         )
         machine = Machine.from_json(json.loads(raw)) if raw else None
-        return AssignOutcome(machine=machine, new=kind == "new", rebalance=bool(flag))
+        return AssignOutcome(machine=machine, new=kind == "new", top_up=bool(flag))
 
     def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome:
         k = self.keys
         expired = "" if lease_expired_before is None else repr(lease_expired_before)
         reply = self._call(
             self._release,
-            keys=[k.machines, k.idle, k.projects, k.group, k.rebalance, k.leases],
-            args=[project_id, repr(now), REBALANCE_COALESCE_MS, expired],
+            keys=[k.machines, k.idle, k.projects, k.group, k.top_up, k.leases],
+            args=[project_id, repr(now), TOP_UP_COALESCE_MS, expired],
         )
         if reply[0] != "released":
-            return ReleaseOutcome(machine=None, decrement=False, rebalance=False)
+            return ReleaseOutcome(machine=None, decrement=False, top_up=False)
         machine = Machine.from_json(json.loads(reply[1]))
-        return ReleaseOutcome(machine=machine, decrement=bool(reply[2]), rebalance=bool(reply[3]))
+        return ReleaseOutcome(machine=machine, decrement=bool(reply[2]), top_up=bool(reply[3]))
 
     def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]:
         k = self.keys
@@ -299,11 +301,11 @@ class RedisStore:
         raws = self._call(self._r.lrange, self.keys.lost, 0, max(0, limit - 1))
         return [LostMachine(**json.loads(r)) for r in raws]
 
-    def request_rebalance(self) -> bool:
-        return bool(self._call(self._r.set, self.keys.rebalance, "1", nx=True, px=REBALANCE_COALESCE_MS))
+    def request_top_up(self) -> bool:
+        return bool(self._call(self._r.set, self.keys.top_up, "1", nx=True, px=TOP_UP_COALESCE_MS))
 
-    def rebalance_started(self) -> None:
-        self._call(self._r.delete, self.keys.rebalance)
+    def clear_top_up_request(self) -> None:
+        self._call(self._r.delete, self.keys.top_up)
 
     def assigned_count(self) -> int:
         count: int = self._call(self._r.hlen, self.keys.projects)

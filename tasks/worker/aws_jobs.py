@@ -22,8 +22,7 @@ from tasks.contract import (
     TASK_APPLY_SNAPSHOT,
     TASK_AWS_PROBE,
     TASK_AWS_SET_DESIRED,
-    TASK_AWS_TAG,
-    TASK_AWS_TAG_BATCH,
+    TASK_AWS_TAG_ASSIGNMENTS,
     TASK_AWS_TERMINATE,
     TASK_MARK_READY,
     TASK_REFRESH,
@@ -105,15 +104,6 @@ def _refresh() -> dict[str, Any]:
     return {"ok": True, "instances": len(snapshot.instances)}
 
 
-@app.task(name=TASK_AWS_TAG, **_RETRY)
-def tag_assigned(instance_id: Any, *, project_id: Any, assigned_at: Any) -> bool:
-    try:
-        validate_project_id(project_id)
-    except InvalidProject:
-        raise ValueError(f"refusing to tag with invalid project id {project_id!r}") from None
-    return cloud().tag_assigned(_instance_id(instance_id), project_id=project_id, assigned_at=str(assigned_at))
-
-
 # Tag jobs running at the same moment on one worker share a SetInstanceProtection call.
 PROTECT_WINDOW_S = 0.02
 
@@ -138,8 +128,8 @@ def _tag_items(items: Any) -> list[tuple[str, str, str]]:
     return valid
 
 
-@app.task(name=TASK_AWS_TAG_BATCH, bind=True, ignore_result=True, max_retries=_RETRY["max_retries"])
-def tag(self: Task, items: Any, tagged: Any = None) -> dict[str, int]:
+@app.task(name=TASK_AWS_TAG_ASSIGNMENTS, bind=True, ignore_result=True, max_retries=_RETRY["max_retries"])
+def tag_assignments(self: Task, items: Any, tagged: Any = None) -> dict[str, int]:
     """Tag a batch of assigned instances with their projects, then protect them from scale-in.
 
     Tags first, one call each, without waiting: after a state loss the tag is
@@ -154,7 +144,7 @@ def tag(self: Task, items: Any, tagged: Any = None) -> dict[str, int]:
     present: set[str] = set()
     try:
         for iid, project, assigned_at in todo:
-            if iid not in done and not cloud().tag_instance(iid, project_id=project, assigned_at=assigned_at):
+            if iid not in done and not cloud().tag_project(iid, project_id=project, assigned_at=assigned_at):
                 continue  # gone: nothing to protect either
             done.add(iid)
         present = _protector().call([iid for iid, _, _ in todo if iid in done])

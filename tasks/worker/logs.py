@@ -54,7 +54,7 @@ def job_fields(task_name: str, args: Any, result: Any) -> dict[str, Any]:
         fields["outcome"] = type(result).__name__
     elif isinstance(result, bool):
         fields["outcome"] = "done" if result else "nothing to do"
-    if task_name in ("warmpool.aws.tag_assigned", "warmpool.aws.terminate") and args:
+    if task_name == "warmpool.aws.terminate" and args:
         fields["instance_id"] = str(args[0])[:32]
     if task_name == "warmpool.aws.tag" and args and isinstance(args[0], list):
         fields["instances"] = len(args[0])

@@ -21,9 +21,9 @@ from tasks.contract import (
     TASK_ASSIGN,
     TASK_MARK_READY,
     TASK_PING,
-    TASK_REBALANCE,
     TASK_RELEASE,
     TASK_STATUS,
+    TASK_TOP_UP,
     TASK_TOUCH,
     failure,
 )
@@ -44,7 +44,7 @@ def _guarded(call: Callable[[], dict[str, Any]], project_id: Any) -> dict[str, A
 
 # The pool-queue jobs below; their side effects are sent after their result is stored.
 POOL_JOBS = frozenset(
-    {TASK_ASSIGN, TASK_RELEASE, TASK_TOUCH, TASK_STATUS, TASK_REBALANCE, TASK_MARK_READY, TASK_APPLY_SNAPSHOT}
+    {TASK_ASSIGN, TASK_RELEASE, TASK_TOUCH, TASK_STATUS, TASK_TOP_UP, TASK_MARK_READY, TASK_APPLY_SNAPSHOT}
 )
 
 
@@ -107,8 +107,8 @@ def status() -> dict[str, Any]:
     return service().status()
 
 
-@app.task(name=TASK_REBALANCE, ignore_result=True)
-def rebalance() -> dict[str, Any]:
+@app.task(name=TASK_TOP_UP, ignore_result=True)
+def top_up() -> dict[str, Any]:
     return service().top_up()
 
 

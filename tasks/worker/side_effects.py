@@ -15,10 +15,10 @@ from tasks.contract import (
     POOL_QUEUE,
     TASK_AWS_PROBE,
     TASK_AWS_SET_DESIRED,
-    TASK_AWS_TAG_BATCH,
+    TASK_AWS_TAG_ASSIGNMENTS,
     TASK_AWS_TERMINATE,
-    TASK_REBALANCE,
     TASK_REFRESH,
+    TASK_TOP_UP,
 )
 from tasks.pool.model import Machine
 from tasks.pool.ports import PROTECT_BATCH
@@ -116,7 +116,7 @@ class CelerySideEffects:
     def _send_tags(self, machines: Sequence[Machine]) -> None:
         for start in range(0, len(machines), TAG_BATCH):
             items = [[m.instance_id, m.project_id, m.assigned_at] for m in machines[start : start + TAG_BATCH]]
-            self._publish(_Message(TASK_AWS_TAG_BATCH, AWS_QUEUE, (items,)))
+            self._publish(_Message(TASK_AWS_TAG_ASSIGNMENTS, AWS_QUEUE, (items,)))
 
     def _publish(self, m: _Message) -> None:
         self._app.send_task(m.name, args=m.args, kwargs=m.kwargs, queue=m.queue, ignore_result=True, **m.options)
@@ -128,7 +128,7 @@ class CelerySideEffects:
         else:
             held.append(message)
 
-    def tag(self, machines: Sequence[Machine]) -> None:
+    def tag_assignments(self, machines: Sequence[Machine]) -> None:
         if getattr(self._local, "held", None) is None or self._tag_linger_s <= 0:
             self._send_tags(machines)  # outside a pool job: at once
             return
@@ -145,9 +145,9 @@ class CelerySideEffects:
     def set_desired(self, desired: int) -> None:
         self._send(_Message(TASK_AWS_SET_DESIRED, AWS_QUEUE, (desired,)))
 
-    def rebalance(self) -> None:
-        # A short delay coalesces a burst of assigns into one rebalance.
-        self._send(_Message(TASK_REBALANCE, POOL_QUEUE, options={"countdown": REBALANCE_DELAY_S, "expires": 60}))
+    def top_up(self) -> None:
+        # A short delay coalesces a burst of assigns into one top-up.
+        self._send(_Message(TASK_TOP_UP, POOL_QUEUE, options={"countdown": REBALANCE_DELAY_S, "expires": 60}))
 
     def refresh(self, *, delay_s: float) -> None:
         options = {"countdown": delay_s, "expires": delay_s + 10}
@@ -168,7 +168,7 @@ class RecordingSideEffects:
 
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
-    def tag(self, machines: Sequence[Machine]) -> None:
+    def tag_assignments(self, machines: Sequence[Machine]) -> None:
         self.calls.append(("tag_message", len(machines)))
         for m in machines:
             self.calls.append(("tag", (m.instance_id, m.project_id, m.assigned_at)))
@@ -179,8 +179,8 @@ class RecordingSideEffects:
     def set_desired(self, desired: int) -> None:
         self.calls.append(("set_desired", desired))
 
-    def rebalance(self) -> None:
-        self.calls.append(("rebalance", None))
+    def top_up(self) -> None:
+        self.calls.append(("top_up", None))
 
     def refresh(self, *, delay_s: float) -> None:
         self.calls.append(("refresh", delay_s))

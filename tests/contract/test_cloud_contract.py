@@ -180,12 +180,12 @@ class TestCloudContract:
         assert len(ids) == 3
         assert not ids & backend.foreign_ids
 
-    def test_tag_assigned_tags_and_protects_idempotently(self, backend: Backend) -> None:
+    def test_tag_and_protect_tags_and_protects_idempotently(self, backend: Backend) -> None:
         # given an instance of the group
         target = sorted(by_id(backend.cloud))[0]
         # when tagged as assigned, twice (a redelivered side effect)
-        assert backend.cloud.tag_assigned(target, project_id="proj-1", assigned_at="2026-01-01T00:00:00.000Z")
-        assert backend.cloud.tag_assigned(target, project_id="proj-1", assigned_at="2026-01-01T00:00:00.000Z")
+        assert backend.cloud.tag_and_protect(target, project_id="proj-1", assigned_at="2026-01-01T00:00:00.000Z")
+        assert backend.cloud.tag_and_protect(target, project_id="proj-1", assigned_at="2026-01-01T00:00:00.000Z")
         # expect the tags and scale-in protection on it, and on no other instance
         insts = by_id(backend.cloud)
         assert insts[target].project_tag == "proj-1"
@@ -195,12 +195,12 @@ class TestCloudContract:
             assert insts[other].project_tag is None and not insts[other].protected_from_scale_in
         assert len(insts) == 3
 
-    def test_protect_and_tag_instance_separately(self, backend: Backend) -> None:
+    def test_protect_and_tag_project_separately(self, backend: Backend) -> None:
         # given the group's instances and one id that is not (or no longer) in it
         ids = sorted(by_id(backend.cloud))
         # when two are protected in one call and one of them tagged
         assert backend.cloud.protect(ids[:2]) == ids[:2]
-        assert backend.cloud.tag_instance(ids[0], project_id="proj-1", assigned_at="t0")
+        assert backend.cloud.tag_project(ids[0], project_id="proj-1", assigned_at="t0")
         # expect exactly that, and nothing on the third
         insts = by_id(backend.cloud)
         assert insts[ids[0]].project_tag == "proj-1" and insts[ids[0]].protected_from_scale_in
@@ -257,7 +257,7 @@ class TestFakeCloudLikeAws:
 
     def test_unknown_instance_counts_as_already_done(self, fake_cloud: FakeCloud) -> None:
         assert fake_cloud.terminate_instance("i-00000000000000dead", decrement=True) is False
-        assert fake_cloud.tag_assigned("i-00000000000000dead", project_id="p", assigned_at="x") is False
+        assert fake_cloud.tag_and_protect("i-00000000000000dead", project_id="p", assigned_at="x") is False
         assert len(fake_cloud.describe_group().instances) == 3
 
     def test_decrement_below_min_size_terminates_without_decrement(self) -> None:
@@ -595,10 +595,10 @@ class TestBoto3CloudAgainstAwsBehaviour:
         with pytest.raises(CloudThrottled):
             stubbed.cloud.terminate_instance("i-00000000000000001", decrement=False)
 
-    def test_tag_assigned_tags_then_protects(self, stubbed: Stubbed) -> None:
+    def test_tag_and_protect_tags_then_protects(self, stubbed: Stubbed) -> None:
         stubbed.ec2.add_response("create_tags", {})
         stubbed.asg.add_response("set_instance_protection", {})
-        assert stubbed.cloud.tag_assigned("i-00000000000000001", project_id="proj-1", assigned_at="t0") is True
+        assert stubbed.cloud.tag_and_protect("i-00000000000000001", project_id="proj-1", assigned_at="t0") is True
         assert stubbed.calls == [
             (
                 "CreateTags",
@@ -620,7 +620,7 @@ class TestBoto3CloudAgainstAwsBehaviour:
             "The instance ID 'i-00000000000000001' does not exist",
             http_status_code=400,
         )
-        assert stubbed.cloud.tag_assigned("i-00000000000000001", project_id="p", assigned_at="t") is False
+        assert stubbed.cloud.tag_and_protect("i-00000000000000001", project_id="p", assigned_at="t") is False
         assert [op for op, _ in stubbed.calls] == ["CreateTags"]
 
     def test_protect_of_an_instance_no_longer_in_the_group_is_done(self, stubbed: Stubbed) -> None:
@@ -631,7 +631,7 @@ class TestBoto3CloudAgainstAwsBehaviour:
             f"The instance i-00000000000000001 is not part of Auto Scaling group {NAME}.",
             http_status_code=400,
         )
-        assert stubbed.cloud.tag_assigned("i-00000000000000001", project_id="p", assigned_at="t") is False
+        assert stubbed.cloud.tag_and_protect("i-00000000000000001", project_id="p", assigned_at="t") is False
 
     def test_protect_sends_50_instances_per_call(self, stubbed: Stubbed) -> None:
         ids = [f"i-{n:017x}" for n in range(1, 121)]
@@ -664,4 +664,4 @@ class TestBoto3CloudAgainstAwsBehaviour:
     def test_tag_throttled(self, stubbed: Stubbed) -> None:
         stubbed.ec2.add_client_error("create_tags", "RequestLimitExceeded", "slow down", http_status_code=503)
         with pytest.raises(CloudThrottled):
-            stubbed.cloud.tag_assigned("i-00000000000000001", project_id="p", assigned_at="t")
+            stubbed.cloud.tag_and_protect("i-00000000000000001", project_id="p", assigned_at="t")

@@ -92,7 +92,7 @@ class TestAssign:
         assert first.machine is not None and again.machine is not None
         assert again.machine.instance_id == first.machine.instance_id
         assert first.new and not again.new
-        assert not again.rebalance
+        assert not again.top_up
         # and a redelivered assign took nothing else from the pool
         assert store.view().counts()["idle"] == 2
 
@@ -110,23 +110,23 @@ class TestAssign:
         out = assign(store, "p1", now=T0 + 6)
         assert out.machine is not None and out.machine.instance_id == iid(1)
 
-    def test_empty_pool_asks_for_one_rebalance(self, store: StateStore) -> None:
+    def test_empty_pool_asks_for_one_top_up(self, store: StateStore) -> None:
         ready_pool(store, 0)
         first = assign(store, "p1")
         second = assign(store, "p2")
-        assert first.machine is None and first.rebalance
-        assert second.machine is None and not second.rebalance  # coalesced
+        assert first.machine is None and first.top_up
+        assert second.machine is None and not second.top_up  # coalesced
 
-    def test_assign_below_idle_target_asks_for_rebalance(self, store: StateStore) -> None:
+    def test_assign_below_idle_target_asks_for_a_top_up(self, store: StateStore) -> None:
         ready_pool(store, 3)
         out = assign(store, "p1", idle_target=5)
-        assert out.machine is not None and out.rebalance
+        assert out.machine is not None and out.top_up
         out2 = assign(store, "p2", idle_target=5)
-        assert out2.machine is not None and not out2.rebalance  # coalesced
+        assert out2.machine is not None and not out2.top_up  # coalesced
 
     def test_assign_above_idle_target_does_not_ask(self, store: StateStore) -> None:
         ready_pool(store, 5)
-        assert not assign(store, "p1", idle_target=2).rebalance
+        assert not assign(store, "p1", idle_target=2).top_up
 
 
 class TestRelease:
@@ -148,7 +148,7 @@ class TestRelease:
     def test_release_of_an_unheld_project_is_not_assigned(self, store: StateStore) -> None:
         ready_pool(store, 2)
         out = store.release("nobody", now=T0)
-        assert out.machine is None and not out.decrement and not out.rebalance
+        assert out.machine is None and not out.decrement and not out.top_up
         assert store.view().counts()["idle"] == 2
 
     def test_redelivered_release_is_not_assigned(self, store: StateStore) -> None:
@@ -171,13 +171,13 @@ class TestRelease:
         assert decisions == [True, True, False]
         assert store.group().desired_capacity == 2
 
-    def test_release_asks_for_rebalance_once(self, store: StateStore) -> None:
+    def test_release_asks_for_a_top_up_once(self, store: StateStore) -> None:
         ready_pool(store, 3)
         assign(store, "p1")
         assign(store, "p2")
-        store.rebalance_started()
-        assert store.release("p1", now=T0).rebalance
-        assert not store.release("p2", now=T0).rebalance
+        store.clear_top_up_request()
+        assert store.release("p1", now=T0).top_up
+        assert not store.release("p2", now=T0).top_up
 
 
 class TestClaimForTermination:
@@ -298,12 +298,12 @@ class TestApplySnapshot:
 
 
 class TestBookkeeping:
-    def test_rebalance_flag_coalesces(self, store: StateStore) -> None:
-        assert store.request_rebalance() is True
-        assert store.request_rebalance() is False
-        assert store.request_rebalance() is False
-        store.rebalance_started()
-        assert store.request_rebalance() is True
+    def test_top_up_flag_coalesces(self, store: StateStore) -> None:
+        assert store.request_top_up() is True
+        assert store.request_top_up() is False
+        assert store.request_top_up() is False
+        store.clear_top_up_request()
+        assert store.request_top_up() is True
 
     def test_record_plan_and_refresh_error(self, store: StateStore) -> None:
         ready_pool(store, 1, desired=1)
@@ -323,11 +323,11 @@ class TestBookkeeping:
     def test_reset_forgets_everything(self, store: StateStore) -> None:
         ready_pool(store, 2)
         assign(store, "p1")
-        store.request_rebalance()
+        store.request_top_up()
         store.reset()
         assert store.view().machines == {} and store.view().projects == {}
         assert not store.group().known and store.lost() == []
-        assert store.request_rebalance() is True
+        assert store.request_top_up() is True
 
 
 # -- concurrency (RedisStore only) -----------------------------------------------------------

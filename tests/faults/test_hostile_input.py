@@ -36,8 +36,7 @@ from tasks.contract import (
     TASK_APPLY_SNAPSHOT,
     TASK_ASSIGN,
     TASK_AWS_SET_DESIRED,
-    TASK_AWS_TAG,
-    TASK_AWS_TAG_BATCH,
+    TASK_AWS_TAG_ASSIGNMENTS,
     TASK_AWS_TERMINATE,
     TASK_RELEASE,
 )
@@ -325,10 +324,11 @@ def poisoned_messages(marker: Path) -> list[tuple[str, str, bytes, dict[str, Any
         json_msg("aws", TASK_AWS_SET_DESIRED, bad)
     json_msg("aws", TASK_AWS_TERMINATE, ["not-an-instance"])
     json_msg("aws", TASK_AWS_TERMINATE, [{"id": "i-1"}])
-    json_msg("aws", TASK_AWS_TAG, ["i-0"], {"project_id": "../x", "assigned_at": "now"})
-    json_msg("aws", TASK_AWS_TAG_BATCH, [[["i-0", "../x", "now"], ["not-an-instance", "p", "t"], "junk", [1, 2]]])
-    json_msg("aws", TASK_AWS_TAG_BATCH, ["not-a-list"])
-    json_msg("aws", TASK_AWS_TAG_BATCH, [])
+    # the one-instance tag job of a version that never shipped: unknown here
+    json_msg("aws", "warmpool.aws.tag_assigned", ["i-0"], {"project_id": "../x", "assigned_at": "now"})
+    json_msg("aws", TASK_AWS_TAG_ASSIGNMENTS, [[["i-0", "../x", "now"], ["not-an-instance", "p", "t"], "junk", [1, 2]]])
+    json_msg("aws", TASK_AWS_TAG_ASSIGNMENTS, ["not-a-list"])
+    json_msg("aws", TASK_AWS_TAG_ASSIGNMENTS, [])
     # unknown task names
     for name in ("warmpool.nope", "os.system", "", "warmpool.assign\x00"):
         json_msg("pool", name, ["x"])
@@ -340,7 +340,7 @@ def poisoned_messages(marker: Path) -> list[tuple[str, str, bytes, dict[str, Any
     out.append(("pool", "application/json", json.dumps([["ok-1"], {}, {}]).encode(), None))  # no task header
     # pickle (and yaml): refused by content type, never deserialized
     for queue in ("pool", "aws"):
-        for task in (TASK_ASSIGN, TASK_AWS_TAG):
+        for task in (TASK_ASSIGN, TASK_AWS_TAG_ASSIGNMENTS):
             headers, _ = celery_message(task, ["x"])
             body = pickle.dumps(((Unpickled(marker),), {}, {}))
             out.append((queue, "application/x-python-serialize", body, headers))

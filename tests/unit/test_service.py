@@ -72,7 +72,7 @@ class Harness:
             self.done += 1
             if kind == "tag":
                 instance_id, project, assigned_at = arg
-                self.cloud.tag_assigned(instance_id, project_id=project, assigned_at=assigned_at)
+                self.cloud.tag_and_protect(instance_id, project_id=project, assigned_at=assigned_at)
             elif kind == "terminate":
                 instance_id, decrement = arg
                 if self.cloud.terminate_instance(instance_id, decrement=decrement):
@@ -82,8 +82,8 @@ class Harness:
                     self.cloud.set_desired_capacity(arg)
                 except CapacityRejected:  # what tasks.worker.aws_jobs.set_desired does
                     pass
-            elif kind == "rebalance":
-                self.service.top_up()  # what tasks.worker.pool_jobs.rebalance runs
+            elif kind == "top_up":
+                self.service.top_up()  # what tasks.worker.pool_jobs.top_up runs
 
     def settle(self, rounds: int = 4) -> None:
         for _ in range(rounds):
@@ -162,12 +162,12 @@ class TestAssign:
         # expect a clear no_capacity outcome right away and a rebalance requested
         assert result["status"] == "failed" and result["code"] == "no_capacity"
         assert result["project_id"] == "proj-1" and result["capped"] is False
-        assert h.pending_effects("rebalance") == [None]
+        assert h.pending_effects("top_up") == [None]
         assert h.counts()["assigned"] == 0
 
     def test_assign_below_idle_target_triggers_a_refill(self, pool: Harness) -> None:
         pool.service.assign("proj-1")
-        assert pool.pending_effects("rebalance") == [None]
+        assert pool.pending_effects("top_up") == [None]
         pool.settle()
         assert pool.counts() == {"pending": 0, "idle": 2, "assigned": 1, "releasing": 0}
         assert pool.cloud.describe_group().desired_capacity == 3
@@ -287,7 +287,7 @@ class TestRefresh:
         assert second["instance_id"] != first["instance_id"]
         # the tag of B lands; the termination of A is still queued when Redis is flushed
         pool.clock.advance(1)
-        pool.cloud.tag_assigned(second["instance_id"], project_id="proj-1", assigned_at=second["assigned_at"])
+        pool.cloud.tag_and_protect(second["instance_id"], project_id="proj-1", assigned_at=second["assigned_at"])
         queued = [c for c in pool.effects.calls[pool.done :] if c[0] == "terminate"]
         pool.done = len(pool.effects.calls)
         pool.store.reset()
@@ -484,7 +484,7 @@ class TestStateLossRecovery:
         assert states[taken][0] == "pending" and "in-flight tags" in states[taken][1]
         assert h.service.assign("intruder")["status"] == "failed"
         # and once the tag lands within the grace, the assignment is restored from it
-        h.cloud.tag_assigned(taken, project_id="early-bird", assigned_at="2026-01-01T00:00:00.000Z")
+        h.cloud.tag_and_protect(taken, project_id="early-bird", assigned_at="2026-01-01T00:00:00.000Z")
         h.refresh()
         held = {m["project_id"]: m["instance_id"] for m in h.service.status()["machines"] if m["state"] == "assigned"}
         assert held == {"early-bird": taken}

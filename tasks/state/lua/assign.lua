@@ -5,16 +5,16 @@
 -- machine, and one project must never end up holding two. Everything from
 -- "does the project hold one?" to "mark it assigned" happens in this script.
 --
--- KEYS: machines (hash), idle (zset), projects (hash), rebalance (string), leases (zset)
+-- KEYS: machines (hash), idle (zset), projects (hash), top_up (string), leases (zset)
 -- ARGV: project id, now (epoch s), assigned_at (ISO 8601), idle target, coalesce ms, lease s (0: none)
--- Returns {"existing"|"new", record json, rebalance 0|1} or {"none", "", rebalance 0|1}
+-- Returns {"existing"|"new", record json, top_up 0|1} or {"none", "", top_up 0|1}
 local machines, idle, projects, flag, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local project, now, assigned_at = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local idle_target, coalesce_ms, lease_s = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
-local function want_rebalance()
-  -- Ask for one rebalance per burst: only the first caller after the flag
-  -- expired (or was consumed by the rebalance job) gets 1.
+local function want_top_up()
+  -- Ask for one top-up per burst: only the first caller after the flag
+  -- expired (or was consumed by the top-up job) gets 1.
   if redis.call('ZCARD', idle) < idle_target then
     if redis.call('SET', flag, '1', 'NX', 'PX', coalesce_ms) then
       return 1
@@ -76,7 +76,7 @@ while true do
       local encoded = cjson.encode(m)
       redis.call('HSET', machines, iid, encoded)
       redis.call('HSET', projects, project, iid)
-      return {'new', encoded, want_rebalance()}
+      return {'new', encoded, want_top_up()}
     end
   end
   -- Stale zset member (machine no longer idle): skip it.

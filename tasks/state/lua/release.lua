@@ -8,9 +8,9 @@
 -- a second release before the next refresh sees it. In lease mode it releases
 -- only if the lease is still expired: a touch that renewed it in between wins.
 --
--- KEYS: machines (hash), idle (zset), projects (hash), group (hash), rebalance (string), leases (zset)
+-- KEYS: machines (hash), idle (zset), projects (hash), group (hash), top_up (string), leases (zset)
 -- ARGV: project id, now (epoch s), coalesce ms, lease expired before (epoch s; "" = plain release)
--- Returns {"released", record json, decrement 0|1, rebalance 0|1} or {"not_assigned"} or {"lease_valid"}
+-- Returns {"released", record json, decrement 0|1, top_up 0|1} or {"not_assigned"} or {"lease_valid"}
 local machines, idle, projects, group, flag, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local project, now, coalesce_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local expired_before = tonumber(ARGV[4])
@@ -53,8 +53,8 @@ if desired and min_size and desired - 1 >= min_size then
   decrement = 1
   redis.call('HINCRBY', group, 'desired_capacity', -1)
 end
-local rebalance = 0
+local top_up = 0
 if redis.call('SET', flag, '1', 'NX', 'PX', coalesce_ms) then
-  rebalance = 1
+  top_up = 1
 end
-return {'released', encoded, decrement, rebalance}
+return {'released', encoded, decrement, top_up}
