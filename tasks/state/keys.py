@@ -22,8 +22,13 @@ key                  type    meaning
                              (machines terminated for never becoming ready),
                              ``backoff_until`` / ``backoff_reason`` (scale-up paused),
                              ``refresh_duration_s`` (the last refresh's AWS read)
-                             ``recovering_until`` (after the state was lost: untagged machines
-                             are held back until then, so tag jobs in flight land first)
+                             ``held_other`` (quarantined + foreign machines at the last full
+                             rebalance: the top-up counts them as held), ``epoch`` (this
+                             state's identity, mirrored in the group's ``warmpool:epoch``
+                             tag), ``epoch_confirmed`` ("1" once AWS shows that tag: an
+                             empty state is then known to be a loss), ``lost_at`` (when the
+                             state was last found lost; machines launched before it are
+                             quarantined rather than made idle)
 ``lost``             list    JSON records of assigned machines that vanished, newest first,
                              trimmed to LOST_KEEP entries
 ``top_up``           string  "1" while a top-up job (``warmpool.rebalance``) is queued; TTL
