@@ -7,6 +7,7 @@ plugin tests/deploy/aws_actions.py, which records every call warmpool's own code
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import json
 import os
@@ -91,6 +92,23 @@ def test_the_policy_grants_exactly_the_actions_warmpool_calls(called_actions: se
     assert called_actions, "the plugin recorded no AWS call at all"
     assert not called_actions - policy, f"called but not granted: {sorted(called_actions - policy)}"
     assert not policy - called_actions, f"granted but never called: {sorted(policy - called_actions)}"
+
+
+def test_only_boto3_cloud_talks_to_aws() -> None:
+    """The recorded set is complete only if every AWS call of the product goes through Boto3Cloud."""
+    allowed = {ROOT / "tasks" / "cloud" / "boto3_cloud.py"}
+    offenders = []
+    for path in sorted((ROOT / "tasks").rglob("*.py")) + sorted((ROOT / "producer").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] in ("boto3", "botocore") for n in names) and path not in allowed:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, f"AWS SDK imported outside tasks/cloud/boto3_cloud.py: {offenders}"
 
 
 def test_every_action_is_known_to_the_resource_table_here(called_actions: set[str]) -> None:

@@ -118,6 +118,13 @@ def test_aws_workers_may_scale() -> None:
     hpa = by_kind("HorizontalPodAutoscaler")["aws-worker"]
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "aws-worker"}
     assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"] >= 1
+    assert "replicas" not in deployment("aws-worker")["spec"]  # the HPA owns the count
+
+
+def test_a_drain_keeps_a_gateway_serving() -> None:
+    pdb = by_kind("PodDisruptionBudget")["gateway"]
+    assert pdb["spec"]["selector"] == deployment("gateway")["spec"]["selector"]
+    assert pdb["spec"]["minAvailable"] >= 1 and deployment("gateway")["spec"]["replicas"] > pdb["spec"]["minAvailable"]
 
 
 def test_gateway_replicas_with_flower_reachable_only_through_them() -> None:
