@@ -2,8 +2,9 @@
 
 moto's CloudFormation (in-process ``mock_aws``) creates the launch template, the group, the
 worker role, its policy and instance profile; then Boto3Cloud (warmpool's own adapter) sizes,
-reads, tags, protects and terminates in that group, and the deployed policy is compared with
-deploy/aws/iam-policy.json.
+reads, tags, protects and terminates in that group, warmpool's use cases (PoolService) keep a
+second stack's group at its idle target through an assign and a release, and the deployed
+policy is compared with deploy/aws/iam-policy.json.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from cfnlint import api as cfn_lint
 from cfnlint.decode.cfn_yaml import loads as load_cfn_yaml
 
 from tasks.cloud.boto3_cloud import Boto3Cloud, boto_config
+from tasks.contract import TAG_PROJECT
 from tasks.pool.model import AddressKind, Readiness, classify
 from tests.contract.test_cloud_contract import _aws_env
+from tests.unit.test_service import Clock, Harness
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_FILE = ROOT / "deploy" / "aws" / "warmpool-group.yaml"
@@ -93,6 +96,7 @@ class Stack:
     asg: Any
     ec2: Any
     iam: Any
+    deploy: Callable[[str], dict[str, str]]  # another stack of the template, in the same account
 
 
 @pytest.fixture(scope="module")
@@ -110,24 +114,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
             sg = ec2.create_security_group(GroupName="warmpool-pool", Description="pool", VpcId=vpc)["GroupId"]
             cfn = boto3.client("cloudformation", region_name=REGION)
-            params = {
-                "GroupName": GROUP,
-                "ImageId": "ami-12c6146b",
-                "SubnetIds": subnet_id,
-                "SecurityGroupIds": sg,
-                "MaxSize": "5",
-            }
-            cfn.create_stack(
-                StackName="warmpool-test",
-                TemplateBody=TEMPLATE_FILE.read_text(),
-                Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
-                Capabilities=["CAPABILITY_IAM"],
-            )
-            described = cfn.describe_stacks(StackName="warmpool-test")["Stacks"][0]
-            assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
-            outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
+
+            def deploy(group: str) -> dict[str, str]:
+                params = {
+                    "GroupName": group,
+                    "ImageId": "ami-12c6146b",
+                    "SubnetIds": subnet_id,
+                    "SecurityGroupIds": sg,
+                    "MaxSize": "5",
+                }
+                cfn.create_stack(
+                    StackName=group,
+                    TemplateBody=TEMPLATE_FILE.read_text(),
+                    Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+                    Capabilities=["CAPABILITY_IAM"],
+                )
+                described = cfn.describe_stacks(StackName=group)["Stacks"][0]
+                assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
+                return {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
+
             asg = boto3.client("autoscaling", region_name=REGION, config=boto_config())
-            yield Stack(outputs, asg, ec2, boto3.client("iam", region_name=REGION))
+            yield Stack(deploy(GROUP), asg, ec2, boto3.client("iam", region_name=REGION), deploy)
 
 
 def test_the_stack_creates_the_group_empty_at_min_size(stack: Stack) -> None:
@@ -157,6 +164,39 @@ def test_warmpool_runs_on_the_group_the_stack_made(stack: Stack) -> None:
     assert second not in after and len(after) == 2
     assert after[first].project_tag == "proj-1" and after[first].protected_from_scale_in
     assert cloud.describe_group().desired_capacity == 2
+
+
+def test_the_pool_service_keeps_its_idle_target_assigns_and_releases_on_a_fresh_stack(stack: Stack) -> None:
+    # given a second stack (an empty group), and warmpool's use cases over Boto3Cloud on it, with the
+    # other processes played by the service tests' harness (aws side effects run, refreshes fed back)
+    group = "warmpool-service-pool"
+    assert stack.deploy(group)["GroupName"] == group
+    clock = Clock()
+    pool = Harness(idle_target=2, cloud=Boto3Cloud(group, region=REGION, clock=clock), clock=clock)
+    # when the pool settles / expect the idle target reached by warmpool raising the desired capacity
+    pool.settle()
+    assert pool.counts()["idle"] == 2
+    assert cloud_group(stack, group)["DesiredCapacity"] == 2
+    # when a project is assigned a machine and the side effects run
+    machine = pool.service.assign("proj-1")["instance_id"]
+    pool.settle()
+    # expect the machine tagged and protected in AWS, and the idle target topped up beside it
+    instances = {i["InstanceId"]: i for i in cloud_group(stack, group)["Instances"]}
+    assert instances[machine]["ProtectedFromScaleIn"] is True
+    tags = stack.ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [machine]}])["Tags"]
+    assert {t["Key"]: t["Value"] for t in tags}[TAG_PROJECT] == "proj-1"
+    assert pool.counts()["assigned"] == 1 and pool.counts()["idle"] == 2
+    # when released / expect that machine terminated and the pool back to its idle target
+    assert pool.service.release("proj-1")["status"] == "released"
+    pool.settle()
+    assert machine in pool.terminated
+    assert machine not in {i["InstanceId"] for i in cloud_group(stack, group)["Instances"]}
+    assert pool.counts()["idle"] == 2 and pool.counts()["assigned"] == 0
+
+
+def cloud_group(stack: Stack, name: str) -> dict[str, Any]:
+    group: dict[str, Any] = stack.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
+    return group
 
 
 def test_the_printed_command_suspends_the_processes_that_fight_warmpool(stack: Stack) -> None:

@@ -20,6 +20,9 @@ import pytest
 
 from tasks.contract import TAG_ASSIGNED_AT, TAG_PROJECT
 
+# The child pytest runs two suites against moto: minutes on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
 ROOT = Path(__file__).resolve().parents[2]
 POLICY_FILE = ROOT / "deploy" / "aws" / "iam-policy.json"
 # The suites that drive Boto3Cloud, the only code of warmpool that talks to AWS.
@@ -79,7 +82,7 @@ def called_actions(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=600,
+        timeout=840,
     )
     assert run.returncode == 0, f"the exercising suites failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
     return set(out.read_text().split())
