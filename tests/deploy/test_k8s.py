@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,25 @@ def test_kustomization_lists_every_manifest() -> None:
     assert listed == present
     assert kustomization["namespace"] == NAMESPACE
     assert all(d["metadata"].get("namespace", NAMESPACE) == NAMESPACE for d in manifests() if d["kind"] != "Namespace")
+
+
+def test_kustomize_builds_the_set_and_the_result_validates() -> None:
+    """``kubectl kustomize`` (kustomize inside kubectl) renders what ``kubectl apply -k`` would send."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed here (the schema tests above cover each file)")
+    run = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    built = [d for d in yaml.safe_load_all(run.stdout) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in manifests()
+    )
+    for doc in built:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "warmpool"
+        if doc["kind"] == "Deployment":
+            images = {c["image"] for c in doc["spec"]["template"]["spec"]["containers"]}
+            assert images == {"warmpool:local"}  # the images: entry of kustomization.yaml applied
 
 
 # -- (b) structure -----------------------------------------------------------------------------------
