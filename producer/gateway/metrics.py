@@ -47,7 +47,7 @@ ASSIGN_LATENCY_BUCKETS = (
     math.inf,
 )
 
-MACHINE_STATES = ("pending", "idle", "assigned", "releasing")
+MACHINE_STATES = ("pending", "idle", "assigned", "releasing", "quarantined", "foreign")
 
 StatusFamilies = Callable[[Mapping[str, Any]], Iterable[Metric]]
 

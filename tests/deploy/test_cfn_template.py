@@ -157,7 +157,7 @@ def test_warmpool_runs_on_the_group_the_stack_made(stack: Stack) -> None:
     assert all(classify(i, AddressKind.PUBLIC)[0] is Readiness.READY for i in snap.instances)
     # when one is assigned (tag + protect) and another released (terminate, decrement)
     first, second, _ = sorted(i.instance_id for i in snap.instances)
-    assert cloud.tag_assigned(first, project_id="proj-1", assigned_at="2026-01-01T00:00:00.000Z")
+    assert cloud.tag_and_protect(first, project_id="proj-1", assigned_at="2026-01-01T00:00:00.000Z")
     assert cloud.terminate_instance(second, decrement=True) is True
     # expect AWS to show exactly that
     after = {i.instance_id: i for i in cloud.describe_group().instances}

@@ -38,6 +38,7 @@ RESOURCE_TYPES: dict[str, str | None] = {
     "autoscaling:SetInstanceProtection": "autoScalingGroup",
     "autoscaling:TerminateInstanceInAutoScalingGroup": "autoScalingGroup",
     "ec2:CreateTags": "instance",
+    "autoscaling:CreateOrUpdateTags": "autoScalingGroup",
 }
 
 
