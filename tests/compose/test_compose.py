@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -396,3 +397,15 @@ def test_moto_server_command_exists() -> None:
     """The plain moto_server (what sandbox.mockaws wraps) is installed with the demo extra."""
     run = _run(_dry_run(["moto_server"]))
     assert run.returncode == 0, run.stderr
+
+
+def test_the_image_gets_every_package_the_project_installs() -> None:
+    # given the packages pyproject.toml installs (tool.setuptools.packages.find include patterns)
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in patterns}
+    # when the build context is cut down by .dockerignore's allow-list
+    lines = (root / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    # expect every package (and the Celery config module) in the image
+    assert packages | {"celeryconfig.py", "pyproject.toml"} <= allowed, sorted(packages - allowed)
