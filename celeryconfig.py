@@ -1,4 +1,4 @@
-"""Every Celery setting of warmpool, read from the environment (DESIGN.md).
+"""Every Celery setting of warmpool, read from the environment (docs/design.md).
 
 Imported by the worker app (tasks) and the producers alike, so both sides
 agree on broker, backend, serializer and routing.

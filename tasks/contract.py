@@ -61,7 +61,7 @@ CODE_BAD_REQUEST: Final = "bad_request"
 CODE_INTERNAL: Final = "internal_error"
 CODE_STORE_UNAVAILABLE: Final = "store_unavailable"
 
-# Tags on EC2 instances: the durable truth of an assignment (DESIGN.md invariant 7).
+# Tags on EC2 instances: the durable truth of an assignment (docs/design.md invariant 7).
 TAG_PROJECT: Final = "warmpool:project"
 TAG_ASSIGNED_AT: Final = "warmpool:assigned-at"
 # On the Auto Scaling Group itself: the identity of the pool state that manages it.

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the warmpool HTTP gateway. Environment: WARMPOOL_API_TOKEN (bearer token; without it "
             "only a loopback address may be bound), WARMPOOL_GATEWAY_HOST, WARMPOOL_GATEWAY_PORT, "
             "WARMPOOL_FLOWER_URL with WARMPOOL_FLOWER_USER/WARMPOOL_FLOWER_PASSWORD (the /flower proxy), "
-            "and the WARMPOOL_* broker settings of DESIGN.md."
+            "and the WARMPOOL_* broker settings of docs/design.md."
         ),
     )
     parser.add_argument("--host", default=None, help=f"address to bind [${ENV_HOST} or {DEFAULT_HOST}]")

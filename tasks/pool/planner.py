@@ -1,6 +1,6 @@
 """Capacity planning: how big the group should be, and which idle machines go.
 
-Pure functions over counts and machine records (DESIGN.md invariants 3 and 4).
+Pure functions over counts and machine records (docs/design.md invariants 3 and 4).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The service composes the pure model with two ports: the StateStore and the
 SideEffects sink (AWS work deferred to the ``aws`` queue, results delivered to
 waiting callers). It never calls AWS itself, which keeps AWS off the assign
-path (DESIGN.md invariant 8). Results are the JSON dicts of the contract.
+path (docs/design.md invariant 8). Results are the JSON dicts of the contract.
 """
 
 from __future__ import annotations

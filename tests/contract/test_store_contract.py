@@ -2,7 +2,7 @@
 
 Plus concurrency tests against RedisStore only: several stores on their own connections (as
 two pool workers started by mistake would have) must never hand one machine out twice
-(DESIGN.md invariants 1, 5 and 6).
+(docs/design.md invariants 1, 5 and 6).
 """
 
 from __future__ import annotations

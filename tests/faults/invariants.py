@@ -1,4 +1,4 @@
-"""The invariants every fault scenario asserts afterwards (DESIGN.md, invariants 1, 3, 4, 7, 9).
+"""The invariants every fault scenario asserts afterwards (docs/design.md, invariants 1, 3, 4, 7, 9).
 
 ``assert_invariants(stack, holders=...)`` checks, against the pool state in
 Redis and against AWS (moto, read directly):

@@ -1,4 +1,4 @@
-"""Capacity planning (DESIGN.md invariants 3 and 4): plan_capacity and decrement_allowed."""
+"""Capacity planning (docs/design.md invariants 3 and 4): plan_capacity and decrement_allowed."""
 
 from __future__ import annotations
 
