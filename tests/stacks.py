@@ -11,6 +11,7 @@ redis-server absent: stacks fail under CI (env ``CI`` set) and skip locally.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -208,6 +209,7 @@ class PoolStack:
 
     def close(self) -> None:
         """Stop the stack's processes (and what it started), close the store and the producer app."""
+        gc.collect()  # AsyncResults in reference cycles unsubscribe while the result backend still answers
         self.local.stop(timeout_s=5)
         self.store._r.close()
 

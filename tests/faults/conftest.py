@@ -17,6 +17,7 @@ redis-server missing: these tests fail under CI (env ``CI`` set) and skip locall
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,10 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             yield infra
             for client in infra._clients.values():
                 client.close()
+            # A test's AsyncResult caught in a reference cycle (an exception's traceback) is
+            # freed whenever the collector runs; its __del__ unsubscribes from the result
+            # backend, and fails loudly once that server is gone. Free them while it answers.
+            gc.collect()
     finally:
         for server in servers:
             server.close()
