@@ -61,3 +61,37 @@ def test_tag_lookup_patch_keeps_moto_s_answers() -> None:
     # expect the same tags for every instance
     assert after == before
     assert before[ids[1]] == {"warmpool:project": "p", "other": "x"} and before[ids[2]] == {}
+
+
+def test_serialized_applies_one_request_at_a_time() -> None:
+    import threading
+    import time
+
+    from sandbox.moto_patches import Serialized
+
+    # given a WSGI app that records how many requests it is inside at once
+    inside, most = 0, 0
+    lock = threading.Lock()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.02)
+        with lock:
+            inside -= 1
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    serialized = Serialized(app)
+    # when eight threads call it at once
+    bodies: list[list[bytes]] = []
+    threads = [threading.Thread(target=lambda: bodies.append(serialized({}, lambda *a: None))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # expect every request answered, never two inside the app together
+    assert bodies == [[b"ok"]] * 8
+    assert most == 1
