@@ -22,6 +22,8 @@ aws_group          a simulated Auto Scaling Group in moto
 awsproxy           an AWS-fidelity proxy in front of moto: latency,
                    throttling, outages, per-action call counts
 demo               ``warmpool demo``: the whole stack, a scripted run, a live view
+demo_redis         which Redis the demo runs on (private by default) and the
+                   only state it may clear on one it did not start
 mockaws            ``python -m sandbox.mockaws``: moto seeded with a group (compose)
 =================  ===========================================================
 """
