@@ -53,6 +53,16 @@ key                  type    meaning
 ``refresh_soon``     string  "1" while an early refresh is queued (someone waits); TTL
                              REFRESH_SOON_MS
 ===================  ======  ==============================================================
+
+One more key under the same prefix is written only by the local stack's demo,
+never by warmpool itself (so no PoolKeys field: a store reset keeps it):
+
+===================  ======  ==============================================================
+``demo``             string  set by ``warmpool demo`` on a Redis it did not start: this
+                             group's pool state and the broker's queues are a demo's, and a
+                             later demo may clear them (sandbox/demo_redis.py). Absent: the
+                             demo refuses to touch them.
+===================  ======  ==============================================================
 """
 
 from __future__ import annotations
@@ -111,3 +121,8 @@ class PoolKeys:
 
     def all(self) -> tuple[str, ...]:
         return astuple(self)
+
+
+def demo_owner_key(asg_name: str) -> str:
+    """``warmpool:{<asg name>}:demo``: the demo's claim on a Redis it did not start (see the docstring)."""
+    return f"warmpool:{{{asg_name}}}:demo"
