@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,11 @@ class Infra:
     @property
     def urls(self) -> StackUrls:
         return StackUrls(broker_url=self.broker.url(0), result_backend=self.backend.url(0), redis_url=self.state.url(0))
+
+    @property
+    def urls_sharing_state(self) -> StackUrls:
+        """The broker on the state's Redis (how many dev setups run it): a crash loses jobs and state together."""
+        return replace(self.urls, broker_url=self.state.url(1))
 
     def flush(self) -> None:
         for server in (self.broker, self.backend, self.state):
@@ -139,6 +144,7 @@ class StackConfig:
     beats: tuple[str, ...] = ("beat",)
     extra_env: Mapping[str, str] = field(default_factory=dict)
     wait_idle: bool = True  # wait until the pool shows the initial machines idle
+    broker_on_state: bool = False  # broker and state on one Redis (without persistence): both lost at once
 
 
 class FaultStack(PoolStack):
@@ -164,7 +170,7 @@ def build_stack(infra: Infra, config: StackConfig, logs: Path) -> FaultStack:
     infra.flush()
     local = LocalStack(
         logs,
-        urls=infra.urls,
+        urls=infra.urls_sharing_state if config.broker_on_state else infra.urls,
         moto=infra.moto,
         aws_endpoint_url=config.endpoint_url,
         asg_name=ASG,

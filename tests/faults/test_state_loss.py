@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -138,3 +139,42 @@ def test_state_lost_while_a_tag_job_is_stuck_in_retries_never_hands_that_machine
     assert holders.get("second") != first, "the machine of 'first' was handed to 'second'"
     wait_for(lambda: restored(stack, holders), timeout_s=60, what="the assignment restored from its tag")
     assert_invariants(stack, holders=holders, settle=False)
+
+
+def burst(stack: FaultStack, projects: list[str], *, wait_s: float) -> dict[str, str]:
+    """Assign every project at once; the machines received (failures are not counted)."""
+
+    def one(project: str) -> tuple[str, str | None]:
+        try:
+            return project, stack.client.assign(project, wait=wait_s).instance_id
+        except (NoCapacity, PoolUnavailable):
+            return project, None
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        return {p: i for p, i in pool.map(one, projects) if i is not None}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_redis_holding_broker_and_state_restarted_empty_never_hands_a_machine_out_twice(make_stack: Any) -> None:
+    # given broker and state on one Redis that keeps nothing on disk, and a burst just served:
+    # most tag jobs are still queued in that Redis
+    stack: FaultStack = make_stack(idle_target=30, max_size=90, refresh_s=1.0, broker_on_state=True)
+    first = burst(stack, [f"before-{n}" for n in range(30)], wait_s=20)
+    assert len(first) >= 20, f"only {len(first)} of 30 served before the crash"
+
+    # when that Redis crashes and comes back empty: the queued jobs and the pool state are gone
+    stack.infra.state.restart(kill=True)
+
+    # and a second burst of new projects asks once the workers are back
+    wait_for(lambda: stack.status()["recovery"]["state_lost_at"], timeout_s=60, what="the loss noticed")
+    second = burst(stack, [f"after-{n}" for n in range(30)], wait_s=45)
+
+    # expect no machine handed to a second project, whatever its tag job's fate
+    handed_twice = set(first.values()) & set(second.values())
+    assert not handed_twice, f"{len(handed_twice)} machines handed out twice: {sorted(handed_twice)}"
+    assert len(set(second.values())) == len(second)
+    # and the callers after the crash served by machines launched after it
+    assert second, "nobody was served after the crash"
+    # and, in the store and in AWS, no machine held by two projects
+    assert_invariants(stack, holders=second, settle=False)
