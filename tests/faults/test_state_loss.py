@@ -9,7 +9,9 @@ that existed at the loss are quarantined until their tags land.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -141,6 +143,24 @@ def test_state_lost_while_a_tag_job_is_stuck_in_retries_never_hands_that_machine
     assert_invariants(stack, holders=holders, settle=False)
 
 
+@contextlib.contextmanager
+def supervised(stack: FaultStack, *, every_s: float = 0.5) -> Iterator[None]:
+    """Restart the stack's exited processes in the background while the block runs."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every_s):
+            stack.supervise()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+
+
 def burst(stack: FaultStack, projects: list[str], *, wait_s: float) -> dict[str, str]:
     """Assign every project at once; the machines received (failures are not counted)."""
 
@@ -166,9 +186,12 @@ def test_a_redis_holding_broker_and_state_restarted_empty_never_hands_a_machine_
     # when that Redis crashes and comes back empty: the queued jobs and the pool state are gone
     stack.infra.state.restart(kill=True)
 
-    # and a second burst of new projects asks once the workers are back
-    wait_for(lambda: stack.status()["recovery"]["state_lost_at"], timeout_s=60, what="the loss noticed")
-    second = burst(stack, [f"after-{n}" for n in range(30)], wait_s=45)
+    # and a second burst of new projects asks once the workers are back (under a supervisor that
+    # restarts exited processes, as a deployment's restart policy does: Celery 5.7 sometimes exits a
+    # worker on a lost broker connection instead of reconnecting)
+    with supervised(stack):
+        wait_for(lambda: stack.status()["recovery"]["state_lost_at"], timeout_s=60, what="the loss noticed")
+        second = burst(stack, [f"after-{n}" for n in range(30)], wait_s=45)
 
     # expect no machine handed to a second project, whatever its tag job's fate
     handed_twice = set(first.values()) & set(second.values())
