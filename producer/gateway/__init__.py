@@ -28,12 +28,11 @@ binding rules).
 from producer.gateway.app import add_routes, create_app, install_openapi
 from producer.gateway.asgi import ErrorShield
 from producer.gateway.auth import BearerAuth
-from producer.gateway.clients import GatewayClient, LeasingClient, ThreadedPoolClient, default_client
+from producer.gateway.clients import GatewayClient, default_client
 from producer.gateway.constants import (
     CODE_FLOWER_UNAVAILABLE,
     CODE_NOT_ASSIGNED,
     CODE_NOT_FOUND,
-    CODE_NOT_IMPLEMENTED,
     CODE_PAYLOAD_TOO_LARGE,
     CODE_POOL_UNAVAILABLE,
     CODE_UNAUTHORIZED,
@@ -73,7 +72,6 @@ __all__ = [
     "CODE_FLOWER_UNAVAILABLE",
     "CODE_NOT_ASSIGNED",
     "CODE_NOT_FOUND",
-    "CODE_NOT_IMPLEMENTED",
     "CODE_PAYLOAD_TOO_LARGE",
     "CODE_POOL_UNAVAILABLE",
     "CODE_UNAUTHORIZED",
@@ -103,11 +101,9 @@ __all__ = [
     "Health",
     "HealthProbe",
     "JsonFormatter",
-    "LeasingClient",
     "LegacyMachine",
     "LegacyNoMachine",
     "ReleaseResult",
-    "ThreadedPoolClient",
     "TouchRequest",
     "TouchResult",
     "add_routes",

@@ -179,7 +179,7 @@ def _add_assign_route(app: FastAPI, gw: Gateway) -> None:
         "/v1/projects/{project_id}/machine",
         tags=["v1"],
         response_model=AssignResult,
-        responses=error_responses(400, 401, 413, 500, 501, 503, 504),
+        responses=error_responses(400, 401, 413, 500, 503, 504),
         openapi_extra={
             "requestBody": {
                 "required": False,
@@ -215,7 +215,7 @@ def _add_touch_route(app: FastAPI, gw: Gateway) -> None:
         "/v1/projects/{project_id}/touch",
         tags=["v1"],
         response_model=TouchResult,
-        responses=error_responses(400, 401, 404, 413, 500, 501, 504),
+        responses=error_responses(400, 401, 404, 413, 500, 504),
         openapi_extra={
             "requestBody": {
                 "required": False,

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from producer.client import raise_for_failure
-from producer.gateway.clients import GatewayClient, LeasingClient
-from producer.gateway.constants import CODE_NOT_IMPLEMENTED
+from producer.gateway.clients import GatewayClient
 from producer.gateway.errors import ApiError, error_for, outcome_of
 from producer.gateway.flower_proxy import FlowerProxy
 from producer.gateway.logs import log
@@ -73,23 +72,13 @@ class Gateway:
     flower: FlowerProxy | None
     retry_after_s: int
 
-    def leasing(self) -> LeasingClient:
-        """The client as a LeasingClient; ApiError 501 if it knows no leases."""
-        if not isinstance(self.client, LeasingClient):
-            raise ApiError(501, CODE_NOT_IMPLEMENTED, "this gateway's pool client has no leases")
-        return self.client
-
     async def assign(self, project_id: str, wait: float, lease: float | None = None) -> dict[str, Any]:
         """The assigned result; ApiError for every failure (no capacity included)."""
-        leasing = None if lease is None else self.leasing()  # 501 before anything is counted
         started = time.perf_counter()
         outcome = "error"
         instance_id = None
         try:
-            if leasing is None:
-                result = await self.client.assign_result(project_id, wait=wait)
-            else:
-                result = await leasing.assign_result(project_id, wait=wait, lease=lease)
+            result = await self.client.assign_result(project_id, wait=wait, lease=lease)
             if isinstance(result, Mapping) and result.get("status") == STATUS_ASSIGNED:
                 outcome, instance_id = STATUS_ASSIGNED, result.get("instance_id")
                 return dict(result)
@@ -151,10 +140,9 @@ class Gateway:
 
     async def touch(self, project_id: str, lease: float | None) -> dict[str, Any]:
         """The touch result (touched, no_lease or not_assigned); ApiError for every failure."""
-        client = self.leasing()
         outcome = "error"
         try:
-            result = await client.touch_result(project_id, lease=lease)
+            result = await self.client.touch_result(project_id, lease=lease)
             status = result.get("status") if isinstance(result, Mapping) else None
             if status not in (STATUS_TOUCHED, STATUS_NO_LEASE, STATUS_NOT_ASSIGNED):
                 raise JobFailed(f"unexpected touch result {result!r:.200}")

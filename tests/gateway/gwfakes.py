@@ -26,12 +26,15 @@ class FakePool:
         self.fail: BaseException | None = None  # raised by every call when set
         self.raise_no_capacity = False  # NoCapacity as an exception instead of a result
         self.closed = False
+        self.leases: dict[str, float | None] = {}
 
     def _maybe_fail(self) -> None:
         if self.fail is not None:
             raise self.fail
 
-    async def assign_result(self, project_id: str, *, wait: float) -> dict[str, Any]:
+    async def assign_result(
+        self, project_id: str, *, wait: float, lease: float | None = None, request_id: str | None = None
+    ) -> dict[str, Any]:
         self.calls.append(("assign", project_id, wait))
         self._maybe_fail()
         if project_id not in self.held:
@@ -56,6 +59,27 @@ class FakePool:
             "private_ip": "10.0.0.9",
             "assigned_at": "2026-01-01T00:00:00.000Z",
         }
+
+    async def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
+        self.calls.append(("touch", project_id, lease))
+        self._maybe_fail()
+        if project_id not in self.held:
+            return {"status": "not_assigned", "project_id": project_id}
+        if lease is not None:
+            self.leases[project_id] = lease
+        if not self.leases.get(project_id):
+            return {"status": "no_lease", "project_id": project_id, "instance_id": self.held[project_id]}
+        return {
+            "status": "touched",
+            "project_id": project_id,
+            "instance_id": self.held[project_id],
+            "lease_expires_at": "2026-01-01T01:00:00.000Z",
+        }
+
+    async def withdraw_result(self, project_id: str, *, request_id: str) -> dict[str, Any]:
+        self.calls.append(("withdraw", project_id, request_id))
+        self._maybe_fail()
+        return {"status": "withdrawn", "project_id": project_id, "request_id": request_id, "released": None}
 
     async def release_result(self, project_id: str) -> dict[str, Any]:
         self.calls.append(("release", project_id))
@@ -152,31 +176,13 @@ def raw_get(app: FastAPI, path: str, *, headers: list[tuple[bytes, bytes]] | Non
 
 
 class LeasingPool(FakePool):
-    """FakePool with leases, like producer.aio.AsyncPoolClient since leases exist."""
+    """FakePool that also records each assign's lease in its call log."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.leases: dict[str, float | None] = {}
-
-    async def assign_result(self, project_id: str, *, wait: float, lease: float | None = None) -> dict[str, Any]:
-        result = await super().assign_result(project_id, wait=wait)
+    async def assign_result(
+        self, project_id: str, *, wait: float, lease: float | None = None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        result = await super().assign_result(project_id, wait=wait, request_id=request_id)
         self.calls[-1] = ("assign", project_id, wait, lease)
         if result["status"] == "assigned":
             self.leases[project_id] = lease
         return result
-
-    async def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
-        self.calls.append(("touch", project_id, lease))
-        self._maybe_fail()
-        if project_id not in self.held:
-            return {"status": "not_assigned", "project_id": project_id}
-        if lease is not None:
-            self.leases[project_id] = lease
-        if not self.leases.get(project_id):
-            return {"status": "no_lease", "project_id": project_id, "instance_id": self.held[project_id]}
-        return {
-            "status": "touched",
-            "project_id": project_id,
-            "instance_id": self.held[project_id],
-            "lease_expires_at": "2026-01-01T01:00:00.000Z",
-        }
