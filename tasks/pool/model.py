@@ -146,6 +146,10 @@ class Machine:
     ready_checked: bool = False  # passed the WARMPOOL_READY_URL check (when one is configured)
     lease_s: float = 0.0  # lease length of the assignment; 0 = no lease
     lease_expires_at: float = 0.0  # epoch seconds; 0 = never
+    # The request (assign job id) that made this assignment, so a caller who left
+    # can give back exactly what it was handed; "" once another request was told
+    # about the same assignment (the project asked again), or when restored from tags.
+    request_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -165,6 +169,7 @@ class Machine:
             "ready_checked": self.ready_checked,
             "lease_s": self.lease_s,
             "lease_expires_at": self.lease_expires_at,
+            "request_id": self.request_id,
         }
 
     @classmethod
@@ -186,6 +191,7 @@ class Machine:
             ready_checked=bool(data.get("ready_checked")),
             lease_s=float(data.get("lease_s") or 0.0),
             lease_expires_at=float(data.get("lease_expires_at") or 0.0),
+            request_id=str(data.get("request_id") or ""),
         )
 
 
