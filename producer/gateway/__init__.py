@@ -30,6 +30,7 @@ from producer.gateway.asgi import ErrorShield
 from producer.gateway.auth import BearerAuth
 from producer.gateway.clients import GatewayClient, default_client
 from producer.gateway.constants import (
+    CODE_CALLER_GONE,
     CODE_FLOWER_UNAVAILABLE,
     CODE_NOT_ASSIGNED,
     CODE_NOT_FOUND,
@@ -69,6 +70,7 @@ from producer.gateway.server import build_parser, env_port, is_loopback, main, s
 from producer.gateway.service import Gateway, HealthProbe, status_within
 
 __all__ = [
+    "CODE_CALLER_GONE",
     "CODE_FLOWER_UNAVAILABLE",
     "CODE_NOT_ASSIGNED",
     "CODE_NOT_FOUND",

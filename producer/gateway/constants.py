@@ -34,6 +34,8 @@ CODE_NOT_FOUND = "not_found"
 CODE_UNAUTHORIZED = "unauthorized"
 CODE_PAYLOAD_TOO_LARGE = "payload_too_large"
 CODE_FLOWER_UNAVAILABLE = "flower_unavailable"
+# The caller disconnected while its assign was pending (nginx's 499; nobody reads it).
+CODE_CALLER_GONE = "client_closed_request"
 
 LEGACY_NO_MACHINE: Mapping[str, str] = {"error": "No idle machine found"}
 INVALID_ID_MESSAGE = "invalid project id: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"

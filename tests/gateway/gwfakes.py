@@ -27,6 +27,8 @@ class FakePool:
         self.raise_no_capacity = False  # NoCapacity as an exception instead of a result
         self.closed = False
         self.leases: dict[str, float | None] = {}
+        self.request_ids: list[str | None] = []  # of every assign, in order
+        self.answer_after_s: float | None = None  # assigns take this long (a caller waiting for a machine)
 
     def _maybe_fail(self) -> None:
         if self.fail is not None:
@@ -36,7 +38,10 @@ class FakePool:
         self, project_id: str, *, wait: float, lease: float | None = None, request_id: str | None = None
     ) -> dict[str, Any]:
         self.calls.append(("assign", project_id, wait))
+        self.request_ids.append(request_id)
         self._maybe_fail()
+        if self.answer_after_s is not None:
+            await asyncio.sleep(self.answer_after_s)
         if project_id not in self.held:
             if not self.idle:
                 if self.raise_no_capacity:
@@ -160,16 +165,29 @@ def raw_get(app: FastAPI, path: str, *, headers: list[tuple[bytes, bytes]] | Non
     }
     status = 0
     body = b""
+    requested = False
+    answered: asyncio.Event | None = None
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        # Like a server: the (empty) body once, then nothing until the caller leaves,
+        # which it does once it has the whole answer.
+        nonlocal requested, answered
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        answered = answered or asyncio.Event()
+        await answered.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal status, body
+        nonlocal status, body, answered
         if message["type"] == "http.response.start":
             status = message["status"]
         elif message["type"] == "http.response.body":
             body += message.get("body", b"")
+            if not message.get("more_body", False):
+                answered = answered or asyncio.Event()
+                answered.set()
 
     asyncio.run(app(scope, receive, send))
     return status, body
