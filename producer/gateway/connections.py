@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import resource
 import time
 from collections.abc import Mapping
@@ -41,9 +40,13 @@ from producer.gateway.constants import (
     ENV_MAX_CONNECTIONS,
     MAX_TIMEOUT_S,
 )
+from tasks.config import float_setting, int_setting
+from tasks.errors import ConfigError
 
 log = logging.getLogger("warmpool.gateway")
 
+MIN_TIMEOUT_S = 0.01
+MAX_IDLE_S = int(MAX_TIMEOUT_S)
 SUMMARY_EVERY_S = 10.0  # at most one log line per this many seconds about closed connections
 
 
@@ -58,33 +61,16 @@ class ConnectionLimits:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConnectionLimits:
         """The limits of WARMPOOL_GATEWAY_{HEADER_TIMEOUT_S,IDLE_TIMEOUT_S,MAX_CONNECTIONS}; SystemExit if invalid."""
-        return cls(
-            header_timeout_s=_seconds(env, ENV_HEADER_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S),
-            idle_timeout_s=_count(env, ENV_IDLE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, high=int(MAX_TIMEOUT_S)),
-            max_connections=_count(env, ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, high=1_000_000),
-        )
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
-        raise SystemExit(f"{name}={raw!r} is not a number of seconds in (0, {MAX_TIMEOUT_S:g}]")
-    return value
-
-
-def _count(env: Mapping[str, str], name: str, default: int, *, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not 0 < int(raw) <= high:
-        raise SystemExit(f"{name}={raw!r} is not a whole number in [1, {high}]")
-    return int(raw)
+        try:
+            return cls(
+                header_timeout_s=float_setting(
+                    env, ENV_HEADER_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, low=MIN_TIMEOUT_S, high=MAX_TIMEOUT_S
+                ),
+                idle_timeout_s=int_setting(env, ENV_IDLE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, low=1, high=MAX_IDLE_S),
+                max_connections=int_setting(env, ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, low=1, high=1_000_000),
+            )
+        except ConfigError as exc:
+            raise SystemExit(str(exc)) from None
 
 
 def warn_if_above_file_limit(limits: ConnectionLimits) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from sandbox import free_port
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import Stack
+from tests.integration.gateway_proc import running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -22,31 +21,16 @@ ATTACKERS = 300  # more than the cap: the cap must make room for the legitimate 
 # The server closes an attacker HEADER_TIMEOUT_S after it connected (or evicts it
 # sooner); the margin is for a loaded machine, never for a product that does not close.
 CLOSE_MARGIN_S = 6.0
+LIMITS = {
+    "WARMPOOL_GATEWAY_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+    "WARMPOOL_GATEWAY_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+}
 
 
 @pytest.fixture(scope="module")
 def gateway(stack: Stack) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **stack.env,
-        "WARMPOOL_API_TOKEN": TOKEN,
-        "WARMPOOL_GATEWAY_PORT": str(port),
-        "WARMPOOL_GATEWAY_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-        "WARMPOOL_GATEWAY_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-    }
-    argv = [sys.executable, "-m", "producer.gateway", "--host", "127.0.0.1"]
-    stack.procs.spawn("gateway-limits", argv, env=env, log_path=stack.logs / "gateway-limits.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, timeout_s=30, what="the gateway to answer /healthz")
-    yield url
-    stack.procs.stop("gateway-limits")
+    with running_gateway(stack, name="gateway-limits", token=TOKEN, env=LIMITS) as url:
+        yield url
 
 
 async def slow_attacker(port: int, *, give_up_at: float) -> tuple[float, float | None]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from sandbox import free_port
 from tests.integration.conftest import ASG, IDLE_TARGET, Stack, wait_for
+from tests.integration.gateway_proc import running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -19,21 +18,8 @@ TOKEN = "s3cret-token-for-withdraw"
 
 @pytest.fixture(scope="module")
 def gateway(stack: Stack) -> Iterator[str]:
-    port = free_port()
-    env = {**stack.env, "WARMPOOL_API_TOKEN": TOKEN, "WARMPOOL_GATEWAY_PORT": str(port)}
-    argv = [sys.executable, "-m", "producer.gateway", "--host", "127.0.0.1"]
-    stack.procs.spawn("gateway-withdraw", argv, env=env, log_path=stack.logs / "gateway-withdraw.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, timeout_s=30, what="the gateway to answer /healthz")
-    yield url
-    stack.procs.stop("gateway-withdraw")
+    with running_gateway(stack, name="gateway-withdraw", token=TOKEN) as url:
+        yield url
 
 
 def waiting_projects(stack: Stack) -> set[str]:

@@ -10,22 +10,22 @@ from tasks.errors import InvalidProject, InvalidRequest
 from tests.unit.test_service import Harness
 
 
+def settled(h: Harness, *, idle: int) -> Harness:
+    h.settle()
+    assert h.counts()["idle"] == idle
+    return h
+
+
 @pytest.fixture
 def empty() -> Harness:
     """A known group with no machine at all (idle target 0): callers who wait are queued."""
-    h = Harness(desired=0, idle_target=0)
-    h.settle()
-    assert h.counts()["idle"] == 0
-    return h
+    return settled(Harness(desired=0, idle_target=0), idle=0)
 
 
 @pytest.fixture
 def pool() -> Harness:
     """Two idle machines (idle target 2)."""
-    h = Harness()
-    h.settle()
-    assert h.counts()["idle"] == 2
-    return h
+    return settled(Harness(), idle=2)
 
 
 def held(h: Harness) -> dict[str, str]:
