@@ -177,14 +177,16 @@ class AsyncPoolClient:
         raise_for_failure_except_capacity(result)
         return dict(result)
 
-    async def withdraw_result(self, project_id: str, *, request_id: str) -> dict[str, Any]:
+    async def withdraw_result(self, project_id: str, *, request_id: str, wait: float = 0.0) -> dict[str, Any]:
         """Withdraw the assign ``request_id`` of ``project_id`` whose caller left.
 
         Its waiter leaves the queue; a machine it was already handed is released
-        (never one the project held before). Idempotent.
+        (never one the project held before). Idempotent. ``wait``: the assign's;
+        the withdraw job lives at least as long in the queue as that assign can.
         """
         validate_project_id(project_id)
-        result = await self.call(TASK_WITHDRAW, request_id, project_id, timeout_s=self.reply_timeout_s)
+        timeout_s = max(self.reply_timeout_s, wait)
+        result = await self.call(TASK_WITHDRAW, request_id, project_id, timeout_s=timeout_s)
         return dict(raise_for_failure(result))
 
     async def assign(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> AssignedMachine:

@@ -21,8 +21,11 @@ Modules: ``app`` (create_app and the routes), ``service`` (the state behind
 the routes, the health probe), ``clients`` (the pool client protocol),
 ``errors`` (JSON errors and their handlers), ``auth`` (bearer token),
 ``asgi`` (ErrorShield), ``parsing`` (request bodies), ``models`` (the OpenAPI
-models), ``flower_proxy``, ``logs``, ``constants`` and ``server`` (serve, main,
-binding rules).
+models), ``flower_proxy``, ``logs``, ``constants``, ``connections`` (header and
+idle timeouts, the connection cap) and ``server`` (serve, main, binding rules).
+
+A caller that disconnects while its assign is pending has that assign withdrawn
+(``warmpool.withdraw``): it never keeps a machine nobody received.
 """
 
 from producer.gateway.app import add_routes, create_app, install_openapi

@@ -108,7 +108,7 @@ class Gateway:
         try:
             request_id = str(uuid.uuid4())
             call = self.client.assign_result(project_id, wait=wait, lease=lease, request_id=request_id)
-            result = await self._unless_gone(call, gone, project_id=project_id, request_id=request_id)
+            result = await self._unless_gone(call, gone, project_id=project_id, request_id=request_id, wait=wait)
             if isinstance(result, Mapping) and result.get("status") == STATUS_ASSIGNED:
                 outcome, instance_id = STATUS_ASSIGNED, result.get("instance_id")
                 return dict(result)
@@ -148,6 +148,7 @@ class Gateway:
         *,
         project_id: str,
         request_id: str,
+        wait: float,
     ) -> dict[str, Any]:
         """The result of ``call``, unless ``gone`` returns first: then the assign is withdrawn."""
         if gone is None:
@@ -173,12 +174,14 @@ class Gateway:
         # request got.
         assign.cancel()
         await asyncio.gather(assign, return_exceptions=True)
-        await self._withdraw(project_id, request_id)
+        await self._withdraw(project_id, request_id, wait=wait)
         raise ApiError(499, CODE_CALLER_GONE, "the caller disconnected before the answer: the assign was withdrawn")
 
-    async def _withdraw(self, project_id: str, request_id: str) -> None:
+    async def _withdraw(self, project_id: str, request_id: str, *, wait: float) -> None:
         try:
-            result = await self.client.withdraw_result(project_id, request_id=request_id)
+            # As long-lived in the queue as the assign it withdraws: expiring first
+            # would leave that assign to hand a machine to nobody.
+            result = await self.client.withdraw_result(project_id, request_id=request_id, wait=wait)
             if result.get("status") != STATUS_WITHDRAWN:
                 raise JobFailed(f"unexpected withdraw result {result!r:.200}")
         except Exception as exc:

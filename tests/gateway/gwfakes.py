@@ -28,6 +28,7 @@ class FakePool:
         self.closed = False
         self.leases: dict[str, float | None] = {}
         self.request_ids: list[str | None] = []  # of every assign, in order
+        self.withdraw_waits: list[float] = []
         self.answer_after_s: float | None = None  # assigns take this long (a caller waiting for a machine)
 
     def _maybe_fail(self) -> None:
@@ -81,8 +82,9 @@ class FakePool:
             "lease_expires_at": "2026-01-01T01:00:00.000Z",
         }
 
-    async def withdraw_result(self, project_id: str, *, request_id: str) -> dict[str, Any]:
+    async def withdraw_result(self, project_id: str, *, request_id: str, wait: float = 0.0) -> dict[str, Any]:
         self.calls.append(("withdraw", project_id, request_id))
+        self.withdraw_waits.append(wait)
         self._maybe_fail()
         return {"status": "withdrawn", "project_id": project_id, "request_id": request_id, "released": None}
 

@@ -78,6 +78,8 @@ def test_a_caller_who_leaves_while_waiting_has_its_assign_withdrawn(method: str,
     # expect the very assign it started withdrawn, well before the assign would have answered
     (request_id,) = pool.request_ids
     assert request_id and ("withdraw", "gone", request_id) in pool.calls
+    # and the withdraw told the assign's wait, so it outlives that assign in the queue
+    assert pool.withdraw_waits == [20.0 if method == "POST" else 0.0]
     assert status == 499 and body["code"] == "client_closed_request"
 
 
@@ -93,7 +95,7 @@ def test_a_failed_withdraw_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     pool = FakePool()
     pool.answer_after_s = 5.0
 
-    async def broken(project_id: str, *, request_id: str) -> dict[str, Any]:
+    async def broken(project_id: str, *, request_id: str, wait: float = 0.0) -> dict[str, Any]:
         raise ConnectionError("broker down")
 
     pool.withdraw_result = broken  # type: ignore[method-assign]
