@@ -14,7 +14,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Only what .dockerignore lets through: pyproject.toml, README.md,
-# celeryconfig.py, tasks/ and producer/.
+# celeryconfig.py, tasks/, producer/ and sandbox/ (the compose moto service runs sandbox.mockaws).
 COPY . /src
 RUN pip install '/src[gateway,demo]' && rm -rf /src
 

@@ -1,4 +1,4 @@
-"""Every Celery setting of warmpool, read from the environment (DESIGN.md).
+"""Every Celery setting of warmpool, read from the environment (docs/design.md).
 
 Imported by the worker app (tasks) and the producers alike, so both sides
 agree on broker, backend, serializer and routing.
@@ -44,6 +44,10 @@ broker_transport_options = {
     # often enough that a killed worker's job returns close to the timeout.
     "unacked_restore_interval": max(1, _settings.visibility_timeout_s // 4),
     "unacked_restore_throttle": 1,
+    # The restore scan holds a Redis lock for milliseconds; kombu lets it live
+    # 300 s, so a worker killed while holding it stopped every redelivery for
+    # five minutes. Let it expire after one restore interval.
+    "unacked_mutex_expire": max(1, _settings.visibility_timeout_s // 4),
 }
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # keep reconnecting after a broker restart

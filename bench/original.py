@@ -32,8 +32,7 @@ from typing import Any
 import boto3
 
 from bench.measure import warm_client
-from bench.motoserver import NICE
-from bench.stack import ASG, REGION, REPO, Infra, Warmpool
+from bench.stack import ASG, NICE, REGION, REPO, Infra, Warmpool
 from bench.stats import Progress, raw_ms, say, summary_ms, wait_until
 from producer.aio import AsyncPoolClient
 from sandbox import DUMMY_CREDENTIAL, free_port

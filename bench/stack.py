@@ -15,12 +15,11 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 import urllib.error
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,15 @@ import boto3
 import redis
 from celery import Celery
 
-from bench.motoserver import NICE, BenchMotoServer
 from bench.noop import NOOP_QUEUE, NOOP_TASK
 from bench.stats import say, wait_until
 from sandbox import (
     DUMMY_CREDENTIAL,
+    LocalStack,
+    MotoServer,
     ProcessGroup,
-    beat_argv,
     create_simulated_group,
-    ensure_redis,
     free_port,
-    stack_env,
-    terminate,
     wait_for_workers,
     worker_argv,
 )
@@ -54,6 +50,7 @@ RESULTS_DIR = REPO / "bench" / "results"
 ASG = "bench-asg"
 REGION = "ap-south-1"
 HOST = "bench"
+NICE = 19  # CPU priority of the simulated AWS (moto, the proxy) while it is off the measured path
 
 
 class BenchApp(Celery):
@@ -135,19 +132,26 @@ def log_offset(log_path: Path) -> int:
 
 @dataclass
 class Infra:
-    """What one benchmark run shares: Redis, moto, the fault proxy, the floor worker, a client app."""
+    """What one benchmark run shares: Redis, moto, the fault proxy, the floor worker, a client app.
+
+    A ``sandbox.LocalStack`` on a private Redis, with the benchmarks' moto
+    server (speed patches, ``nice`` NICE) and the fault proxy between the
+    workers and moto.
+    """
 
     run_dir: Path
-    procs: ProcessGroup = field(default_factory=ProcessGroup)
-    redis_proc: subprocess.Popen[bytes] | None = None
-    moto: BenchMotoServer | None = None
-    port: int = 0
+    local: LocalStack | None = None
+    moto: MotoServer | None = None
     proxy_url: str = ""
     control: ProxyControl | None = None
     app: BenchApp | None = None
-    env: dict[str, str] = field(default_factory=dict)
 
     # -- urls ---------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        assert self.local is not None and self.local.redis_server is not None
+        return self.local.redis_server.port
+
     def url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
@@ -167,35 +171,51 @@ class Infra:
     def logs(self) -> Path:
         return self.run_dir / "logs"
 
+    @property
+    def procs(self) -> ProcessGroup:
+        assert self.local is not None
+        return self.local.processes
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.local is not None
+        return self.local.env
+
     def redis(self, db: int) -> redis.Redis:
         return redis.Redis.from_url(self.url(db), decode_responses=True)
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> Infra:
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        # Simulated AWS is off the measured path: it gets only the CPU the measured processes leave.
+        self.moto = MotoServer(log_path=self.logs / "moto.log", nice=NICE, speed_patches=True)
+        proxy_port, control_port = free_port(), free_port()
+        self.proxy_url = f"http://127.0.0.1:{proxy_port}"
+        self.local = LocalStack(
+            self.logs,
+            moto=self.moto,
+            aws_endpoint_url=self.proxy_url,
+            asg_name=ASG,
+            region=REGION,
+            idle_target=2,
+            refresh_s=10.0,
+            extra_env={"PYTHONPATH": str(REPO)},
+            node=HOST,
+        ).start()
         say(f"[stack] private redis-server on 127.0.0.1:{self.port} (broker db 0, results db 1, state db 2)")
-        self.redis_proc = ensure_redis(self.url(0), log=lambda _m: None, log_path=self.logs / "redis.log")
-        for db in (0, 1, 2):
-            self.redis(db).flushdb()
-        self.moto = BenchMotoServer(log_path=self.logs / "moto.log").start()
-        self._start_proxy()
+        self._start_proxy(proxy_port, control_port)
         say(f"[stack] moto {self.moto.endpoint_url} (nice {NICE}) behind the fault proxy {self.proxy_url}")
-        self.env = self.process_env(idle_target=2, refresh_s=10.0)
         self.app = make_app(self.broker_url, self.backend_url)
-        self.procs.spawn("noop", noop_worker_argv(), env=self.env, log_path=self.logs / "noop.log")
+        self.local.spawn("noop", noop_worker_argv())
         wait_for_workers(self.app, [f"noop@{HOST}"], timeout_s=60)
         say("[stack] floor worker (no-op task, solo) is up")
         return self
 
-    def _start_proxy(self) -> None:
-        assert self.moto is not None
-        port, control_port = free_port(), free_port()
+    def _start_proxy(self, port: int, control_port: int) -> None:
+        assert self.local is not None and self.moto is not None
         argv = ["nice", "-n", str(NICE), sys.executable, "-m", "sandbox.awsproxy", "--upstream", self.moto.endpoint_url]
         argv += ["--port", str(port), "--control-port", str(control_port)]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.procs.spawn("awsproxy", argv, env=env, log_path=self.logs / "proxy.log")
-        self.proxy_url = f"http://127.0.0.1:{port}"
+        self.local.spawn("awsproxy", argv, env={"PYTHONPATH": str(REPO)})
         self.control = ProxyControl(f"http://127.0.0.1:{control_port}")
         wait_until(self._proxy_answers, timeout_s=30, what="the AWS fault proxy")
 
@@ -215,8 +235,8 @@ class Infra:
         designs wait for AWS there.
         """
         pids = [self.procs.get("awsproxy").pid]
-        if self.moto is not None and self.moto._proc is not None:
-            pids.append(self.moto._proc.pid)
+        if self.moto is not None and self.moto.pid is not None:
+            pids.append(self.moto.pid)
         for pid in pids:
             for tid in os.listdir(f"/proc/{pid}/task"):
                 try:
@@ -225,11 +245,10 @@ class Infra:
                     pass
 
     def stop(self) -> None:
-        self.procs.stop_all(timeout_s=15)
+        if self.local is not None:
+            self.local.stop(timeout_s=15)
         if self.moto is not None:
             self.moto.stop()
-        if self.redis_proc is not None:
-            terminate(self.redis_proc, timeout_s=5)
 
     def __enter__(self) -> Infra:
         try:
@@ -242,20 +261,6 @@ class Infra:
         self.stop()
 
     # -- helpers ------------------------------------------------------------------
-    def process_env(self, *, idle_target: int, refresh_s: float) -> dict[str, str]:
-        assert self.moto is not None
-        return stack_env(
-            endpoint_url=self.proxy_url,
-            broker_url=self.broker_url,
-            result_backend=self.backend_url,
-            redis_url=self.state_url,
-            asg_name=ASG,
-            idle_target=idle_target,
-            refresh_seconds=refresh_s,
-            region=REGION,
-            extra={"PYTHONPATH": str(REPO)},
-        )
-
     def aws(self, service: str, *, via_proxy: bool = False) -> Any:
         assert self.moto is not None
         return boto3.client(
@@ -301,7 +306,11 @@ class Infra:
 
 
 class Warmpool:
-    """One scenario's warmpool processes (pool worker, aws worker, optionally beat) on a fresh group."""
+    """One scenario's warmpool processes (pool worker, aws worker, optionally beat) on a fresh group.
+
+    A ``sandbox.LocalStack`` of its own on the run's Redis, moto and proxy; its
+    logs are ``<label>-pool.log``, ``<label>-aws.log``, ``<label>-beat.log``.
+    """
 
     def __init__(
         self,
@@ -312,23 +321,37 @@ class Warmpool:
         refresh_s: float = 10.0,
         aws_concurrency: int = 4,
     ) -> None:
+        assert infra.local is not None
         self.infra = infra
         self.label = label
         self.idle_target = idle_target
         self.refresh_s = refresh_s
         self.aws_concurrency = aws_concurrency
-        self.env = infra.process_env(idle_target=idle_target, refresh_s=refresh_s)
+        self.local = LocalStack(
+            infra.logs,
+            urls=infra.local.urls,
+            moto=infra.moto,
+            aws_endpoint_url=infra.proxy_url,
+            asg_name=ASG,
+            region=REGION,
+            idle_target=idle_target,
+            refresh_s=refresh_s,
+            extra_env={"PYTHONPATH": str(REPO)},
+            node=HOST,
+            log_prefix=f"{label}-",
+        ).start()
+        self.env = self.local.env
         # The pool worker reads WARMPOOL_REFRESH_SECONDS only to size its recovery grace
         # (2 intervals during which a freshly flushed state hands nothing out, waiting for
         # in-flight tags). Every scenario starts from a flushed state; 1 s of grace instead
         # of 20 keeps start-up short. Beat still refreshes every ``refresh_s``.
-        self.pool_env = {**self.env, "WARMPOOL_REFRESH_SECONDS": "0.5"}
+        self.pool_env = {"WARMPOOL_REFRESH_SECONDS": "0.5"}
         self.keys = PoolKeys.for_group(ASG)
         self.state = infra.redis(2)
         self.instance_ids: list[str] = []
 
     def log(self, name: str) -> Path:
-        return self.infra.logs / f"{self.label}-{name}.log"
+        return self.local.log_path(name)
 
     def start(self, *, group_steps: Iterable[int], max_size: int, beat: bool = True, timeout_s: float = 240) -> None:
         """Create the group, start the workers (and beat), refresh once and wait for every machine to be idle."""
@@ -341,19 +364,8 @@ class Warmpool:
         started = time.monotonic()
         self.instance_ids = infra.create_group(steps, max_size=max_size)
         say(f"[{self.label}] group ready in {time.monotonic() - started:.1f}s; starting pool worker, aws worker")
-        procs = infra.procs
-        procs.spawn(
-            "aws",
-            worker_argv("aws", hostname=f"aws@{HOST}", concurrency=self.aws_concurrency, solo=False),
-            env=self.env,
-            log_path=self.log("aws"),
-        )
-        procs.spawn(
-            "pool",
-            worker_argv("pool", hostname=f"pool@{HOST}", solo=True),
-            env=self.pool_env,
-            log_path=self.log("pool"),
-        )
+        self.local.start_aws_worker("aws", concurrency=self.aws_concurrency, wait=False)
+        self.local.start_pool_worker("pool", env=self.pool_env, wait=False)
         assert infra.app is not None
         wait_for_workers(infra.app, [f"pool@{HOST}", f"aws@{HOST}"], timeout_s=60)
         if beat:
@@ -382,12 +394,7 @@ class Warmpool:
             time.sleep(0.3)  # the rebalance after the apply, and the grace
 
     def start_beat(self) -> None:
-        self.infra.procs.spawn(
-            "beat",
-            beat_argv(schedule_path=self.infra.run_dir / f"{self.label}-beat-schedule"),
-            env=self.env,
-            log_path=self.log("beat"),
-        )
+        self.local.start_beat("beat")
 
     def refresh_now(self) -> str:
         """Ask for a refresh now (what beat sends every WARMPOOL_REFRESH_SECONDS); its task id."""
@@ -401,9 +408,6 @@ class Warmpool:
     def refreshed_at(self) -> float:
         return float(self.state.hget(self.keys.group, "refreshed_at") or 0.0)
 
-    def group_info(self) -> dict[str, str]:
-        return dict(self.state.hgetall(self.keys.group))
-
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for raw in self.state.hvals(self.keys.machines):
@@ -412,7 +416,7 @@ class Warmpool:
         return counts
 
     def pid(self, name: str) -> int:
-        return int(self.infra.procs.get(name).pid)
+        return self.local.pid(name)
 
     @contextlib.contextmanager
     def side_effects_queued(self) -> Iterator[None]:
@@ -442,7 +446,9 @@ class Warmpool:
     def stop(self) -> None:
         started = time.monotonic()
         for name in ("beat", "pool", "aws"):
-            self.infra.procs.stop(name, timeout_s=10)
+            self.local.processes.stop(name, timeout_s=10)
+        self.local.stop()
+        self.state.close()
         say(f"[{self.label}] stopped in {time.monotonic() - started:.1f}s")
 
     def __enter__(self) -> Warmpool:

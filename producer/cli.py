@@ -1,6 +1,6 @@
 """The ``warmpool`` command: pool operations for people and scripts, and the stack's processes.
 
-Exit codes (DESIGN.md): 0 ok, 2 invalid input, 3 no capacity, 4 pool unavailable, 1 other.
+Exit codes (docs/design.md): 0 ok, 2 invalid input, 3 no capacity, 4 pool unavailable, 1 other.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _celery(argv: list[str]) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     if args.queue == "pool":
-        # The pool worker is one serialized process: the solo pool (DESIGN.md).
+        # The pool worker is one serialized process: the solo pool (docs/design.md).
         base = ["worker", "-Q", "pool", "-P", "solo", "-n", "pool@%h"]
     else:
         base = ["worker", "-Q", "aws", "-P", "threads", "-c", str(args.concurrency), "-n", "aws@%h"]

@@ -10,7 +10,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-_STATE_STYLE = {"idle": "green", "assigned": "cyan", "pending": "yellow", "releasing": "magenta"}
+_STATE_STYLE = {
+    "idle": "green",
+    "assigned": "cyan",
+    "pending": "yellow",
+    "releasing": "magenta",
+    "quarantined": "bold red",
+    "foreign": "blue",
+}
 
 
 def _summary(status: Mapping[str, Any]) -> Text:
@@ -22,7 +29,8 @@ def _summary(status: Mapping[str, Any]) -> Text:
         f"  desired {group.get('desired_capacity')} (min {group.get('min_size')}, max {group.get('max_size')})"
         f"  wanted {group.get('wanted')}  idle target {status.get('idle_target')}\n"
     )
-    text.append("  ".join(f"{state} {counts.get(state, 0)}" for state in _STATE_STYLE))
+    shown = [s for s in _STATE_STYLE if counts.get(s) or s not in ("quarantined", "foreign")]
+    text.append("  ".join(f"{state} {counts.get(state, 0)}" for state in shown))
     age = status.get("refresh_age_s")
     text.append(f"   refreshed {'never' if age is None else f'{age:.1f}s ago'}")
     if group.get("capped"):
@@ -40,6 +48,18 @@ def _summary(status: Mapping[str, Any]) -> Text:
         text.append(f"\nmachines replaced for never becoming ready: {status['unready_total']}", style="red")
     if status.get("lost_total"):
         text.append(f"\nlost machines: {status['lost_total']}", style="red")
+    recovery = status.get("recovery") or {}
+    if counts.get("quarantined"):
+        text.append(
+            f"\nQUARANTINED: {counts['quarantined']} machines that may be in use: the pool state was lost at "
+            f"{recovery.get('state_lost_at')}; each is held until its tag lands or an operator runs "
+            "'warmpool release-quarantined'",
+            style="bold red",
+        )
+    if counts.get("foreign"):
+        text.append(f"\nforeign: {counts['foreign']} machines protected from scale-in by someone else", style="blue")
+    if recovery and recovery.get("epoch") and not recovery.get("epoch_confirmed"):
+        text.append("\nfirst start: waiting for AWS to show the group's warmpool:epoch tag", style="yellow")
     return text
 
 
@@ -52,6 +72,8 @@ def _machines(status: Mapping[str, Any]) -> Table:
         detail = m.get("detail") or ""
         if state == "assigned" and not (m.get("tagged") and m.get("protected")):
             detail = (detail + " tagging...").strip()
+        if m.get("health") and m.get("health") != "Healthy":
+            detail = (detail + f" health {m['health']}: AWS will replace it").strip()
         table.add_row(
             str(m.get("instance_id")),
             Text(state, style=_STATE_STYLE.get(state, "")),
@@ -92,6 +114,7 @@ def status_title(status: Mapping[str, Any]) -> str:
     """One line: counts by state, group bounds, refresh age, lost machines (rich markup)."""
     counts, group = status["counts"], status["group"]
     parts = [f"{name} {counts.get(name, 0)}" for name in ("idle", "assigned", "pending", "releasing")]
+    parts += [f"[red]{name} {counts[name]}[/]" for name in ("quarantined", "foreign") if counts.get(name)]
     bounds = f"desired {group['desired_capacity']} (min {group['min_size']}, max {group['max_size']})"
     if group.get("capped"):
         bounds += " [red]capped[/]"

@@ -1,8 +1,10 @@
 """``warmpool demo``: the whole stack on one machine, against a simulated Auto Scaling Group.
 
-Starts (on the embedded defaults, or whatever WARMPOOL_* says) a Redis if none
-answers, a moto server holding the group ``heavrdevs-asg``, the pool worker,
-an aws worker and beat; shows the pool, runs a few assigns and releases through
+Starts a private redis-server on a free port (or, when WARMPOOL_BROKER_URL,
+WARMPOOL_RESULT_BACKEND or WARMPOOL_REDIS_URL names one, uses that Redis and
+touches only what a previous demo left there: sandbox.demo_redis), a moto
+server holding the group ``heavrdevs-asg``, the pool worker, an aws worker and
+beat; shows the pool, runs a few assigns and releases through
 ``producer.PoolClient``, then keeps showing the pool until Ctrl-C, when it
 stops everything it started. Logs go to ``.demo/logs/`` in the current directory.
 
@@ -33,22 +35,18 @@ from rich.markup import escape
 
 from producer.client import PoolClient
 from producer.render import compact_status_table, status_title
-from sandbox import (
-    MotoServer,
-    ProcessGroup,
-    beat_argv,
-    create_simulated_group,
-    ensure_redis,
-    free_port,
-    stack_env,
-    terminate,
-    wait_for_workers,
-    worker_argv,
+from sandbox.demo_redis import (
+    DemoError,
+    clear_previous_demo,
+    redis_is_explicit,
+    refuse_foreign_workers,
+    start_missing_redis,
 )
+from sandbox.processes import ProcessGroup, free_port
+from sandbox.stack import LocalStack, StackUrls
 from tasks.config import Settings
-from tasks.contract import AWS_QUEUE, POOL_QUEUE, TASK_REFRESH
+from tasks.contract import AWS_QUEUE, TASK_REFRESH
 from tasks.errors import InvalidProject, WarmpoolError
-from tasks.state.keys import PoolKeys
 
 DEMO_DIR = Path(".demo")
 GROUP_MIN, GROUP_MAX, GROUP_DESIRED = 0, 10, 3
@@ -57,10 +55,6 @@ START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
 ASSIGN_WAIT_S = 20.0
 STAY_INTERVAL_S = 3.0
-
-
-class DemoError(Exception):
-    """The demo cannot go on (a process died, the pool never became ready, ...)."""
 
 
 @dataclass(frozen=True)
@@ -177,72 +171,22 @@ def _interrupts() -> Iterator[Callable[[], None]]:
 
 
 # -- starting the stack ----------------------------------------------------------
-def _redis_urls(settings: Settings) -> list[str]:
-    """One URL per distinct Redis server among broker, result backend and state store."""
-    seen: dict[str, str] = {}
-    for url in (settings.broker_url, settings.result_backend, settings.redis_url):
-        if url.startswith(("redis://", "rediss://")):
-            server = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
-            seen.setdefault(server, url)
-    return list(seen.values())
+def _spawn_workers(local: LocalStack) -> list[str]:
+    """Start the pool worker and an aws worker; return their process names (to wait for)."""
+    local.start_pool_worker("pool-worker", wait=False)
+    local.start_aws_worker("aws-worker", concurrency=AWS_WORKER_THREADS, wait=False)
+    return ["pool-worker", "aws-worker"]
 
 
-def _start_redis(settings: Settings, stack: contextlib.ExitStack, log_dir: Path, say: Callable[[str], None]) -> None:
-    for url in _redis_urls(settings):
-        proc = ensure_redis(url, log=say, log_path=log_dir / "redis.log")
-        if proc is not None:
-            stack.callback(terminate, proc, timeout_s=5)
-
-
-def _refuse_foreign_workers(client: PoolClient) -> None:
-    """Workers already on this broker would take the demo's jobs with another AWS behind them."""
-    replies = client.app.control.ping(timeout=0.5) or []
-    names = sorted(name for reply in replies for name in reply)
-    if names:
-        raise DemoError(
-            f"workers are already connected to {client.app.conf.broker_url}: {', '.join(names)}. "
-            "Stop them (a previous demo?) or point WARMPOOL_BROKER_URL, WARMPOOL_RESULT_BACKEND "
-            "and WARMPOOL_REDIS_URL at other databases."
-        )
-
-
-def _forget_previous_run(settings: Settings, client: PoolClient) -> None:
-    """Drop the group's pool state and the queued jobs a previous run may have left."""
-    state: redis.Redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    try:
-        state.delete(*PoolKeys.for_group(settings.asg_name).all())
-    finally:
-        state.close()
-    if settings.broker_url.startswith(("redis://", "rediss://")):
-        with client.app.connection_for_write() as conn:
-            channel = conn.default_channel
-            for queue in (POOL_QUEUE, AWS_QUEUE):
-                channel.queue_purge(queue)
-            # Jobs a killed worker held would come back after the visibility timeout.
-            # No worker is connected (checked above), so nobody owns them.
-            channel.client.delete(channel.unacked_key, channel.unacked_index_key)
-
-
-def _spawn_workers(stack: DemoStack) -> list[str]:
-    """Start the pool worker and an aws worker; return their names (to wait for)."""
-    node = f"demo{os.getpid()}.{socket.gethostname()}"
-    pool_name, aws_name = f"pool@{node}", f"aws@{node}"
-    procs, env, logs = stack.processes, stack.env, stack.log_dir
-    pool_argv = worker_argv(POOL_QUEUE, hostname=pool_name, solo=True)
-    procs.spawn("pool-worker", pool_argv, env=env, log_path=logs / "pool-worker.log")
-    aws_argv = worker_argv(AWS_QUEUE, hostname=aws_name, concurrency=AWS_WORKER_THREADS, solo=False)
-    procs.spawn("aws-worker", aws_argv, env=env, log_path=logs / "aws-worker.log")
-    return [pool_name, aws_name]
-
-
-def _spawn_beat_and_extras(stack: DemoStack, extras: Sequence[ExtraProcess], say: Callable[[str], None]) -> None:
+def _spawn_beat_and_extras(
+    local: LocalStack, demo: DemoStack, extras: Sequence[ExtraProcess], say: Callable[[str], None]
+) -> None:
     """Start beat (once the group exists: its first refresh comes at once) and the extra processes."""
-    procs, env, logs = stack.processes, stack.env, stack.log_dir
-    procs.spawn("beat", beat_argv(schedule_path=logs.parent / "beat-schedule"), env=env, log_path=logs / "beat.log")
+    local.start_beat()
     for extra in extras:
-        procs.spawn(extra.name, extra.argv(stack), env=env, log_path=logs / f"{extra.name}.log")
+        local.spawn(extra.name, extra.argv(demo))
         if extra.banner is not None:
-            say(extra.banner(stack))
+            say(extra.banner(demo))
 
 
 def _check_alive(procs: ProcessGroup, log_dir: Path) -> None:
@@ -350,34 +294,11 @@ def _stay(client: PoolClient, console: Console, procs: ProcessGroup, log_dir: Pa
 
 
 # -- entry points ------------------------------------------------------------------
-def _create_group(settings: Settings, endpoint_url: str, say: Callable[[str], None]) -> None:
-    group = create_simulated_group(
-        endpoint_url,
-        name=settings.asg_name,
-        region=settings.region,
-        min_size=GROUP_MIN,
-        max_size=GROUP_MAX,
-        desired=GROUP_DESIRED,
-    )
+def _create_group(local: LocalStack, say: Callable[[str], None]) -> None:
+    group = local.create_group(min_size=GROUP_MIN, max_size=GROUP_MAX, desired=GROUP_DESIRED, reset=False)
     say(
         f"simulated group {group['asg_name']}: {len(group['instance_ids'])} instances, min {GROUP_MIN}, max {GROUP_MAX}"
     )
-
-
-def _demo_stack(settings: Settings, endpoint_url: str, *, stack: contextlib.ExitStack, log_dir: Path) -> DemoStack:
-    env = stack_env(
-        endpoint_url=endpoint_url,
-        broker_url=settings.broker_url,
-        result_backend=settings.result_backend,
-        redis_url=settings.redis_url,
-        asg_name=settings.asg_name,
-        idle_target=settings.idle_target,
-        refresh_seconds=settings.refresh_seconds,
-        region=settings.region,
-        extra=web_env(),
-    )
-    procs = stack.enter_context(ProcessGroup())
-    return DemoStack(settings=settings, env=env, endpoint_url=endpoint_url, log_dir=log_dir, processes=procs)
 
 
 def _fresh_log_dir() -> Path:
@@ -386,6 +307,41 @@ def _fresh_log_dir() -> Path:
     for old in log_dir.glob("*.log"):
         old.unlink()
     return log_dir
+
+
+def _local_stack(
+    settings: Settings, *, cleanup: contextlib.ExitStack, log_dir: Path, say: Callable[[str], None]
+) -> LocalStack:
+    """The demo's stack: on a private Redis by default, on the configured one when WARMPOOL_* names it.
+
+    A Redis the demo did not start is someone's: there it refuses to run beside
+    foreign workers and clears only what a previous demo left (sandbox.demo_redis).
+    """
+    explicit = redis_is_explicit()
+    urls, started_all = None, False
+    if explicit:
+        urls = StackUrls(settings.broker_url, settings.result_backend, settings.redis_url)
+        started_all = start_missing_redis(urls, cleanup=cleanup, say=say, workdir=log_dir.parent)
+    local = LocalStack(
+        log_dir,
+        urls=urls,
+        asg_name=settings.asg_name,
+        region=settings.region,
+        idle_target=settings.idle_target,
+        refresh_s=settings.refresh_seconds,
+        extra_env=web_env(),
+        node=f"demo{os.getpid()}.{socket.gethostname()}",
+        app_name="warmpool-demo",
+    )
+    cleanup.callback(local.stop)
+    if explicit and not started_all:
+        refuse_foreign_workers(local.app)
+        clear_previous_demo(local.urls, asg_name=settings.asg_name, app=local.app)
+    local.start()
+    if local.redis_server is not None:
+        say(f"private redis-server on 127.0.0.1:{local.redis_server.port} (broker db 0, results db 1, state db 2)")
+    say(f"moto server (simulated AWS) at {local.moto.endpoint_url}")
+    return local
 
 
 def _run(
@@ -404,19 +360,25 @@ def _run(
         console.print(f"[dim]{clock.elapsed()}[/] {message}")
 
     say(f"logs in {log_dir}")
-    _start_redis(settings, stack, log_dir, say)
-    client = PoolClient()
-    _refuse_foreign_workers(client)
-    _forget_previous_run(settings, client)
-    moto = stack.enter_context(MotoServer(log_path=log_dir / "moto.log"))
-    say(f"moto server (simulated AWS) at {moto.endpoint_url}")
-    demo = _demo_stack(settings, moto.endpoint_url, stack=stack, log_dir=log_dir)
-    workers = _spawn_workers(demo)  # they boot while moto builds the group
-    _create_group(settings, moto.endpoint_url, say)
-    _spawn_beat_and_extras(demo, extras, say)
+    local = _local_stack(settings, cleanup=stack, log_dir=log_dir, say=say)
+    urls = local.urls
+    settings = replace(
+        settings, broker_url=urls.broker_url, result_backend=urls.result_backend, redis_url=urls.redis_url
+    )
+    demo = DemoStack(
+        settings=settings,
+        env=local.env,
+        endpoint_url=local.moto.endpoint_url,
+        log_dir=log_dir,
+        processes=local.processes,
+    )
+    client = PoolClient(app=local.app)
+    workers = _spawn_workers(local)  # they boot while moto builds the group
+    _create_group(local, say)
+    _spawn_beat_and_extras(local, demo, extras, say)
     with console.status("starting the pool worker, an aws worker and beat..."):
-        wait_for_workers(client.app, workers, START_TIMEOUT_S)
-    say(f"workers answer: {', '.join(workers)}")
+        local.wait_for_workers(workers, timeout_s=START_TIMEOUT_S)
+    say(f"workers answer: {', '.join(local.worker_name(w) for w in workers)}")
     client.app.send_task(TASK_REFRESH, queue=AWS_QUEUE)  # don't wait for beat's first interval
     status = _wait_for_idle(client, console, clock, settings.idle_target)
     say(f"pool ready: {status['counts'].get('idle', 0)} idle machines")
@@ -424,7 +386,7 @@ def _run(
     _script(client, console, rounds=rounds, target=settings.idle_target)
     say("demo script done")
     if stay:
-        _stay(client, console, demo.processes, log_dir)
+        _stay(client, console, local.processes, log_dir)
 
 
 def run_demo(

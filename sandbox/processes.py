@@ -39,6 +39,7 @@ def _child_setup() -> None:
 
 
 def popen_child(argv: list[str], *, env: Mapping[str, str] | None, out: IO[Any] | int) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own (stdout and stderr to ``out``), SIGTERMed if this process dies."""
     return subprocess.Popen(
         argv,
         env=dict(env) if env is not None else None,
@@ -61,14 +62,20 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         proc.send_signal(sig)
 
 
-def terminate(proc: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> int | None:
-    """SIGTERM a child's process group, wait up to ``timeout_s``, then SIGKILL it. Returns its exit code."""
+def stop_process(proc: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> int | None:
+    """Stop a child process: SIGTERM its process group, wait up to ``timeout_s``, then SIGKILL it. Its exit code."""
     _signal_group(proc, signal.SIGTERM)
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _signal_group(proc, signal.SIGKILL)
         return proc.wait(timeout=5)
+
+
+def kill_process(proc: subprocess.Popen[bytes]) -> int | None:
+    """SIGKILL a child's process group at once (a crash, for fault tests); its exit code."""
+    _signal_group(proc, signal.SIGKILL)
+    return proc.wait(timeout=5)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,6 +87,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_until_up(check: Callable[[], bool], *, timeout_s: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+    """Poll ``check`` until it is true; RuntimeError if ``proc`` exits first, TimeoutError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if proc.poll() is not None:
@@ -174,15 +182,12 @@ class ProcessGroup:
     def stop(self, name: str, *, timeout_s: float = 10.0) -> int | None:
         """SIGTERM ``name`` (its whole process group), SIGKILL after ``timeout_s``; its exit code."""
         proc = self._procs.pop(name, None)
-        return None if proc is None else terminate(proc, timeout_s=timeout_s)
+        return None if proc is None else stop_process(proc, timeout_s=timeout_s)
 
     def kill(self, name: str) -> int | None:
         """SIGKILL ``name`` at once (fault-injection tests); its exit code."""
         proc = self._procs.pop(name, None)
-        if proc is None:
-            return None
-        _signal_group(proc, signal.SIGKILL)
-        return proc.wait(timeout=5)
+        return None if proc is None else kill_process(proc)
 
     def stop_all(self, *, timeout_s: float = 10.0) -> dict[str, int | None]:
         """SIGTERM every child (newest first), wait for all, SIGKILL stragglers; exit codes by name."""

@@ -1,4 +1,4 @@
-"""Settings from the environment (DESIGN.md "Configuration"); pure standard library."""
+"""Settings from the environment (docs/design.md "Configuration"); pure standard library."""
 
 from __future__ import annotations
 

@@ -19,6 +19,9 @@ MAX_WAIT_S: Final = 3600.0
 MAX_LEASE_S: Final = 30 * 86_400.0
 
 PROJECT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+INSTANCE_ID_PATTERN: Final = re.compile(r"i-[0-9a-f]{8,32}")
+# The most instance ids one job may name (far above any group's size: AWS caps a group at thousands).
+MAX_INSTANCE_IDS: Final = 10_000
 
 # Celery task names (the wire contract between producers, beat and workers).
 TASK_ASSIGN: Final = "warmpool.assign"
@@ -31,6 +34,8 @@ TASK_AWS_TAG_ASSIGNMENTS: Final = "warmpool.aws.tag"
 TASK_AWS_TERMINATE: Final = "warmpool.aws.terminate"
 TASK_AWS_SET_DESIRED: Final = "warmpool.aws.set_desired"
 TASK_AWS_PROBE: Final = "warmpool.aws.probe"
+TASK_AWS_TAG_GROUP: Final = "warmpool.aws.tag_group"
+TASK_RELEASE_QUARANTINED: Final = "warmpool.release_quarantined"
 TASK_TOUCH: Final = "warmpool.touch"
 TASK_MARK_READY: Final = "warmpool.mark_ready"
 TASK_PING: Final = "warmpool.ping"
@@ -59,9 +64,12 @@ CODE_BAD_REQUEST: Final = "bad_request"
 CODE_INTERNAL: Final = "internal_error"
 CODE_STORE_UNAVAILABLE: Final = "store_unavailable"
 
-# Tags on EC2 instances: the durable truth of an assignment (DESIGN.md invariant 7).
+# Tags on EC2 instances: the durable truth of an assignment (docs/design.md invariant 7).
 TAG_PROJECT: Final = "warmpool:project"
 TAG_ASSIGNED_AT: Final = "warmpool:assigned-at"
+# On the Auto Scaling Group itself: the identity of the pool state that manages it.
+# An empty state on a group that carries it was lost (not a first start).
+TAG_EPOCH: Final = "warmpool:epoch"
 
 
 def validate_project_id(value: Any) -> str:
@@ -75,6 +83,11 @@ def validate_project_id(value: Any) -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+def is_instance_id(value: str) -> bool:
+    """True for an EC2 instance id (``i-`` and 8 to 32 hex digits)."""
+    return INSTANCE_ID_PATTERN.fullmatch(value) is not None
 
 
 def check_seconds(value: Any, name: str, *, high: float) -> float:

@@ -6,12 +6,14 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from tasks.pool.model import (
+    AddressKind,
     CloudInstance,
     GroupSnapshot,
     Machine,
     MachineState,
     PoolView,
 )
+from tasks.pool.ports import StateStore
 from tasks.pool.reconcile import Reconciliation
 
 ASG = "test-asg"
@@ -36,6 +38,10 @@ def ready(n: int, **changes: object) -> CloudInstance:
     return replace(inst, **changes)  # type: ignore[arg-type]
 
 
+# The warmpool:epoch tag of test groups: stores primed with prime() carry it as theirs.
+TEST_EPOCH = "testepoch"
+
+
 def snapshot(
     instances: Iterable[CloudInstance],
     *,
@@ -44,6 +50,7 @@ def snapshot(
     max_size: int = 10,
     desired: int | None = None,
     name: str = ASG,
+    epoch_tag: str | None = TEST_EPOCH,
 ) -> GroupSnapshot:
     insts = tuple(instances)
     return GroupSnapshot(
@@ -53,7 +60,19 @@ def snapshot(
         desired_capacity=len(insts) if desired is None else desired,
         instances=insts,
         observed_at=observed_at,
+        epoch_tag=epoch_tag,
     )
+
+
+def prime(store: StateStore) -> StateStore:
+    """A store that started on its group (first start, epoch TEST_EPOCH): the next snapshot confirms it.
+
+    Without this, a test's first snapshot (which carries TEST_EPOCH) would tell
+    the store its state was lost.
+    """
+    empty = GroupSnapshot(name=ASG, min_size=0, max_size=10, desired_capacity=0, instances=(), observed_at=1.0)
+    store.apply_snapshot(empty, kind=AddressKind.PUBLIC, now=1.0, new_epoch=TEST_EPOCH)
+    return store
 
 
 def machine(n: int, state: MachineState, **changes: object) -> Machine:

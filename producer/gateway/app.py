@@ -84,7 +84,7 @@ def create_app(
         summary="Warm EC2 machines for projects, in milliseconds",
         description=(
             "Assign and release machines of the warm pool. With WARMPOOL_API_TOKEN set, every route "
-            "except /healthz and this documentation needs `Authorization: Bearer <token>`."
+            "except /livez, /healthz and this documentation needs `Authorization: Bearer <token>`."
         ),
         lifespan=lifespan,
         # No trailing-slash redirects: "/proj-1/" is not found rather than a 307
@@ -145,9 +145,18 @@ def _not_assigned(project_id: str) -> JSONResponse:
 
 
 def _add_operations_routes(app: FastAPI, gw: Gateway) -> None:
+    @app.get("/livez", tags=["operations"], response_model=Health)
+    async def livez() -> Response:
+        """200 while this process serves HTTP: no pool call, no token (a liveness probe).
+
+        /healthz answers for the pool worker too; a liveness probe on it would
+        restart every gateway whenever the pool worker is slow or down.
+        """
+        return JSONResponse({"status": "ok"})
+
     @app.get("/healthz", tags=["operations"], response_model=Health, responses=error_responses(503))
     async def healthz() -> Response:
-        """200 when a pool worker answers a status job within a couple of seconds, else 503."""
+        """200 when a pool worker answers a status job within a couple of seconds, else 503 (readiness)."""
         if await gw.health.check():
             return JSONResponse({"status": "ok"})
         return ApiError(

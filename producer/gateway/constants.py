@@ -58,6 +58,7 @@ RESERVED_LEGACY_IDS = frozenset(
         "site.webmanifest",
         "index.html",
         "healthz",
+        "livez",
         "metrics",
         "docs",
         "redoc",
@@ -68,8 +69,8 @@ RESERVED_LEGACY_IDS = frozenset(
 )
 
 # Paths that stay open when a token is configured (the documentation carries
-# no pool data; /healthz says only ok/not ok). /flower has its own basic auth.
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# no pool data; /livez and /healthz say only ok/not ok). /flower has its own basic auth.
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 FLOWER_PREFIX = "/flower"
 
 MAX_BODY_BYTES = 16 * 1024

@@ -4,11 +4,11 @@ Two kinds of series:
 
 * **Events counted by the gateway** (assign latency, assigns and releases by
   outcome): ordinary counters and a histogram, updated as requests finish.
-* **Pool state** (machines by state, desired/min/max, lost machines, refresh
-  age, capped): gauges built at scrape time from one ``status`` snapshot of the
-  pool worker. Each family comes from one small function of the snapshot listed
-  in ``STATUS_FAMILIES``; adding a series the worker starts reporting later
-  (AWS calls and errors by action, refresh duration) is one more such function.
+* **Pool state** (machines by state, desired/min/max, refresh age, capped;
+  the worker's own totals of lost and unready machines as counters): built at
+  scrape time from one ``status`` snapshot of the pool worker. Each family
+  comes from one small function of the snapshot listed in ``STATUS_FAMILIES``;
+  adding a series the worker starts reporting later is one more such function.
 
 Nothing here registers in prometheus_client's global registry, so several
 gateway apps (tests) never collide.
@@ -47,7 +47,7 @@ ASSIGN_LATENCY_BUCKETS = (
     math.inf,
 )
 
-MACHINE_STATES = ("pending", "idle", "assigned", "releasing")
+MACHINE_STATES = ("pending", "idle", "assigned", "releasing", "quarantined", "foreign")
 
 StatusFamilies = Callable[[Mapping[str, Any]], Iterable[Metric]]
 
@@ -96,12 +96,28 @@ def idle_target(status: Mapping[str, Any]) -> Iterator[Metric]:
 def lost_machines(status: Mapping[str, Any]) -> Iterator[Metric]:
     value = _number(status.get("lost_total"))
     if value is not None:
-        # A gauge, not a counter: the worker owns the count and it restarts
-        # from zero if the state store is flushed.
-        yield GaugeMetricFamily(
+        # A counter: it only grows while the state store lives. A flushed store
+        # restarts it from zero, which rate()/increase() read as a counter reset.
+        yield CounterMetricFamily(
             "warmpool_lost_machines",
             "Assigned machines that vanished from AWS (total recorded by the pool worker)",
             value=value,
+        )
+
+
+def launch_failures(status: Mapping[str, Any]) -> Iterator[Metric]:
+    value = _number(status.get("unready_total"))
+    if value is not None:
+        yield CounterMetricFamily(
+            "warmpool_unready_machines",
+            "Machines terminated and replaced because they never became ready within the timeout",
+            value=value,
+        )
+    if "scale_up_paused_until" in status:
+        yield GaugeMetricFamily(
+            "warmpool_scale_up_paused",
+            "1 while scale-up is paused (back-off after machines kept failing to become ready)",
+            value=1.0 if status.get("scale_up_paused_until") else 0.0,
         )
 
 
@@ -164,6 +180,7 @@ STATUS_FAMILIES: tuple[StatusFamilies, ...] = (
     group_bounds,
     idle_target,
     lost_machines,
+    launch_failures,
     refresh_age,
     refresh_duration,
     aws_api,

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
             "WARMPOOL_FLOWER_URL with WARMPOOL_FLOWER_USER/WARMPOOL_FLOWER_PASSWORD (the /flower proxy), "
             "WARMPOOL_GATEWAY_HEADER_TIMEOUT_S, WARMPOOL_GATEWAY_IDLE_TIMEOUT_S and "
             "WARMPOOL_GATEWAY_MAX_CONNECTIONS (connection limits), "
-            "and the WARMPOOL_* broker settings of DESIGN.md."
+            "and the WARMPOOL_* broker settings of docs/design.md."
         ),
     )
     parser.add_argument("--host", default=None, help=f"address to bind [${ENV_HOST} or {DEFAULT_HOST}]")

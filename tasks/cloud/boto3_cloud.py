@@ -18,7 +18,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from tasks.contract import TAG_ASSIGNED_AT, TAG_PROJECT
+from tasks.contract import TAG_ASSIGNED_AT, TAG_EPOCH, TAG_PROJECT
 from tasks.errors import (
     CapacityRejected,
     CloudError,
@@ -162,6 +162,7 @@ class Boto3Cloud:
             desired_capacity=int(group["DesiredCapacity"]),
             instances=instances,
             observed_at=observed_at,
+            epoch_tag=next((str(t.get("Value")) for t in group.get("Tags", []) if t.get("Key") == TAG_EPOCH), None),
         )
 
     def _read_group(self) -> dict[str, Any]:
@@ -242,6 +243,20 @@ class Boto3Cloud:
                 # Decrementing would go below MinSize: let AWS replace it instead.
                 return self.terminate_instance(instance_id, decrement=False)
             raise err from exc
+
+    def tag_group(self, epoch: str) -> None:
+        """Tag the group itself with the pool state's epoch (not propagated to instances)."""
+        tag: Any = {
+            "ResourceId": self.asg_name,
+            "ResourceType": "auto-scaling-group",
+            "Key": TAG_EPOCH,
+            "Value": epoch,
+            "PropagateAtLaunch": False,
+        }
+        try:
+            self._asg.create_or_update_tags(Tags=[tag])
+        except Exception as exc:
+            raise _map_error(exc, "CreateOrUpdateTags") from exc
 
     def tag_and_protect(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool:
         """Tag and protect an assigned instance; False when it is already gone."""

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from tasks.contract import TAG_EPOCH
 from tasks.errors import CapacityRejected, CloudError
 from tasks.pool.model import CloudInstance, GroupSnapshot
 from tasks.pool.ports import PROTECT_BATCH
@@ -51,6 +52,7 @@ class FakeCloud:
         self._errors: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.fail_next: list[CloudError] = []  # raised by the next calls, in order
+        self.group_tags: dict[str, str] = {}
         self.desired = desired
         self._fill()
 
@@ -115,7 +117,13 @@ class FakeCloud:
                 desired_capacity=self.desired,
                 instances=tuple(i.cloud for i in self._instances.values()),
                 observed_at=self._clock(),
+                epoch_tag=self.group_tags.get(TAG_EPOCH),
             )
+
+    def tag_group(self, epoch: str) -> None:
+        with self._lock:
+            self._call("CreateOrUpdateTags")
+            self.group_tags[TAG_EPOCH] = epoch
 
     def set_desired_capacity(self, desired: int) -> None:
         with self._lock:

@@ -4,11 +4,20 @@ No I/O lives here: no Redis, no boto3, no clock. Every function takes what it
 needs (including ``now``) and returns plain values, so the rules can be tested
 exhaustively (see tests/unit/test_model*.py).
 
-Lifecycle (DESIGN.md)::
+Lifecycle (docs/design.md)::
 
     pending ──► idle ──► assigned ──► releasing ──► (gone)
        ▲          │                       ▲
        └──────────┘ (stops being ready)   └── scale-in claims an idle machine
+
+Two states hold machines warmpool may not hand out or terminate:
+
+- ``quarantined``: after the pool state was lost, an untagged machine that
+  existed before the loss may be in use by a project whose assignment (and
+  tag job) was lost with it. It stays out of reach until its tag lands
+  (-> assigned) or an operator releases it (-> idle).
+- ``foreign``: protected from scale-in by someone else and not held by
+  warmpool (another orchestrator's machine). Never handed out or terminated.
 
 A machine that vanishes from AWS is dropped; an assigned one is reported lost.
 """
@@ -27,6 +36,14 @@ class MachineState(enum.StrEnum):
     IDLE = "idle"
     ASSIGNED = "assigned"
     RELEASING = "releasing"
+    QUARANTINED = "quarantined"
+    FOREIGN = "foreign"
+
+
+# States whose machines count as taken: capacity is planned around them, and
+# they are never handed out or chosen for scale-in.
+HELD_STATES = frozenset({MachineState.ASSIGNED, MachineState.QUARANTINED, MachineState.FOREIGN})
+UNASSIGNABLE_HELD = HELD_STATES - {MachineState.ASSIGNED}
 
 
 class AddressKind(enum.StrEnum):
@@ -52,6 +69,24 @@ ALLOWED_TRANSITIONS: frozenset[tuple[MachineState, MachineState]] = frozenset(
         (MachineState.PENDING, MachineState.ASSIGNED),
         # A duplicate claim found in tags is retired:
         (MachineState.PENDING, MachineState.RELEASING),
+        # State lost: a machine that may be in use is held out of reach ...
+        (MachineState.PENDING, MachineState.QUARANTINED),
+        (MachineState.IDLE, MachineState.QUARANTINED),
+        # ... until its tag proves the assignment (or a stale claim: retired),
+        # or an operator releases it (back to pending, then idle).
+        (MachineState.QUARANTINED, MachineState.ASSIGNED),
+        (MachineState.QUARANTINED, MachineState.RELEASING),
+        (MachineState.QUARANTINED, MachineState.PENDING),
+        # Protected from scale-in by someone else (and back when they let go);
+        # a warmpool tag on it makes it warmpool's again.
+        (MachineState.PENDING, MachineState.FOREIGN),
+        (MachineState.IDLE, MachineState.FOREIGN),
+        (MachineState.QUARANTINED, MachineState.FOREIGN),
+        (MachineState.FOREIGN, MachineState.PENDING),
+        (MachineState.FOREIGN, MachineState.IDLE),
+        (MachineState.FOREIGN, MachineState.QUARANTINED),
+        (MachineState.FOREIGN, MachineState.ASSIGNED),
+        (MachineState.FOREIGN, MachineState.RELEASING),
     }
 )
 
@@ -69,7 +104,11 @@ _GONE_EC2_STATES = frozenset({"shutting-down", "terminated"})
 # Operators park instances in Standby on purpose: never time those out.
 _PARKED_DETAILS = ("lifecycle Standby", "lifecycle EnteringStandby")
 AWAITING_READY = "awaiting readiness check"
-RECOVERING = "state lost: waiting for in-flight tags before handing out"
+RELEASED_FROM_QUARANTINE = "released from quarantine by an operator"
+AWAITING_EPOCH = "first start: waiting until AWS carries the group's warmpool:epoch tag"
+QUARANTINE_DETAIL = "state lost: may be in use by a project whose assignment was lost"
+UNHEALTHY = "Unhealthy"  # the group's health check (AWS HealthStatus)
+FOREIGN_DETAIL = "protected from scale-in, not held by warmpool"
 
 
 @dataclass(frozen=True)
@@ -99,6 +138,7 @@ class GroupSnapshot:
     desired_capacity: int
     instances: tuple[CloudInstance, ...]
     observed_at: float
+    epoch_tag: str | None = None  # the group's warmpool:epoch tag (tasks.contract.TAG_EPOCH)
 
 
 def iso_utc(ts: float) -> str:
@@ -146,6 +186,8 @@ class Machine:
     ready_checked: bool = False  # passed the WARMPOOL_READY_URL check (when one is configured)
     lease_s: float = 0.0  # lease length of the assignment; 0 = no lease
     lease_expires_at: float = 0.0  # epoch seconds; 0 = never
+    health: str = ""  # the group's health check: Healthy / Unhealthy ("" before the first refresh)
+    suspect: bool = False  # existed when the state was lost: quarantined rather than made idle
     # The request (assign job id) that made this assignment, so a caller who left
     # can give back exactly what it was handed; "" once another request was told
     # about the same assignment (the project asked again), or when restored from tags.
@@ -169,6 +211,8 @@ class Machine:
             "ready_checked": self.ready_checked,
             "lease_s": self.lease_s,
             "lease_expires_at": self.lease_expires_at,
+            "health": self.health,
+            "suspect": self.suspect,
             "request_id": self.request_id,
         }
 
@@ -191,6 +235,8 @@ class Machine:
             ready_checked=bool(data.get("ready_checked")),
             lease_s=float(data.get("lease_s") or 0.0),
             lease_expires_at=float(data.get("lease_expires_at") or 0.0),
+            health=str(data.get("health") or ""),
+            suspect=bool(data.get("suspect")),
             request_id=str(data.get("request_id") or ""),
         )
 
@@ -264,6 +310,7 @@ def snapshot_to_json(snapshot: GroupSnapshot) -> dict[str, Any]:
         "max_size": snapshot.max_size,
         "desired_capacity": snapshot.desired_capacity,
         "observed_at": snapshot.observed_at,
+        "epoch_tag": snapshot.epoch_tag,
         "instances": [asdict(i) for i in snapshot.instances],
     }
 
@@ -274,6 +321,9 @@ def snapshot_from_json(data: Mapping[str, Any]) -> GroupSnapshot:
     for inst in instances:
         if not isinstance(inst.instance_id, str) or not inst.instance_id:
             raise ValueError("instance without an id")
+    epoch_tag = data.get("epoch_tag")
+    if epoch_tag is not None and (not isinstance(epoch_tag, str) or len(epoch_tag) > 64):
+        raise ValueError("epoch_tag must be a string of at most 64 characters")
     return GroupSnapshot(
         name=str(data["name"]),
         min_size=int(data["min_size"]),
@@ -281,6 +331,7 @@ def snapshot_from_json(data: Mapping[str, Any]) -> GroupSnapshot:
         desired_capacity=int(data["desired_capacity"]),
         instances=instances,
         observed_at=float(data["observed_at"]),
+        epoch_tag=epoch_tag or None,
     )
 
 

@@ -1,13 +1,13 @@
 """Capacity planning: how big the group should be, and which idle machines go.
 
-Pure functions over counts and machine records (DESIGN.md invariants 3 and 4).
+Pure functions over counts and machine records (docs/design.md invariants 3 and 4).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.pool.model import Machine, MachineState, PoolView, choose_for_termination
+from tasks.pool.model import HELD_STATES, Machine, MachineState, PoolView, choose_for_termination
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class GroupBounds:
 class CapacityPlan:
     """What rebalance should do. ``set_desired`` is None when no change is needed."""
 
-    wanted: int  # assigned + idle target + waiting, before clamping
+    wanted: int  # held (assigned, quarantined, foreign) + idle target + waiting, before clamping
     target: int  # wanted clamped to [MinSize, MaxSize]
     capped: bool  # MaxSize keeps the pool below what is wanted
     set_desired: int | None
@@ -39,7 +39,11 @@ def clamp(value: int, low: int, high: int) -> int:
 
 
 def plan_capacity(view: PoolView, bounds: GroupBounds, *, idle_target: int, waiting: int = 0) -> CapacityPlan:
-    """Desired = assigned + idle target + waiting, clamped; surplus idle is terminated.
+    """Desired = held + idle target + waiting, clamped; surplus idle is terminated.
+
+    Held machines are the assigned ones and those warmpool may not hand out
+    (quarantined after a state loss, foreign): they occupy the group, so the
+    idle buffer comes on top of them.
 
     Capacity already launching counts: the group's desired capacity includes
     instances AWS has not started yet, so a scale-up is only asked for when the
@@ -47,7 +51,7 @@ def plan_capacity(view: PoolView, bounds: GroupBounds, *, idle_target: int, wait
     pick the victims); it names idle machines, and never more than leaves the
     ready buffer at its target while pending machines boot.
     """
-    assigned = len(view.by_state(MachineState.ASSIGNED))
+    assigned = sum(1 for m in view.machines.values() if m.state in HELD_STATES)
     idle = view.by_state(MachineState.IDLE)
     pending = len(view.by_state(MachineState.PENDING))
     wanted = assigned + max(0, idle_target) + max(0, waiting)

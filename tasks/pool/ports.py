@@ -32,7 +32,7 @@ from tasks.pool.model import (
     Waiter,
 )
 from tasks.pool.planner import GroupBounds
-from tasks.pool.reconcile import Reconciliation
+from tasks.pool.reconcile import Reconciliation, Recovery
 
 PROTECT_BATCH = 50  # SetInstanceProtection takes at most 50 instance ids
 
@@ -106,11 +106,18 @@ class GroupInfo:
     backoff_until: float = 0.0
     backoff_reason: str = ""
     refresh_duration_s: float = 0.0
-    recovering_until: float = 0.0
+    held_other: int = 0  # quarantined + foreign machines at the last full rebalance
+    epoch: str = ""
+    epoch_confirmed: bool = False
+    lost_at: float = 0.0  # when the state was last found lost (0: never)
 
     @property
     def known(self) -> bool:
         return self.observed_at > 0
+
+    @property
+    def recovery(self) -> Recovery:
+        return Recovery(epoch=self.epoch, confirmed=self.epoch_confirmed, lost_at=self.lost_at)
 
     @property
     def bounds(self) -> GroupBounds:
@@ -145,6 +152,8 @@ class StateStore(Protocol):
 
     def mark_ready(self, instance_ids: list[str], *, now: float) -> list[Machine]: ...
 
+    def release_quarantine(self, instance_ids: list[str] | None, *, now: float) -> list[Machine]: ...
+
     def record_unready(self, instance_ids: list[str], *, now: float) -> int: ...
 
     def record_backoff(self, *, until: float, reason: str) -> None: ...
@@ -166,7 +175,7 @@ class StateStore(Protocol):
         kind: AddressKind,
         now: float,
         require_ready_check: bool = False,
-        recovery_grace_s: float = 0.0,
+        new_epoch: str | None = None,
     ) -> Reconciliation | None: ...
 
     def claim_for_termination(
@@ -179,7 +188,7 @@ class StateStore(Protocol):
         decrement: bool = True,
     ) -> list[Machine]: ...
 
-    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None) -> None: ...
+    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None, held_other: int) -> None: ...
 
     def record_refresh_error(self, message: str, *, now: float) -> None: ...
 
@@ -210,6 +219,8 @@ class Cloud(Protocol):
 
     def tag_project(self, instance_id: str, *, project_id: str, assigned_at: str) -> bool: ...
 
+    def tag_group(self, epoch: str) -> None: ...
+
     def protect(self, instance_ids: Sequence[str]) -> list[str]: ...
 
     def api_calls(self) -> dict[str, int]: ...
@@ -226,6 +237,8 @@ class SideEffects(Protocol):
     def terminate(self, instance_id: str, *, decrement: bool) -> None: ...
 
     def set_desired(self, desired: int) -> None: ...
+
+    def tag_group(self, epoch: str) -> None: ...
 
     def top_up(self) -> None: ...
 

@@ -1,8 +1,16 @@
 """Reconciliation: folding one refresh snapshot of the group into the pool state (pure).
 
-Rules (DESIGN.md invariants 1, 2 and 7): the store is the truth for machines
-it holds as assigned or releasing; tags are the truth for instances it does
-not hold (state lost: restore); everything else is classified afresh.
+Rules (docs/design.md invariants 1, 2 and 7): the store is the truth for
+machines it holds as assigned or releasing; tags are the truth for instances it
+does not hold (state lost: restore); everything else is classified afresh.
+
+Continuity (``Recovery``): an empty state is either a first start or a loss.
+AWS tells them apart: once warmpool has started on a group it tags the group
+itself with ``warmpool:epoch`` (and hands nothing out before AWS shows that
+tag). An empty state on a group that carries the tag was lost: every untagged
+machine that existed then may be in use by a project whose assignment and tag
+job were lost with it, so it is quarantined, never made idle, until its tag
+lands or an operator releases it.
 """
 
 from __future__ import annotations
@@ -12,8 +20,11 @@ from dataclasses import dataclass, field, replace
 
 from tasks.contract import PROJECT_ID_PATTERN
 from tasks.pool.model import (
+    AWAITING_EPOCH,
     AWAITING_READY,
-    RECOVERING,
+    FOREIGN_DETAIL,
+    QUARANTINE_DETAIL,
+    UNHEALTHY,
     AddressKind,
     CloudInstance,
     GroupSnapshot,
@@ -28,6 +39,40 @@ from tasks.pool.model import (
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """What the state can vouch for about the pool's past (kept in the group record)."""
+
+    epoch: str = ""  # this state's identity, mirrored in the group's warmpool:epoch tag
+    confirmed: bool = True  # AWS carries the tag: a later empty state is known to be a loss
+    lost_at: float = 0.0  # when the state was last found lost (0: never)
+    lost_now: bool = False  # this snapshot is the first one applied since the loss
+
+    @property
+    def holds_untagged(self) -> bool:
+        # First start: nothing is handed out before AWS records that warmpool started.
+        return not self.confirmed
+
+
+def next_recovery(
+    current: Recovery, *, known: bool, snapshot_epoch: str | None, new_epoch: str, now: float
+) -> Recovery:
+    """The continuity after applying a snapshot whose group carries ``snapshot_epoch``.
+
+    ``known``: the state had applied a snapshot before. ``new_epoch`` names a
+    state that starts now (first start).
+    """
+    if not known:
+        if snapshot_epoch:  # the group was managed before: this state was lost
+            return Recovery(epoch=snapshot_epoch, confirmed=True, lost_at=now, lost_now=True)
+        return Recovery(epoch=new_epoch, confirmed=False, lost_at=current.lost_at)
+    if not current.epoch:  # state written by a version without epochs: adopt one now
+        return Recovery(epoch=new_epoch, confirmed=False, lost_at=current.lost_at)
+    if not current.confirmed and snapshot_epoch == current.epoch:
+        return replace(current, confirmed=True, lost_now=False)
+    return replace(current, lost_now=False)
+
+
+@dataclass(frozen=True)
 class Reconciliation:
     """What applying a snapshot changes; a store writes it atomically."""
 
@@ -38,6 +83,8 @@ class Reconciliation:
     lost: tuple[LostMachine, ...] = ()
     restored: tuple[Machine, ...] = ()
     duplicates: tuple[Machine, ...] = ()  # tagged for a project that holds another machine
+    recovery: Recovery = Recovery()  # the continuity this snapshot was applied under
+    turned_unhealthy: tuple[Machine, ...] = ()  # assigned machines AWS's health check now fails
 
     @property
     def changed(self) -> bool:
@@ -59,9 +106,10 @@ def _observed(current: Machine, inst: CloudInstance, kind: AddressKind) -> Machi
     launched_at = inst.launched_at or current.launched_at
     tagged = current.project_id is not None and inst.project_tag == current.project_id
     protected = inst.protected_from_scale_in
+    health = inst.health_status or current.health
     # Nearly every instance is unchanged between two refreshes: at 5,000 of
     # them, skipping dataclasses.replace is most of the time an apply takes.
-    if (ip, private_ip, public_ip, zone, launched_at, tagged, protected) == (
+    if (ip, private_ip, public_ip, zone, launched_at, tagged, protected, health) == (
         current.ip,
         current.private_ip,
         current.public_ip,
@@ -69,6 +117,7 @@ def _observed(current: Machine, inst: CloudInstance, kind: AddressKind) -> Machi
         current.launched_at,
         current.tagged,
         current.protected,
+        current.health,
     ):
         return current
     return replace(
@@ -80,7 +129,49 @@ def _observed(current: Machine, inst: CloudInstance, kind: AddressKind) -> Machi
         launched_at=launched_at,
         tagged=tagged,
         protected=protected,
+        health=health,
     )
+
+
+def _new_record(inst: CloudInstance, *, now: float, recovery: Recovery) -> Machine:
+    # A machine that existed when the state was lost may have been handed out
+    # in the lost state; one launched after the loss cannot have been.
+    suspect = recovery.lost_now or (recovery.lost_at > 0 and inst.launched_at < recovery.lost_at)
+    return Machine(instance_id=inst.instance_id, state=MachineState.PENDING, since=now, suspect=suspect)
+
+
+def _restored(base: Machine, inst: CloudInstance, tag: str, projects: dict[str, str], *, now: float) -> Machine:
+    """An instance tagged for ``tag``: the project's machine again, or a stale duplicate claim."""
+    holder = projects.get(tag)
+    if holder is None or holder == inst.instance_id:
+        projects[tag] = inst.instance_id
+        return replace(
+            base,
+            state=MachineState.ASSIGNED,
+            since=now,
+            project_id=tag,
+            assigned_at=inst.assigned_at_tag or base.assigned_at,
+            tagged=True,
+            suspect=False,
+            detail="restored from tags",
+        )
+    # The project already holds another machine: this one is a stale claim.
+    return replace(base, state=MachineState.RELEASING, since=now, detail=f"duplicate of {tag}")
+
+
+def _moved_to(base: Machine, state: MachineState, detail: str, *, now: float) -> Machine:
+    if base.state is state:
+        return base if base.detail == detail else replace(base, detail=detail)
+    return replace(base, state=state, since=now, detail=detail)
+
+
+def _readiness(
+    base: Machine, inst: CloudInstance, kind: AddressKind, *, require_ready_check: bool
+) -> tuple[Readiness, str]:
+    readiness, why = classify(inst, kind)
+    if readiness is Readiness.READY and require_ready_check and not base.ready_checked:
+        return Readiness.NOT_READY, AWAITING_READY
+    return readiness, why
 
 
 def _unheld_machine(
@@ -91,41 +182,26 @@ def _unheld_machine(
     projects: dict[str, str],
     now: float,
     require_ready_check: bool,
-    hold_untagged: bool,
+    recovery: Recovery,
 ) -> Machine:
     """The new record for an instance no project holds in the store."""
-    base = current or Machine(instance_id=inst.instance_id, state=MachineState.PENDING, since=now)
-    base = _observed(base, inst, kind)
+    base = _observed(current or _new_record(inst, now=now, recovery=recovery), inst, kind)
     tag = _valid_tag(inst.project_tag)
     if tag is not None:
-        holder = projects.get(tag)
-        if holder is None or holder == inst.instance_id:
-            projects[tag] = inst.instance_id
-            return replace(
-                base,
-                state=MachineState.ASSIGNED,
-                since=now,
-                project_id=tag,
-                assigned_at=inst.assigned_at_tag or base.assigned_at,
-                tagged=True,
-                detail="restored from tags",
-            )
-        # The project already holds another machine: this one is a stale claim.
-        return replace(base, state=MachineState.RELEASING, since=now, detail=f"duplicate of {tag}")
-    readiness, why = classify(inst, kind)
-    if readiness is Readiness.READY and require_ready_check and not base.ready_checked:
-        readiness, why = Readiness.NOT_READY, AWAITING_READY
-    if readiness is Readiness.READY and hold_untagged and base.state is not MachineState.IDLE:
-        # Right after the state was lost, an untagged machine may be one whose
-        # tag job is still queued: handing it out could give it to two projects.
-        readiness, why = Readiness.NOT_READY, RECOVERING
+        return _restored(base, inst, tag, projects, now=now)
+    if inst.protected_from_scale_in:
+        # Someone else protects it from scale-in: theirs, not ours to give or kill.
+        return _moved_to(base, MachineState.FOREIGN, FOREIGN_DETAIL, now=now)
+    if base.state is MachineState.QUARANTINED:
+        return base  # only its tag or an operator ends a quarantine
+    readiness, why = _readiness(base, inst, kind, require_ready_check=require_ready_check)
+    if readiness is Readiness.READY and base.suspect and base.state is not MachineState.IDLE:
+        return _moved_to(base, MachineState.QUARANTINED, QUARANTINE_DETAIL, now=now)
+    if readiness is Readiness.READY and recovery.holds_untagged and base.state is not MachineState.IDLE:
+        readiness, why = Readiness.NOT_READY, AWAITING_EPOCH
     if readiness is Readiness.READY:
-        if base.state is MachineState.IDLE:
-            return base if base.detail == "" else replace(base, detail="")
-        return replace(base, state=MachineState.IDLE, since=now, detail="")
-    if base.state is MachineState.PENDING:
-        return base if base.detail == why else replace(base, detail=why)
-    return replace(base, state=MachineState.PENDING, since=now, detail=why)
+        return _moved_to(base, MachineState.IDLE, "", now=now)
+    return _moved_to(base, MachineState.PENDING, why, now=now)
 
 
 def reconcile(
@@ -135,7 +211,7 @@ def reconcile(
     kind: AddressKind,
     now: float,
     require_ready_check: bool = False,
-    hold_untagged: bool = False,
+    recovery: Recovery = Recovery(),
 ) -> Reconciliation:
     """Fold one complete snapshot of the group into the pool state.
 
@@ -144,9 +220,8 @@ def reconcile(
     the store does not hold (state lost: restore); everything else is classified
     afresh. Instances that left the group are dropped, and assigned ones are
     reported lost. With ``require_ready_check`` an instance AWS calls ready
-    stays pending until a readiness probe passed (``ready_checked``). With
-    ``hold_untagged`` (the state was just lost) untagged instances stay pending
-    until the tag jobs still in flight had time to land.
+    stays pending until a readiness probe passed (``ready_checked``).
+    ``recovery`` says whether the state is whole (see the module docstring).
     """
     projects = dict(view.projects)
     present: dict[str, CloudInstance] = {}
@@ -158,6 +233,7 @@ def reconcile(
     upserts: list[Machine] = []
     restored: list[Machine] = []
     duplicates: list[Machine] = []
+    turned_unhealthy: list[Machine] = []
     # Held machines first, so a tag on an unheld instance sees every current holder;
     # then the newest tag first, so when two instances carry the same project
     # (a release's termination still queued when state was lost) the project
@@ -172,6 +248,8 @@ def reconcile(
             MachineState.RELEASING,
         ):
             new = _observed(current, inst, kind)
+            if new.state is MachineState.ASSIGNED and new.health == UNHEALTHY != current.health:
+                turned_unhealthy.append(new)
         else:
             new = _unheld_machine(
                 current,
@@ -180,7 +258,7 @@ def reconcile(
                 projects=projects,
                 now=now,
                 require_ready_check=require_ready_check,
-                hold_untagged=hold_untagged,
+                recovery=recovery,
             )
             if new.state is MachineState.ASSIGNED:
                 restored.append(new)
@@ -198,6 +276,8 @@ def reconcile(
         lost=tuple(lost),
         restored=tuple(restored),
         duplicates=tuple(duplicates),
+        recovery=recovery,
+        turned_unhealthy=tuple(turned_unhealthy),
     )
 
 

@@ -3,7 +3,7 @@
 The service composes the pure model with two ports: the StateStore and the
 SideEffects sink (AWS work deferred to the ``aws`` queue, results delivered to
 waiting callers). It never calls AWS itself, which keeps AWS off the assign
-path (DESIGN.md invariant 8). Results are the JSON dicts of the contract.
+path (docs/design.md invariant 8). Results are the JSON dicts of the contract.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from tasks.contract import (
 from tasks.errors import InvalidRequest
 from tasks.pool.model import (
     AWAITING_READY,
+    UNASSIGNABLE_HELD,
     AddressKind,
     GroupSnapshot,
     Machine,
@@ -42,6 +44,7 @@ from tasks.pool.model import (
 )
 from tasks.pool.planner import clamp, decrement_allowed, plan_capacity
 from tasks.pool.ports import GroupInfo, RefreshStats, SideEffects, StateStore
+from tasks.pool.reconcile import Reconciliation
 from tasks.pool.status import build_status
 
 log = logging.getLogger("warmpool.pool")
@@ -69,9 +72,6 @@ class PoolConfig:
     lease_s: float = 0.0  # default lease of an assignment; 0 = none
     require_ready_check: bool = False  # WARMPOOL_READY_URL is set
     ready_timeout_s: float = 600.0
-    # After the state is lost (or on first start), untagged machines are held
-    # back this long, so tag jobs still in flight land first (2 refreshes).
-    recovery_grace_s: float = 0.0
 
 
 def assigned_result(machine: Machine) -> dict[str, Any]:
@@ -82,6 +82,7 @@ def assigned_result(machine: Machine) -> dict[str, Any]:
         "ip": machine.ip,
         "private_ip": machine.private_ip,
         "assigned_at": machine.assigned_at,
+        "health": machine.health or None,
     }
     if machine.lease_expires_at:
         result["lease_expires_at"] = iso_utc(machine.lease_expires_at)
@@ -289,19 +290,12 @@ class PoolService:
             kind=self.config.address,
             now=now,
             require_ready_check=self.config.require_ready_check,
-            recovery_grace_s=self.config.recovery_grace_s,
+            new_epoch=uuid.uuid4().hex,
         )
         if rec is None:
             return {"applied": False, "reason": "stale snapshot"}
-        for lost in rec.lost:
-            log.warning(
-                "assigned machine lost",
-                extra={"project_id": lost.project_id, "instance_id": lost.instance_id, "reason": lost.reason},
-            )
-        for m in rec.restored:
-            log.info("assignment restored from tags", extra={"project_id": m.project_id, "instance_id": m.instance_id})
-        for m in rec.duplicates:
-            log.warning("duplicate claim retired", extra={"instance_id": m.instance_id, "detail": m.detail})
+        self._log_changes(rec)
+        self._keep_continuity(rec, snapshot)
         served = self.serve_waiters()
         summary = self.rebalance(converge=True)
         return {
@@ -312,6 +306,59 @@ class PoolService:
             "served_waiters": served,
             **summary,
         }
+
+    def _keep_continuity(self, rec: Reconciliation, snapshot: GroupSnapshot) -> None:
+        recovery = rec.recovery
+        if not recovery.confirmed:
+            # Until AWS carries the epoch, a loss of this state could not be told
+            # from a first start: nothing untagged is handed out meanwhile.
+            self.effects.tag_group(recovery.epoch)
+        elif snapshot.epoch_tag and snapshot.epoch_tag != recovery.epoch:
+            log.warning(
+                "the group's warmpool:epoch tag is not this state's: does another warmpool manage it?",
+                extra={"tag": snapshot.epoch_tag, "epoch": recovery.epoch},
+            )
+        if recovery.lost_now:
+            held = [m.instance_id for m in rec.upserts if m.state is MachineState.QUARANTINED]
+            log.error(
+                "pool state was lost: untagged machines quarantined until their tags land or an operator "
+                "releases them (warmpool release-quarantined)",
+                extra={"quarantined": len(held), "instance_ids": held[:50]},
+            )
+
+    def _log_changes(self, rec: Reconciliation) -> None:
+        for lost in rec.lost:
+            log.warning(
+                "assigned machine lost",
+                extra={"project_id": lost.project_id, "instance_id": lost.instance_id, "reason": lost.reason},
+            )
+        for m in rec.restored:
+            log.info("assignment restored from tags", extra={"project_id": m.project_id, "instance_id": m.instance_id})
+        for m in rec.duplicates:
+            log.warning("duplicate claim retired", extra={"instance_id": m.instance_id, "detail": m.detail})
+        for m in rec.turned_unhealthy:
+            # The group replaces unhealthy instances (scale-in protection does not
+            # stop that): the project will lose this machine and it is then
+            # reported lost. The project keeps it until then; its callers see
+            # the health in assign results and status.
+            log.warning(
+                "assigned machine unhealthy: AWS will replace it",
+                extra={"project_id": m.project_id, "instance_id": m.instance_id},
+            )
+
+    def release_quarantined(self, instance_ids: Sequence[str] | None) -> dict[str, Any]:
+        """An operator vouches that these quarantined machines (None: all of them) are in nobody's use.
+
+        They go back to pending and the next refresh makes them idle if ready;
+        a machine that is not quarantined is left as it is.
+        """
+        ids = None if instance_ids is None else list(instance_ids)
+        released = self.store.release_quarantine(ids, now=self._clock())
+        for m in released:
+            log.warning("released from quarantine by an operator", extra={"instance_id": m.instance_id})
+        if released and self.store.request_refresh_soon():
+            self.effects.refresh(delay_s=0.0)
+        return {"status": "released_from_quarantine", "instance_ids": [m.instance_id for m in released]}
 
     def mark_ready(self, instance_ids: list[str]) -> dict[str, Any]:
         """Readiness checks passed for these machines: make them idle and serve waiters."""
@@ -338,11 +385,14 @@ class PoolService:
         group = self.store.group()
         if not group.known:
             return {"rebalanced": False, "reason": "group not observed yet"}
-        wanted = self.store.assigned_count() + self.config.idle_target + self._waiting_count()
+        held = self.store.assigned_count() + group.held_other
+        wanted = held + self.config.idle_target + self._waiting_count()
         target = clamp(wanted, group.min_size, max(group.min_size, group.max_size))
         if target > group.desired_capacity:
             return self.rebalance()
-        self.store.record_plan(wanted=wanted, capped=wanted > group.max_size, desired_capacity=None)
+        self.store.record_plan(
+            wanted=wanted, capped=wanted > group.max_size, desired_capacity=None, held_other=group.held_other
+        )
         return {"rebalanced": False, "reason": "capacity suffices", "target": target, "wanted": wanted}
 
     def rebalance(self, *, converge: bool = False) -> dict[str, Any]:
@@ -368,7 +418,10 @@ class PoolService:
         claimed = self.store.claim_for_termination([m.instance_id for m in plan.terminate], now=now, detail="scale-in")
         for m in claimed:
             self.effects.terminate(m.instance_id, decrement=True)
-        self.store.record_plan(wanted=plan.wanted, capped=plan.capped, desired_capacity=set_desired)
+        held_other = sum(1 for m in view.machines.values() if m.state in UNASSIGNABLE_HELD)
+        self.store.record_plan(
+            wanted=plan.wanted, capped=plan.capped, desired_capacity=set_desired, held_other=held_other
+        )
         if plan.capped:
             log.warning("pool capped by MaxSize", extra={"wanted": plan.wanted, "max_size": group.max_size})
         converged = self._converge(view.machines.values(), now=now) if converge else 0

@@ -21,6 +21,7 @@ def _machine_json(m: Machine) -> dict[str, Any]:
         "tagged": m.tagged,
         "protected": m.protected,
         "lease_expires_at": iso_utc(m.lease_expires_at) if m.lease_expires_at else None,
+        "health": m.health or None,
     }
 
 
@@ -55,7 +56,11 @@ def build_status(
         "lost_total": group.lost_total,
         "lost": [{**x.to_json(), "lost_at": iso_utc(x.lost_at)} for x in store.lost(limit=20)],
         "unready_total": group.unready_total,
-        "recovering_until": iso_utc(group.recovering_until) if group.recovering_until > now else None,
+        "recovery": {
+            "epoch": group.epoch or None,
+            "epoch_confirmed": group.epoch_confirmed,
+            "state_lost_at": iso_utc(group.lost_at) if group.lost_at else None,
+        },
         "scale_up_paused_until": iso_utc(group.backoff_until) if backoff else None,
         "scale_up_paused_reason": group.backoff_reason if backoff else None,
         "waiting": [

@@ -22,8 +22,13 @@ key                  type    meaning
                              (machines terminated for never becoming ready),
                              ``backoff_until`` / ``backoff_reason`` (scale-up paused),
                              ``refresh_duration_s`` (the last refresh's AWS read)
-                             ``recovering_until`` (after the state was lost: untagged machines
-                             are held back until then, so tag jobs in flight land first)
+                             ``held_other`` (quarantined + foreign machines at the last full
+                             rebalance: the top-up counts them as held), ``epoch`` (this
+                             state's identity, mirrored in the group's ``warmpool:epoch``
+                             tag), ``epoch_confirmed`` ("1" once AWS shows that tag: an
+                             empty state is then known to be a loss), ``lost_at`` (when the
+                             state was last found lost; machines launched before it are
+                             quarantined rather than made idle)
 ``lost``             list    JSON records of assigned machines that vanished, newest first,
                              trimmed to LOST_KEEP entries
 ``top_up``           string  "1" while a top-up job (``warmpool.rebalance``) is queued; TTL
@@ -51,6 +56,16 @@ key                  type    meaning
                              caller left (``warmpool.withdraw``). Such a request is never
                              queued or handed a machine again; members are trimmed by the next
                              withdraw once WITHDRAWN_KEEP_S have passed.
+===================  ======  ==============================================================
+
+One more key under the same prefix is written only by the local stack's demo,
+never by warmpool itself (so no PoolKeys field: a store reset keeps it):
+
+===================  ======  ==============================================================
+``demo``             string  set by ``warmpool demo`` on a Redis it did not start: this
+                             group's pool state and the broker's queues are a demo's, and a
+                             later demo may clear them (sandbox/demo_redis.py). Absent: the
+                             demo refuses to touch them.
 ===================  ======  ==============================================================
 """
 
@@ -115,3 +130,8 @@ class PoolKeys:
 
     def all(self) -> tuple[str, ...]:
         return astuple(self)
+
+
+def demo_owner_key(asg_name: str) -> str:
+    """``warmpool:{<asg name>}:demo``: the demo's claim on a Redis it did not start (see the docstring)."""
+    return f"warmpool:{{{asg_name}}}:demo"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import replace
 
 from tasks.pool.model import (
     AWAITING_READY,
+    RELEASED_FROM_QUARANTINE,
     AddressKind,
     GroupSnapshot,
     LostMachine,
@@ -18,7 +20,7 @@ from tasks.pool.model import (
     choose_for_assignment,
 )
 from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome, WithdrawOutcome
-from tasks.pool.reconcile import Reconciliation, reconcile
+from tasks.pool.reconcile import Reconciliation, next_recovery, reconcile
 from tasks.state.keys import LOST_KEEP, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S, WITHDRAWN_KEEP_S
 
 
@@ -182,6 +184,18 @@ class InMemoryStore:
                 ready.append(m)
         return ready
 
+    def release_quarantine(self, instance_ids: list[str] | None, *, now: float) -> list[Machine]:
+        released: list[Machine] = []
+        with self._lock:
+            for iid in list(self._machines) if instance_ids is None else instance_ids:
+                m = self._machines.get(iid)
+                if m is None or m.state is not MachineState.QUARANTINED:
+                    continue
+                m = replace(m, state=MachineState.PENDING, since=now, detail=RELEASED_FROM_QUARANTINE, suspect=False)
+                self._machines[iid] = m
+                released.append(m)
+        return released
+
     def record_unready(self, instance_ids: list[str], *, now: float) -> int:
         with self._lock:
             for iid in instance_ids:
@@ -227,20 +241,22 @@ class InMemoryStore:
         kind: AddressKind,
         now: float,
         require_ready_check: bool = False,
-        recovery_grace_s: float = 0.0,
+        new_epoch: str | None = None,
     ) -> Reconciliation | None:
         with self._lock:
-            if snapshot.observed_at < self._group.observed_at:
+            g = self._group
+            if snapshot.observed_at < g.observed_at:
                 return None
-            recovering = self._group.recovering_until if self._group.observed_at else now + recovery_grace_s
+            recovery = next_recovery(
+                g.recovery,
+                known=g.known,
+                snapshot_epoch=snapshot.epoch_tag,
+                new_epoch=new_epoch or uuid.uuid4().hex,
+                now=now,
+            )
             view = PoolView(machines=dict(self._machines), projects=dict(self._projects))
             rec = reconcile(
-                view,
-                snapshot,
-                kind=kind,
-                now=now,
-                require_ready_check=require_ready_check,
-                hold_untagged=now < recovering,
+                view, snapshot, kind=kind, now=now, require_ready_check=require_ready_check, recovery=recovery
             )
             for m in rec.upserts:
                 self._machines[m.instance_id] = m
@@ -259,7 +275,9 @@ class InMemoryStore:
                 refreshed_at=now,
                 refresh_error="",
                 lost_total=self._group.lost_total + len(rec.lost),
-                recovering_until=recovering,
+                epoch=recovery.epoch,
+                epoch_confirmed=recovery.confirmed,
+                lost_at=recovery.lost_at,
             )
             return rec
 
@@ -285,10 +303,12 @@ class InMemoryStore:
                 claimed.append(machine)
         return claimed
 
-    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None) -> None:
+    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None, held_other: int) -> None:
         with self._lock:
             desired = self._group.desired_capacity if desired_capacity is None else desired_capacity
-            self._group = replace(self._group, wanted=wanted, capped=capped, desired_capacity=desired)
+            self._group = replace(
+                self._group, wanted=wanted, capped=capped, desired_capacity=desired, held_other=held_other
+            )
 
     def record_refresh_error(self, message: str, *, now: float) -> None:
         with self._lock:

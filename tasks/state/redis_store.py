@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import uuid
 from importlib import resources
 from typing import Any
 
@@ -20,6 +21,7 @@ import redis
 from tasks.errors import StoreUnavailable
 from tasks.pool.model import (
     AWAITING_READY,
+    RELEASED_FROM_QUARANTINE,
     AddressKind,
     GroupSnapshot,
     LostMachine,
@@ -29,7 +31,7 @@ from tasks.pool.model import (
     Waiter,
 )
 from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome, WithdrawOutcome
-from tasks.pool.reconcile import Reconciliation, reconcile
+from tasks.pool.reconcile import Reconciliation, next_recovery, reconcile
 from tasks.state.keys import (
     LOST_KEEP,
     REFRESH_SOON_MS,
@@ -66,7 +68,10 @@ def _group_from_hash(raw: dict[str, str]) -> GroupInfo:
         backoff_until=num("backoff_until"),
         backoff_reason=raw.get("backoff_reason", ""),
         refresh_duration_s=num("refresh_duration_s"),
-        recovering_until=num("recovering_until"),
+        held_other=int(num("held_other")),
+        epoch=raw.get("epoch", ""),
+        epoch_confirmed=raw.get("epoch_confirmed") == "1",
+        lost_at=num("lost_at"),
     )
 
 
@@ -82,6 +87,7 @@ class RedisStore:
         self._touch = client.register_script(_load_script("touch.lua"))
         self._mark_ready = client.register_script(_load_script("mark_ready.lua"))
         self._add_waiter = client.register_script(_load_script("add_waiter.lua"))
+        self._release_quarantine = client.register_script(_load_script("release_quarantine.lua"))
         self._withdraw = client.register_script(_load_script("withdraw.lua"))
 
     @classmethod
@@ -207,6 +213,15 @@ class RedisStore:
         raws = self._call(self._mark_ready, keys=[k.machines, k.idle], args=[repr(now), AWAITING_READY, *instance_ids])
         return [Machine.from_json(json.loads(r)) for r in raws]
 
+    def release_quarantine(self, instance_ids: list[str] | None, *, now: float) -> list[Machine]:
+        if instance_ids is not None and not instance_ids:
+            return []
+        ids = ["*"] if instance_ids is None else instance_ids
+        raws = self._call(
+            self._release_quarantine, keys=[self.keys.machines], args=[repr(now), RELEASED_FROM_QUARANTINE, *ids]
+        )
+        return [Machine.from_json(json.loads(r)) for r in raws]
+
     def record_unready(self, instance_ids: list[str], *, now: float) -> int:
         k = self.keys
         pipe = self._r.pipeline(transaction=True)
@@ -259,14 +274,12 @@ class RedisStore:
         kind: AddressKind,
         now: float,
         require_ready_check: bool = False,
-        recovery_grace_s: float = 0.0,
+        new_epoch: str | None = None,
     ) -> Reconciliation | None:
         options = {"kind": kind, "now": now, "require_ready_check": require_ready_check}
         for _attempt in range(20):
             try:
-                rec: Reconciliation | None = self._call(
-                    self._apply_once, snapshot, recovery_grace_s=recovery_grace_s, **options
-                )
+                rec: Reconciliation | None = self._call(self._apply_once, snapshot, new_epoch=new_epoch, **options)
                 return rec
             except redis.WatchError:
                 continue  # an assign/release landed between our read and write: redo
@@ -279,7 +292,7 @@ class RedisStore:
         kind: AddressKind,
         now: float,
         require_ready_check: bool,
-        recovery_grace_s: float,
+        new_epoch: str,
     ) -> Reconciliation | None:
         k = self.keys
         pipe: Any
@@ -287,20 +300,20 @@ class RedisStore:
             # Race guarded: an assign or release between reading the state and
             # writing the reconciliation would be overwritten; WATCH aborts then.
             pipe.watch(k.machines, k.projects, k.group)
-            observed_at, recovering = (float(v or 0) for v in pipe.hmget(k.group, "observed_at", "recovering_until"))
-            if snapshot.observed_at < observed_at:
+            group = _group_from_hash(pipe.hgetall(k.group))
+            if snapshot.observed_at < group.observed_at:
                 pipe.unwatch()
                 return None  # an older refresh arrived late: newer truth is applied
-            if not observed_at:  # no state at all: first start, or the state was lost
-                recovering = now + recovery_grace_s
+            recovery = next_recovery(
+                group.recovery,
+                known=group.known,
+                snapshot_epoch=snapshot.epoch_tag,
+                new_epoch=new_epoch or uuid.uuid4().hex,
+                now=now,
+            )
             view = _view_from(pipe.hgetall(k.machines), pipe.hgetall(k.projects))
             rec = reconcile(
-                view,
-                snapshot,
-                kind=kind,
-                now=now,
-                require_ready_check=require_ready_check,
-                hold_untagged=now < recovering,
+                view, snapshot, kind=kind, now=now, require_ready_check=require_ready_check, recovery=recovery
             )
             pipe.multi()
             _write_reconciliation(pipe, k, rec)
@@ -313,7 +326,9 @@ class RedisStore:
                     "observed_at": repr(snapshot.observed_at),
                     "refreshed_at": repr(now),
                     "refresh_error": "",
-                    "recovering_until": repr(recovering),
+                    "epoch": recovery.epoch,
+                    "epoch_confirmed": "1" if recovery.confirmed else "0",
+                    "lost_at": repr(recovery.lost_at),
                 },
             )
             pipe.execute()
@@ -335,8 +350,8 @@ class RedisStore:
         raws = self._call(self._claim, keys=[k.machines, k.idle, k.group], args=args)
         return [Machine.from_json(json.loads(r)) for r in raws]
 
-    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None) -> None:
-        mapping: dict[str, Any] = {"wanted": wanted, "capped": "1" if capped else "0"}
+    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None, held_other: int) -> None:
+        mapping: dict[str, Any] = {"wanted": wanted, "capped": "1" if capped else "0", "held_other": held_other}
         if desired_capacity is not None:
             mapping["desired_capacity"] = desired_capacity
         self._call(self._r.hset, self.keys.group, mapping=mapping)

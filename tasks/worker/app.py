@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from typing import Any
 
 import redis
@@ -17,7 +18,11 @@ from tasks.pool.ports import Cloud
 from tasks.pool.service import PoolConfig, PoolService
 from tasks.state.keys import PoolKeys
 from tasks.state.redis_store import RedisStore
+from tasks.worker.redelivery import restore_orphaned_jobs
 from tasks.worker.side_effects import CelerySideEffects
+
+# Messages taken before this process started belong to a worker that is gone (redelivery.py).
+PROCESS_STARTED_AT = time.time()
 
 app = Celery("warmpool")
 app.config_from_object("celeryconfig")
@@ -48,7 +53,6 @@ def service() -> PoolService:
             lease_s=s.lease_seconds,
             require_ready_check=bool(s.ready_url),
             ready_timeout_s=s.ready_timeout_seconds,
-            recovery_grace_s=2 * s.refresh_seconds,
         ),
     )
 
@@ -98,8 +102,12 @@ def _side_effects_yield_the_cpu(instance: Any = None, **_: Any) -> None:
 
 
 @worker_ready.connect
-def _warm_up(**_: object) -> None:
+def _warm_up(sender: Any = None, **_: object) -> None:
     # Build the store and boto3 clients before the first job, not during it:
     # the first assign after a restart must be as fast as the rest.
     service()
     cloud()
+    consumer_app = getattr(sender, "app", app)
+    pool_queues = [q for q in consumer_app.amqp.queues.consume_from or {} if q == "pool" or q.startswith("pool.")]
+    if pool_queues:
+        restore_orphaned_jobs(consumer_app, pool_queues, taken_before=PROCESS_STARTED_AT)

@@ -23,6 +23,7 @@ from tasks.contract import (
     TASK_AWS_PROBE,
     TASK_AWS_SET_DESIRED,
     TASK_AWS_TAG_ASSIGNMENTS,
+    TASK_AWS_TAG_GROUP,
     TASK_AWS_TERMINATE,
     TASK_MARK_READY,
     TASK_REFRESH,
@@ -159,6 +160,15 @@ def tag_assignments(self: Task, items: Any, tagged: Any = None) -> dict[str, int
         remaining = [list(item) for item in todo]
         raise self.retry(args=[remaining], kwargs={"tagged": sorted(done)}, exc=exc, countdown=countdown) from exc
     return {"tagged": len(present), "gone": len(todo) - len(present)}
+
+
+@app.task(name=TASK_AWS_TAG_GROUP, **_RETRY)
+def tag_group(epoch: Any) -> bool:
+    """Record on the group itself which pool state manages it (warmpool:epoch)."""
+    if not isinstance(epoch, str) or not epoch.isalnum() or len(epoch) > 64:
+        raise ValueError(f"not an epoch: {epoch!r:.80}")
+    cloud().tag_group(epoch)
+    return True
 
 
 @app.task(name=TASK_AWS_TERMINATE, **_RETRY)

@@ -15,6 +15,7 @@ from celery.signals import task_postrun, task_prerun, worker_process_shutdown, w
 
 from tasks.contract import (
     CODE_BAD_REQUEST,
+    MAX_INSTANCE_IDS,
     STATE_WAITING,
     STATUS_WAITING,
     TASK_APPLY_SNAPSHOT,
@@ -22,11 +23,13 @@ from tasks.contract import (
     TASK_MARK_READY,
     TASK_PING,
     TASK_RELEASE,
+    TASK_RELEASE_QUARANTINED,
     TASK_STATUS,
     TASK_TOP_UP,
     TASK_TOUCH,
     TASK_WITHDRAW,
     failure,
+    is_instance_id,
 )
 from tasks.errors import InvalidProject, InvalidRequest, StoreUnavailable
 from tasks.pool.model import snapshot_from_json
@@ -128,11 +131,28 @@ def top_up() -> dict[str, Any]:
     return service().top_up()
 
 
+def _instance_ids(value: Any, job: str) -> list[str]:
+    """A bounded list of instance ids, or InvalidRequest naming what is wrong."""
+    if not isinstance(value, list) or not all(isinstance(i, str) and is_instance_id(i) for i in value):
+        raise InvalidRequest(f"{job} takes a list of instance ids (i-...)")
+    if len(value) > MAX_INSTANCE_IDS:
+        raise InvalidRequest(f"{job} takes at most {MAX_INSTANCE_IDS} instance ids, got {len(value)}")
+    return value
+
+
 @app.task(name=TASK_MARK_READY, ignore_result=True)
 def mark_ready(instance_ids: Any) -> dict[str, Any]:
-    if not isinstance(instance_ids, list) or not all(isinstance(i, str) for i in instance_ids):
-        return failure(CODE_BAD_REQUEST, "mark_ready takes a list of instance ids")
-    return service().mark_ready(instance_ids)
+    return _guarded(lambda: service().mark_ready(_instance_ids(instance_ids, "mark_ready")), None)
+
+
+@app.task(name=TASK_RELEASE_QUARANTINED)
+def release_quarantined(instance_ids: Any = None) -> dict[str, Any]:
+    """An operator's word that quarantined machines (None: all) are in nobody's use."""
+    ids = None if instance_ids is None else instance_ids
+    return _guarded(
+        lambda: service().release_quarantined(None if ids is None else _instance_ids(ids, "release_quarantined")),
+        None,
+    )
 
 
 @app.task(name=TASK_APPLY_SNAPSHOT, ignore_result=True)

@@ -16,6 +16,7 @@ from tasks.contract import (
     TASK_AWS_PROBE,
     TASK_AWS_SET_DESIRED,
     TASK_AWS_TAG_ASSIGNMENTS,
+    TASK_AWS_TAG_GROUP,
     TASK_AWS_TERMINATE,
     TASK_REFRESH,
     TASK_TOP_UP,
@@ -145,6 +146,9 @@ class CelerySideEffects:
     def set_desired(self, desired: int) -> None:
         self._send(_Message(TASK_AWS_SET_DESIRED, AWS_QUEUE, (desired,)))
 
+    def tag_group(self, epoch: str) -> None:
+        self._send(_Message(TASK_AWS_TAG_GROUP, AWS_QUEUE, (epoch,)))
+
     def top_up(self) -> None:
         # A short delay coalesces a burst of assigns into one top-up.
         self._send(_Message(TASK_TOP_UP, POOL_QUEUE, options={"countdown": REBALANCE_DELAY_S, "expires": 60}))
@@ -178,6 +182,9 @@ class RecordingSideEffects:
 
     def set_desired(self, desired: int) -> None:
         self.calls.append(("set_desired", desired))
+
+    def tag_group(self, epoch: str) -> None:
+        self.calls.append(("tag_group", epoch))
 
     def top_up(self) -> None:
         self.calls.append(("top_up", None))

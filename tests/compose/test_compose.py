@@ -4,7 +4,7 @@
     schema (vendored: compose-spec.json, see README.md here), by a real
     ``docker compose config`` when a working binary exists, and by structural
     checks of what warmpool needs (one image, healthchecks, one pool worker,
-    DESIGN.md's environment).
+    docs/design.md's environment).
 (b) Every service's command, and every healthcheck command, is run with
     ``--help`` (or ``--version``) in the local environment to prove it exists.
 """
@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 IMAGE = "warmpool:local"
 
 SERVICES = {"redis", "moto", "pool-worker", "aws-worker", "beat", "flower", "gateway"}
-# DESIGN.md "Configuration" (checked against the file itself when it is around).
+# docs/design.md "Configuration" (checked against the file itself when it is around).
 DESIGN_ENV = {
     "WARMPOOL_ASG_NAME",
     "WARMPOOL_IDLE_TARGET",
@@ -230,7 +231,7 @@ def _option(argv: list[str], name: str) -> str | None:
 
 
 def design_env_names() -> set[str] | None:
-    for candidate in (ROOT.parent / "shared" / "DESIGN.md", Path("/work/shared/DESIGN.md")):
+    for candidate in (ROOT / "docs" / "design.md",):
         if candidate.exists():
             section = candidate.read_text().split("### Configuration", 1)[-1].split("###", 1)[0]
             return set(re.findall(r"`((?:WARMPOOL|AWS)_[A-Z_]+)`", section))
@@ -240,7 +241,7 @@ def design_env_names() -> set[str] | None:
 def test_design_md_configuration_table_is_the_one_checked_here() -> None:
     names = design_env_names()
     if names is None:
-        pytest.skip("DESIGN.md is not next to the repository")
+        pytest.skip("docs/design.md is missing")
     assert names == DESIGN_ENV
 
 
@@ -248,7 +249,7 @@ def test_environment_names_match_design_md(compose: dict[str, Any]) -> None:
     known = DESIGN_ENV | SURFACE_ENV | BOTO_ENV
     for name, svc in services(compose).items():
         unknown = set(env_of(svc)) - known
-        assert not unknown, f"{name} sets variables DESIGN.md does not define: {unknown}"
+        assert not unknown, f"{name} sets variables docs/design.md does not define: {unknown}"
     wanted = DESIGN_ENV - {"AWS_DEFAULT_REGION"}
     for name in (*WORKER_SERVICES, "gateway", "flower"):
         missing = wanted - set(env_of(services(compose)[name]))
@@ -375,7 +376,7 @@ def test_redis_options(compose: dict[str, Any]) -> None:
     assert argv[0] == "redis-server"
     pairs = dict(zip(argv[1::2], argv[2::2], strict=True))
     assert set(pairs) <= {"--bind", "--protected-mode", "--appendonly", "--dir", "--save", "--port"}
-    assert pairs["--appendonly"] == "yes"  # the broker's queues survive a restart (DESIGN.md invariant 9)
+    assert pairs["--appendonly"] == "yes"  # the broker's queues survive a restart (docs/design.md invariant 9)
     assert any(v.startswith("redis-data:" + pairs["--dir"]) for v in services(compose)["redis"]["volumes"])
 
 
@@ -396,3 +397,15 @@ def test_moto_server_command_exists() -> None:
     """The plain moto_server (what sandbox.mockaws wraps) is installed with the demo extra."""
     run = _run(_dry_run(["moto_server"]))
     assert run.returncode == 0, run.stderr
+
+
+def test_the_image_gets_every_package_the_project_installs() -> None:
+    # given the packages pyproject.toml installs (tool.setuptools.packages.find include patterns)
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in patterns}
+    # when the build context is cut down by .dockerignore's allow-list
+    lines = (root / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    # expect every package (and the Celery config module) in the image
+    assert packages | {"celeryconfig.py", "pyproject.toml"} <= allowed, sorted(packages - allowed)

@@ -19,6 +19,7 @@ import redis
 from tasks.pool.ports import StateStore
 from tasks.state.memory_store import InMemoryStore
 from tasks.state.redis_store import RedisStore
+from tests.builders import prime
 
 REDIS_URL = os.environ.get("WARMPOOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
@@ -60,7 +61,9 @@ def redis_store_factory(redis_url: str) -> Iterator[Callable[[str | None], Redis
         client: redis.Redis[str] = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
         store = RedisStore(client, asg_name or f"contract-{uuid.uuid4().hex[:12]}")
         made.append((client, store))
-        return store
+        # A new group starts as warmpool would on it; a second store on the same
+        # group (another worker) shares that start.
+        return prime(store) if asg_name is None else store
 
     yield make
     for client, store in made:
@@ -74,6 +77,6 @@ def redis_store_factory(redis_url: str) -> Iterator[Callable[[str | None], Redis
 def store(request: pytest.FixtureRequest) -> StateStore:
     """One StateStore of each implementation: the contract suite runs against both."""
     if request.param == "memory":
-        return InMemoryStore()
+        return prime(InMemoryStore())
     factory: Callable[[str | None], RedisStore] = request.getfixturevalue("redis_store_factory")
     return factory(None)

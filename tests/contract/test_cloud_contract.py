@@ -207,6 +207,17 @@ class TestCloudContract:
         assert insts[ids[1]].project_tag is None and insts[ids[1]].protected_from_scale_in
         assert insts[ids[2]].project_tag is None and not insts[ids[2]].protected_from_scale_in
 
+    def test_the_group_carries_the_epoch_it_was_tagged_with(self, backend: Backend) -> None:
+        # given a group no warmpool has tagged
+        assert backend.cloud.describe_group().epoch_tag is None
+        # when tagged twice (the second epoch wins: it is one tag, created or updated)
+        backend.cloud.tag_group("first")
+        backend.cloud.tag_group("0123456789abcdef")
+        # expect the snapshot to carry it, and the instances not to (it is not propagated)
+        snap = backend.cloud.describe_group()
+        assert snap.epoch_tag == "0123456789abcdef"
+        assert all(i.project_tag is None for i in snap.instances)
+
     def test_protect_of_nothing_calls_nothing(self, backend: Backend) -> None:
         before = backend.cloud.api_calls().get("SetInstanceProtection", 0)
         assert backend.cloud.protect([]) == []

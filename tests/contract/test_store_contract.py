@@ -2,7 +2,7 @@
 
 Plus concurrency tests against RedisStore only: several stores on their own connections (as
 two pool workers started by mistake would have) must never hand one machine out twice
-(DESIGN.md invariants 1, 5 and 6).
+(docs/design.md invariants 1, 5 and 6).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class TestAssign:
         assert first.machine is not None and first.machine.instance_id == iid(2) and first.new
         assert second.machine is None and not second.new
         counts = store.view().counts()
-        assert counts == {"pending": 3, "idle": 0, "assigned": 1, "releasing": 0}
+        assert counts == {"pending": 3, "idle": 0, "assigned": 1, "releasing": 0, "quarantined": 0, "foreign": 0}
 
     def test_assigned_record(self, store: StateStore) -> None:
         ready_pool(store, 1)
@@ -214,8 +214,9 @@ class TestClaimForTermination:
 
 class TestApplySnapshot:
     def test_group_bounds_recorded(self, store: StateStore) -> None:
+        store.reset()  # a store that never saw its group
         assert not store.group().known
-        load(store, snapshot([ready(1)], observed_at=T0, min_size=1, max_size=7, desired=3), now=T0 + 1)
+        load(store, snapshot([ready(1)], observed_at=T0, min_size=1, max_size=7, desired=3, epoch_tag=None), now=T0 + 1)
         g = store.group()
         assert g.known
         assert (g.min_size, g.max_size, g.desired_capacity) == (1, 7, 3)
@@ -286,8 +287,9 @@ class TestApplySnapshot:
         assert view.machines[iid(0)].assigned_at == "2026-01-01T00:00:00.000Z"
         again = assign(store, "p1")
         assert again.machine is not None and again.machine.instance_id == iid(0) and not again.new
-        other = assign(store, "p2")
-        assert other.machine is not None and other.machine.instance_id == iid(1)
+        # and the untagged machine, which may have been handed out in the lost state, is quarantined
+        assert view.machines[iid(1)].state is MachineState.QUARANTINED
+        assert assign(store, "p2").machine is None
 
     def test_machine_that_stops_being_ready_is_not_handed_out(self, store: StateStore) -> None:
         ready_pool(store, 1)
@@ -296,6 +298,95 @@ class TestApplySnapshot:
         load(store, snapshot([ready(0)], observed_at=T0 + 20))
         out = assign(store, "p1")
         assert out.machine is not None and out.machine.instance_id == iid(0)
+
+
+class TestContinuity:
+    """First start, state loss and quarantine (docs/design.md, "When the state is lost")."""
+
+    def states(self, store: StateStore) -> dict[str, MachineState]:
+        return {i: m.state for i, m in store.view().machines.items()}
+
+    def test_a_first_start_hands_nothing_out_until_aws_carries_the_epoch(self, store: StateStore) -> None:
+        # given a store that never saw its group, and a group without a warmpool:epoch tag
+        store.reset()
+        load(store, snapshot([ready(1)], observed_at=T0, epoch_tag=None))
+        # expect the ready machine held back, and an epoch chosen for the group
+        epoch = store.group().epoch
+        assert epoch and not store.group().epoch_confirmed
+        assert self.states(store) == {iid(1): MachineState.PENDING}
+        assert assign(store, "p1").machine is None
+        # when AWS shows the group tagged with that epoch
+        load(store, snapshot([ready(1)], observed_at=T0 + 1, epoch_tag=epoch))
+        # expect the state confirmed and the machine handed out
+        assert store.group().epoch_confirmed
+        out = assign(store, "p1")
+        assert out.machine is not None and out.machine.instance_id == iid(1)
+
+    def test_a_lost_state_quarantines_what_existed_and_trusts_what_came_after(self, store: StateStore) -> None:
+        # given a pool whose state is lost
+        ready_pool(store, 2)
+        store.reset()
+        # when the next snapshot shows two ready machines and one still booting (all older than the loss)
+        load(store, snapshot([ready(0), ready(1), ready(2, lifecycle_state="Pending")], observed_at=T0 + 10))
+        # expect the ready ones quarantined, the loss recorded
+        assert self.states(store) == {
+            iid(0): MachineState.QUARANTINED,
+            iid(1): MachineState.QUARANTINED,
+            iid(2): MachineState.PENDING,
+        }
+        assert store.group().lost_at == pytest.approx(T0 + 10)
+        # and when the booting one is ready, and one launched after the loss appears
+        after = ready(3, launched_at=T0 + 20)
+        load(store, snapshot([ready(0), ready(1), ready(2), after], observed_at=T0 + 30))
+        # expect the older one quarantined too, the newer one idle and handed out
+        assert self.states(store)[iid(2)] is MachineState.QUARANTINED
+        assert self.states(store)[iid(3)] is MachineState.IDLE
+        out = assign(store, "newcomer")
+        assert out.machine is not None and out.machine.instance_id == iid(3)
+
+    def test_a_quarantine_ends_with_the_machines_tag_only(self, store: StateStore) -> None:
+        # given a quarantined machine
+        ready_pool(store, 1)
+        store.reset()
+        load(store, snapshot([ready(0)], observed_at=T0 + 10))
+        # when refreshes come and go without its tag
+        for k in range(3):
+            load(store, snapshot([ready(0)], observed_at=T0 + 20 + k))
+        # expect it still quarantined
+        assert self.states(store) == {iid(0): MachineState.QUARANTINED}
+        # and when its tag lands, it is the tagged project's again
+        load(store, snapshot([ready(0, project_tag="p1", protected_from_scale_in=True)], observed_at=T0 + 40))
+        assert store.view().projects == {"p1": iid(0)}
+        assert self.states(store) == {iid(0): MachineState.ASSIGNED}
+
+    def test_an_operator_releases_quarantined_machines_and_nothing_else(self, store: StateStore) -> None:
+        # given two quarantined machines and one restored assignment
+        ready_pool(store, 3)
+        store.reset()
+        load(store, snapshot([ready(0), ready(1), ready(2, project_tag="p2")], observed_at=T0 + 10))
+        # when one is released by id (with an id that is not quarantined)
+        released = store.release_quarantine([iid(0), iid(2), iid(9)], now=T0 + 11)
+        # expect only that one back to pending, no longer suspect, then idle at the next refresh
+        assert [m.instance_id for m in released] == [iid(0)]
+        assert self.states(store)[iid(0)] is MachineState.PENDING and not store.view().machines[iid(0)].suspect
+        load(store, snapshot([ready(0), ready(1), ready(2, project_tag="p2")], observed_at=T0 + 12))
+        assert self.states(store)[iid(0)] is MachineState.IDLE
+        # and the rest with None; the assignment untouched
+        assert [m.instance_id for m in store.release_quarantine(None, now=T0 + 13)] == [iid(1)]
+        assert store.view().projects == {"p2": iid(2)}
+        assert store.release_quarantine([], now=T0 + 14) == []
+
+    def test_a_machine_someone_else_protects_is_foreign_until_they_let_go(self, store: StateStore) -> None:
+        # given an idle machine that someone else protects from scale-in (no warmpool tag)
+        ready_pool(store, 2)
+        load(store, snapshot([ready(0, protected_from_scale_in=True), ready(1)], observed_at=T0 + 10))
+        # expect it foreign, never handed out
+        assert self.states(store) == {iid(0): MachineState.FOREIGN, iid(1): MachineState.IDLE}
+        assert assign(store, "p1").machine.instance_id == iid(1)  # type: ignore[union-attr]
+        assert assign(store, "p2").machine is None
+        # and once they let go, it is idle again
+        load(store, snapshot([ready(0), ready(1)], observed_at=T0 + 20))
+        assert self.states(store)[iid(0)] is MachineState.IDLE
 
 
 class TestBookkeeping:
@@ -308,12 +399,12 @@ class TestBookkeeping:
 
     def test_record_plan_and_refresh_error(self, store: StateStore) -> None:
         ready_pool(store, 1, desired=1)
-        store.record_plan(wanted=12, capped=True, desired_capacity=None)
+        store.record_plan(wanted=12, capped=True, desired_capacity=None, held_other=2)
         g = store.group()
-        assert (g.wanted, g.capped, g.desired_capacity) == (12, True, 1)
-        store.record_plan(wanted=3, capped=False, desired_capacity=3)
+        assert (g.wanted, g.capped, g.desired_capacity, g.held_other) == (12, True, 1, 2)
+        store.record_plan(wanted=3, capped=False, desired_capacity=3, held_other=0)
         g = store.group()
-        assert (g.wanted, g.capped, g.desired_capacity) == (3, False, 3)
+        assert (g.wanted, g.capped, g.desired_capacity, g.held_other) == (3, False, 3, 0)
         store.record_refresh_error("boom " * 200, now=T0 + 5)
         g = store.group()
         assert g.refresh_error.startswith("boom") and len(g.refresh_error) == 500
@@ -469,7 +560,14 @@ def test_same_project_from_many_workers_gets_one_machine(
     ids = {r.machine.instance_id for r in results.values() if r.machine}
     assert len(ids) == 1
     assert sum(r.new for r in results.values()) == 1
-    assert seed.view().counts() == {"pending": 0, "idle": 5, "assigned": 1, "releasing": 0}
+    assert seed.view().counts() == {
+        "pending": 0,
+        "idle": 5,
+        "assigned": 1,
+        "releasing": 0,
+        "quarantined": 0,
+        "foreign": 0,
+    }
 
 
 def test_refresh_racing_assigns_never_overwrites_an_assignment(

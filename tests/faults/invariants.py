@@ -1,4 +1,4 @@
-"""The invariants every fault scenario asserts afterwards (DESIGN.md, invariants 1, 3, 4, 7, 9).
+"""The invariants every fault scenario asserts afterwards (docs/design.md, invariants 1, 3, 4, 7, 9).
 
 ``assert_invariants(stack, holders=...)`` checks, against the pool state in
 Redis and against AWS (moto, read directly):
@@ -9,7 +9,7 @@ Redis and against AWS (moto, read directly):
   and — eventually — tagged ``warmpool:project=<project>`` and protected;
 * the group's desired capacity lies within [MinSize, MaxSize];
 * with ``settle=True``, nothing leaks: the pool converges to
-  assigned + idle target (clamped), with no machine stuck ``releasing``, every
+  held (assigned, quarantined, foreign) + idle target (clamped), with no machine stuck ``releasing``, every
   live instance known to the pool, and no assigned record without its instance.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tasks.contract import TAG_PROJECT
-from tasks.pool.model import MachineState, PoolView
+from tasks.pool.model import HELD_STATES, MachineState, PoolView
 from tests.faults.conftest import FaultStack, eventually
 
 LIVE_LIFECYCLES = frozenset({"InService", "Pending", "Pending:Wait", "Pending:Proceed", "Standby"})
@@ -117,13 +117,14 @@ def settle_violations(stack: FaultStack, view: PoolView, aws: Mapping[str, Mappi
     problems: list[str] = []
     group = stack.group()
     counts = Counter(m.state for m in view.machines.values())
-    assigned = counts[MachineState.ASSIGNED]
+    # Held: assigned, and what warmpool may not hand out (quarantined after a state loss, foreign).
+    assigned = sum(n for state, n in counts.items() if state in HELD_STATES)
     target = max(group["MinSize"], min(group["MaxSize"], assigned + stack.config.idle_target))
     if counts[MachineState.RELEASING]:
         stuck = sorted(m.instance_id for m in view.machines.values() if m.state is MachineState.RELEASING)
         problems.append(f"machines stuck releasing: {stuck}")
     if group["DesiredCapacity"] != target:
-        problems.append(f"desired capacity {group['DesiredCapacity']} != clamp(assigned {assigned} + idle target)")
+        problems.append(f"desired capacity {group['DesiredCapacity']} != clamp(held {assigned} + idle target)")
     if counts[MachineState.IDLE] != target - assigned:
         problems.append(f"{counts[MachineState.IDLE]} idle machines, want {target - assigned}")
     live = {iid for iid, inst in aws.items() if is_live(inst)}

@@ -103,7 +103,14 @@ class FakePool:
             "asg_name": "heavrdevs-asg",
             "idle_target": 2,
             "address": "public",
-            "counts": {"pending": 1, "idle": len(self.idle), "assigned": len(self.held), "releasing": 0},
+            "counts": {
+                "pending": 1,
+                "idle": len(self.idle),
+                "assigned": len(self.held),
+                "releasing": 0,
+                "quarantined": 0,
+                "foreign": 0,
+            },
             "group": {
                 "min_size": 0,
                 "max_size": self.max_size,

@@ -506,7 +506,7 @@ def test_metrics_exposes_counters_histogram_and_pool_gauges(app: Any, pool: Fake
         "warmpool_min_size 0.0",
         "warmpool_max_size 5.0",
         "warmpool_capped 0.0",
-        "warmpool_lost_machines 1.0",
+        "warmpool_lost_machines_total 1.0",
         "warmpool_refresh_age_seconds 2.5",
         "warmpool_pool_status_up 1.0",
         "warmpool_waiting_requests 1.0",

@@ -1,50 +1,56 @@
-"""``warmpool demo`` end to end: Redis, a moto server, both workers, beat, assigns and releases.
+"""``warmpool demo`` end to end, and the Redis it runs on.
 
 Runs ``python -m sandbox.demo --once`` (the demo without its endless status
-loop) in a subprocess, pointed at a free port where no Redis answers: the demo
-must start its own redis-server there (as on a fresh machine) and stop it
-again, and never meets a real demo on the defaults. redis-server absent:
-fails under CI, skips locally.
+loop) in a subprocess. By default it must run on a private redis-server of its
+own on a free port (never the Redis on 6379) and stop it again; pointed at a
+URL where no Redis answers it starts one there; pointed at a Redis that holds
+someone's pool state or has workers connected, it refuses and changes nothing.
+redis-server absent: fails under CI, skips locally.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
-from sandbox import ensure_redis, free_port, redis_answers, terminate
+from sandbox import ProcessGroup, RedisServer, ensure_redis, free_port, make_client_app, redis_answers, worker_argv
+from sandbox.demo_redis import REDIS_URL_VARIABLES, DemoError, clear_previous_demo, redis_is_explicit
+from sandbox.stack import StackUrls
+from tasks.contract import AWS_QUEUE, POOL_QUEUE
+from tasks.state.keys import PoolKeys, demo_owner_key
+from tests.stacks import require_redis_server, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REDIS = f"redis://127.0.0.1:{free_port()}"
-TEST_DATABASES = {
-    "WARMPOOL_BROKER_URL": f"{REDIS}/0",
-    "WARMPOOL_RESULT_BACKEND": f"{REDIS}/1",
-    "WARMPOOL_REDIS_URL": f"{REDIS}/2",
-}
+ASG = "heavrdevs-asg"
 ASSIGNED = re.compile(r"assign (demo-\d+)\s+-> (i-[0-9a-f]+)\s+ip (\S+)")
+PRIVATE = re.compile(r"private redis-server on 127\.0\.0\.1:(\d+)")
+DEMO_ARGV = [sys.executable, "-m", "sandbox.demo", "--once", "--rounds", "3", "--refresh-seconds", "1"]
 
 
-def require_redis() -> None:
-    if shutil.which("redis-server"):
-        return
-    message = "redis-server is not installed (scripts/ensure_redis.py installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def demo_env() -> dict[str, str]:
-    env = {**os.environ, **TEST_DATABASES, "COLUMNS": "120", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
-    for name in ("FORCE_COLOR", "AWS_ENDPOINT_URL", "WARMPOOL_ASG_NAME", "WARMPOOL_IDLE_TARGET"):
+def demo_env(**redis_urls: str) -> dict[str, str]:
+    """The test's environment without any WARMPOOL_*/AWS setting the demo would pick up, plus ``redis_urls``."""
+    env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    for name in ("FORCE_COLOR", "AWS_ENDPOINT_URL", "WARMPOOL_ASG_NAME", "WARMPOOL_IDLE_TARGET", *REDIS_URL_VARIABLES):
         env.pop(name, None)
-    return env
+    return {**env, **redis_urls}
+
+
+def on(base: str) -> dict[str, str]:
+    """The three WARMPOOL_* Redis URLs on databases 0, 1, 2 of ``base``."""
+    return {
+        "WARMPOOL_BROKER_URL": f"{base}/0",
+        "WARMPOOL_RESULT_BACKEND": f"{base}/1",
+        "WARMPOOL_REDIS_URL": f"{base}/2",
+    }
 
 
 def logs_of(cwd: Path) -> str:
@@ -55,14 +61,12 @@ def logs_of(cwd: Path) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.timeout(90)
-def test_demo_once_assigns_and_releases_then_stops_cleanly(tmp_path: Path) -> None:
-    require_redis()
-    argv = [sys.executable, "-m", "sandbox.demo", "--once", "--rounds", "3", "--refresh-seconds", "1"]
-    proc = subprocess.run(argv, cwd=tmp_path, env=demo_env(), capture_output=True, text=True, timeout=75)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"demo exited {proc.returncode}:\n{output}\n{logs_of(tmp_path)}"
+def run_demo(cwd: Path, env: dict[str, str], *, timeout_s: float = 75) -> tuple[int, str]:
+    proc = subprocess.run(DEMO_ARGV, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    return proc.returncode, proc.stdout + proc.stderr
 
+
+def assert_scripted_run(output: str) -> None:
     assigned = ASSIGNED.findall(output)
     first = {project: instance for project, instance, _ in assigned[:3]}
     assert list(first) == ["demo-1", "demo-2", "demo-3"], output
@@ -73,18 +77,144 @@ def test_demo_once_assigns_and_releases_then_stops_cleanly(tmp_path: Path) -> No
     assert re.search(r"release demo-3\s+-> True", output), output
     assert re.search(r"release nobody\s+-> False", output), output
     assert "stopped everything the demo started" in output
-    assert not redis_answers(TEST_DATABASES["WARMPOOL_BROKER_URL"]), "the Redis the demo started is stopped"
+
+
+@pytest.mark.timeout(90)
+def test_demo_once_runs_on_a_private_redis_by_default_and_stops_it(tmp_path: Path) -> None:
+    require_redis_server()
+    # given no WARMPOOL_* Redis URL, when the demo runs its script
+    code, output = run_demo(tmp_path, demo_env())
+    # expect the scripted assigns and releases, on a redis-server of its own on a free port
+    assert code == 0, f"demo exited {code}:\n{output}\n{logs_of(tmp_path)}"
+    assert_scripted_run(output)
+    found = PRIVATE.search(output)
+    assert found is not None, output
+    port = int(found.group(1))
+    assert port != 6379
+    assert not redis_answers(f"redis://127.0.0.1:{port}/0"), "the private Redis is stopped"
     assert (tmp_path / ".demo" / "logs" / "pool-worker.log").exists()
 
 
+@pytest.mark.timeout(90)
+def test_demo_once_starts_a_redis_where_the_configured_url_finds_none(tmp_path: Path) -> None:
+    require_redis_server()
+    # given WARMPOOL_* URLs on a free port where no Redis answers
+    urls = on(f"redis://127.0.0.1:{free_port()}")
+    # when the demo runs its script
+    code, output = run_demo(tmp_path, demo_env(**urls))
+    # expect it to start a redis-server there, run, and stop it again
+    assert code == 0, f"demo exited {code}:\n{output}\n{logs_of(tmp_path)}"
+    assert_scripted_run(output)
+    assert "starting redis-server" in output and not PRIVATE.search(output)
+    assert not redis_answers(urls["WARMPOOL_BROKER_URL"]), "the Redis the demo started is stopped"
+
+
+@pytest.fixture
+def someones_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis the demo did not start (this test's own)."""
+    require_redis_server()
+    with RedisServer(workdir=tmp_path) as server:
+        yield server
+
+
+def everything(server: RedisServer) -> tuple[dict[bytes, object], list[list[bytes]]]:
+    """What must not change: every key and value of the state database, and the jobs queued on the broker.
+
+    (A ping through the broker declares reply bindings there: the broker's
+    other keys may change, its queues must not.)
+    """
+    with contextlib.closing(server.client(2)) as state, contextlib.closing(server.client(0)) as broker:
+        return {key: state.dump(key) for key in state.scan_iter()}, [
+            broker.lrange(queue, 0, -1) for queue in (POOL_QUEUE, AWS_QUEUE)
+        ]
+
+
+def flat(output: str) -> str:
+    """The demo's output with rich's line wrapping undone."""
+    return " ".join(output.split())
+
+
+@pytest.mark.timeout(60)
+def test_demo_refuses_a_pool_no_demo_made_and_changes_nothing(tmp_path: Path, someones_redis: RedisServer) -> None:
+    # given someone's pool state and a queued job on an existing Redis
+    keys = PoolKeys.for_group(ASG)
+    with contextlib.closing(someones_redis.client(2)) as state:
+        state.hset(keys.projects, "their-project", "i-0123456789abcdef0")
+    with contextlib.closing(someones_redis.client(0)) as broker:
+        broker.lpush(POOL_QUEUE, b'{"their": "job"}')
+    before = everything(someones_redis)
+    # when the demo is pointed at it
+    code, output = run_demo(tmp_path, demo_env(**on(f"redis://127.0.0.1:{someones_redis.port}")), timeout_s=45)
+    # expect a refusal naming what it found, and every key as it was
+    assert code == 1, output
+    assert "holds data no demo made (pool)" in flat(output), output
+    assert everything(someones_redis) == before
+    assert someones_redis.answers(), "a Redis the demo did not start keeps running"
+
+
+@pytest.mark.timeout(60)
+def test_demo_refuses_a_broker_with_workers_it_did_not_start(tmp_path: Path, someones_redis: RedisServer) -> None:
+    # given a worker connected to an existing Redis broker
+    urls = on(f"redis://127.0.0.1:{someones_redis.port}")
+    with ProcessGroup() as procs:
+        env = {**demo_env(**urls), "WARMPOOL_ASG_NAME": "their-asg"}
+        procs.spawn("theirs", worker_argv(AWS_QUEUE, hostname="theirs@elsewhere", solo=True), env=env)
+        app = make_client_app(urls["WARMPOOL_BROKER_URL"], urls["WARMPOOL_RESULT_BACKEND"])
+        try:
+            wait_for(lambda: app.control.ping(["theirs@elsewhere"], timeout=0.5), timeout_s=40, what="their worker")
+        finally:
+            app.close()
+        before = everything(someones_redis)
+        # when the demo is pointed at it
+        code, output = run_demo(tmp_path, demo_env(**urls), timeout_s=45)
+        # expect a refusal naming the worker, and the pool state untouched
+        assert code == 1, output
+        assert "workers are already connected" in flat(output) and "theirs@elsewhere" in output, output
+        assert everything(someones_redis) == before
+        assert procs.alive("theirs")
+
+
+def test_only_a_previous_demo_s_state_is_cleared(someones_redis: RedisServer) -> None:
+    urls = StackUrls.on(someones_redis)
+    keys = PoolKeys.for_group(ASG)
+    app: Celery = make_client_app(urls.broker_url, urls.result_backend)
+    state, broker = someones_redis.client(2), someones_redis.client(0)
+    try:
+        # given pool state and a queued job that no demo made
+        state.hset(keys.projects, "their-project", "i-1")
+        broker.lpush(AWS_QUEUE, b"job")
+        # expect a refusal, and nothing deleted
+        with pytest.raises(DemoError, match="no demo made"):
+            clear_previous_demo(urls, asg_name=ASG, app=app)
+        assert state.hget(keys.projects, "their-project") == b"i-1" and broker.llen(AWS_QUEUE) == 1
+        assert state.get(demo_owner_key(ASG)) is None
+
+        # given the same left by a previous demo (its claim present)
+        state.set(demo_owner_key(ASG), "warmpool demo")
+        # when cleared
+        clear_previous_demo(urls, asg_name=ASG, app=app)
+        # expect the group's state and the queues gone, the claim kept, other groups' state untouched
+        assert not any(state.exists(k) for k in keys.all()) and broker.llen(AWS_QUEUE) == 0
+        assert state.get(demo_owner_key(ASG)) == b"warmpool demo"
+    finally:
+        state.close()
+        broker.close()
+        app.close()
+
+
+def test_the_demo_redis_is_private_unless_a_url_is_set() -> None:
+    assert not redis_is_explicit({})
+    assert not redis_is_explicit({"WARMPOOL_REDIS_URL": "  ", "WARMPOOL_ASG_NAME": "x"})
+    assert all(redis_is_explicit({name: "redis://127.0.0.1:6390/0"}) for name in REDIS_URL_VARIABLES)
+
+
 def test_ensure_redis_starts_and_stops_a_server_on_a_free_port(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
+    require_redis_server()
     url = f"redis://127.0.0.1:{free_port()}/0"
     messages: list[str] = []
-    proc = ensure_redis(url, log=messages.append, log_path=tmp_path / "redis.log")
-    assert proc is not None and redis_answers(url)
+    server = ensure_redis(url, log=messages.append, workdir=tmp_path)
+    assert server is not None and redis_answers(url)
     assert messages and "starting redis-server" in messages[0]
     assert ensure_redis(url, log=messages.append) is None, "a Redis that answers is left alone"
-    terminate(proc, timeout_s=5)
+    server.close()
     assert not redis_answers(url)

@@ -1,11 +1,11 @@
-"""Capacity planning (DESIGN.md invariants 3 and 4): plan_capacity and decrement_allowed."""
+"""Capacity planning (docs/design.md invariants 3 and 4): plan_capacity and decrement_allowed."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.pool.model import MachineState, PoolView
+from tasks.pool.model import HELD_STATES, MachineState, PoolView
 from tasks.pool.planner import CapacityPlan, GroupBounds, clamp, decrement_allowed, plan_capacity
 from tests.builders import machine, view_of
 
@@ -36,8 +36,9 @@ def bounds(draw: st.DrawFn) -> GroupBounds:
 
 
 def counts(view: PoolView) -> tuple[int, int, int]:
+    """(held: assigned, quarantined or foreign; idle; pending)."""
     return (
-        len(view.by_state(MachineState.ASSIGNED)),
+        sum(1 for m in view.machines.values() if m.state in HELD_STATES),
         len(view.by_state(MachineState.IDLE)),
         len(view.by_state(MachineState.PENDING)),
     )

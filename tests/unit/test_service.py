@@ -9,6 +9,7 @@ pool is quiet. The clock is fake; FakeCloud launches instances ready at once.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -82,6 +83,8 @@ class Harness:
                     self.cloud.set_desired_capacity(arg)
                 except CapacityRejected:  # what tasks.worker.aws_jobs.set_desired does
                     pass
+            elif kind == "tag_group":
+                self.cloud.tag_group(arg)
             elif kind == "top_up":
                 self.service.top_up()  # what tasks.worker.pool_jobs.top_up runs
 
@@ -169,7 +172,7 @@ class TestAssign:
         pool.service.assign("proj-1")
         assert pool.pending_effects("top_up") == [None]
         pool.settle()
-        assert pool.counts() == {"pending": 0, "idle": 2, "assigned": 1, "releasing": 0}
+        assert pool.counts() == {"pending": 0, "idle": 2, "assigned": 1, "releasing": 0, "quarantined": 0, "foreign": 0}
         assert pool.cloud.describe_group().desired_capacity == 3
 
     def test_many_projects_get_distinct_machines(self) -> None:
@@ -222,7 +225,7 @@ class TestRelease:
         # expect exactly the released machine terminated, the buffer at its target, the group at 2
         assert pool.terminated == [assigned["instance_id"]]
         assert assigned["instance_id"] not in pool.cloud.instances()
-        assert pool.counts() == {"pending": 0, "idle": 2, "assigned": 0, "releasing": 0}
+        assert pool.counts() == {"pending": 0, "idle": 2, "assigned": 0, "releasing": 0, "quarantined": 0, "foreign": 0}
         assert pool.cloud.describe_group().desired_capacity == 2
 
     def test_release_then_assign_again_gives_a_fresh_machine(self, pool: Harness) -> None:
@@ -344,7 +347,7 @@ class TestRebalance:
         big.settle()
         held = {big.service.assign(f"proj-{n}")["instance_id"] for n in range(5)}
         big.settle()
-        assert big.counts() == {"pending": 0, "idle": 12, "assigned": 5, "releasing": 0}
+        assert big.counts() == {"pending": 0, "idle": 12, "assigned": 5, "releasing": 0, "quarantined": 0, "foreign": 0}
         # when the pool worker restarts with idle target 1 and refreshes
         small = Harness(idle_target=1, store=store, cloud=cloud, clock=clock)
         small.settle(rounds=6)
@@ -352,7 +355,14 @@ class TestRebalance:
         assert set(small.terminated).isdisjoint(held)
         assert len(small.terminated) == 11
         assert held <= set(cloud.instances())
-        assert small.counts() == {"pending": 0, "idle": 1, "assigned": 5, "releasing": 0}
+        assert small.counts() == {
+            "pending": 0,
+            "idle": 1,
+            "assigned": 5,
+            "releasing": 0,
+            "quarantined": 0,
+            "foreign": 0,
+        }
         assert cloud.describe_group().desired_capacity == 6
         assert all(decrement for _, decrement in small.effects.of("terminate"))
 
@@ -453,42 +463,110 @@ def test_status_shape(pool: Harness) -> None:
     pool.service.assign("proj-1")
     status = pool.service.status()
     assert status["asg_name"] == ASG and status["idle_target"] == 2 and status["address"] == "public"
-    assert status["counts"] == {"pending": 0, "idle": 1, "assigned": 1, "releasing": 0}
+    assert status["counts"] == {"pending": 0, "idle": 1, "assigned": 1, "releasing": 0, "quarantined": 0, "foreign": 0}
     assert set(status["group"]) == {"min_size", "max_size", "desired_capacity", "wanted", "capped"}
     assert status["refreshed_at"].endswith("Z") and status["refresh_age_s"] >= 0
     assert Counter(m["state"] for m in status["machines"]) == Counter({"idle": 1, "assigned": 1})
 
 
 class TestStateLossRecovery:
-    def test_untagged_machines_are_held_back_until_in_flight_tags_can_land(self) -> None:
-        # given an assignment whose tag job has not reached AWS yet
+    def loaded_pool(self) -> tuple[Harness, str]:
+        """A settled pool and one assignment whose tag job has not reached AWS yet."""
         h = Harness()
-        h.service = PoolService(
-            h.store,
-            h.effects,
-            config=PoolConfig(asg_name=ASG, idle_target=2, address=AddressKind.PUBLIC, recovery_grace_s=5),
-            clock=h.clock,
-        )
         h.settle()
         h.clock.advance(10)
         h.settle()
         taken = h.service.assign("early-bird")["instance_id"]
         h.done = len(h.effects.calls)  # the tag job is still queued: AWS knows nothing yet
+        return h, taken
+
+    def states(self, h: Harness) -> dict[str, tuple[str, str]]:
+        return {m["instance_id"]: (m["state"], m["detail"]) for m in h.service.status()["machines"]}
+
+    def test_first_start_hands_nothing_out_before_aws_records_it(self) -> None:
+        # given a group warmpool never managed (no warmpool:epoch tag), with ready machines
+        h = Harness()
+        # when the first refresh is applied
+        h.refresh()
+        # expect the ready machines held back until AWS carries the group's epoch tag
+        assert {state for state, _ in self.states(h).values()} == {"pending"}
+        assert h.service.assign("too-early")["status"] == "failed"
+        assert h.effects.of("tag_group") == [h.store.group().epoch]
+        # and once the tag is there, the next refresh makes them idle
+        h.run_aws()
+        h.refresh()
+        assert h.store.group().epoch_confirmed
+        assert h.service.assign("on-time")["status"] == "assigned"
+
+    def test_lost_state_quarantines_every_untagged_machine_until_its_tag_lands(self) -> None:
+        # given an assignment whose tag job is still queued
+        h, taken = self.loaded_pool()
+        before = set(self.states(h))
 
         # when the state is lost and the next refresh comes in
         h.store.reset()
         h.refresh()
 
-        # expect the untagged machine held back (not idle), so nobody else can get it
-        states = {m["instance_id"]: (m["state"], m["detail"]) for m in h.service.status()["machines"]}
-        assert states[taken][0] == "pending" and "in-flight tags" in states[taken][1]
+        # expect every untagged machine that existed then quarantined, so nobody else can get it
+        states = self.states(h)
+        assert {states[i][0] for i in before} == {"quarantined"}
         assert h.service.assign("intruder")["status"] == "failed"
-        # and once the tag lands within the grace, the assignment is restored from it
+        assert h.service.status()["recovery"]["state_lost_at"] is not None
+        # and once the tag lands, the assignment is restored from it
         h.cloud.tag_and_protect(taken, project_id="early-bird", assigned_at="2026-01-01T00:00:00.000Z")
         h.refresh()
         held = {m["project_id"]: m["instance_id"] for m in h.service.status()["machines"] if m["state"] == "assigned"}
         assert held == {"early-bird": taken}
-        # and after the grace the other machines are handed out again
-        h.clock.advance(10)
+        # and however long it takes, the other machines stay quarantined: new ones serve newcomers
+        h.clock.advance(3_600)
+        h.settle()
+        later = h.service.assign("later")["instance_id"]
+        assert later not in before
+        assert {self.states(h)[i][0] for i in before - {taken}} == {"quarantined"}
+
+    def test_quarantined_machines_count_as_held_so_the_buffer_is_refilled(self) -> None:
+        # given a lost state with the old machines quarantined
+        h, _ = self.loaded_pool()
+        existing = len(h.cloud.instances())
+        h.store.reset()
+        h.settle()
+        # expect idle target new machines on top of the quarantined ones
+        counts = h.service.status()["counts"]
+        assert counts["quarantined"] == existing and counts["idle"] == 2
+        assert h.cloud.desired == existing + 2
+
+    def test_an_operator_releases_quarantined_machines(self) -> None:
+        # given a lost state with the old machines quarantined
+        h, taken = self.loaded_pool()
+        h.store.reset()
         h.refresh()
-        assert h.service.assign("later")["instance_id"] != taken
+        others = sorted(i for i, (state, _) in self.states(h).items() if state == "quarantined" and i != taken)
+        # when an operator vouches for one of them, and for a machine that is not quarantined
+        out = h.service.release_quarantined([others[0], "i-00000000000000fff"])
+        # expect only the quarantined one released, and idle after the next refresh
+        assert out["instance_ids"] == [others[0]]
+        h.refresh()
+        assert self.states(h)[others[0]][0] == "idle"
+        # and all the rest at once with None
+        assert set(h.service.release_quarantined(None)["instance_ids"]) == set(others[1:]) | {taken}
+
+
+class TestForeignMachines:
+    def test_a_machine_protected_by_someone_else_is_never_handed_out_or_terminated(self) -> None:
+        # given a settled pool, and an idle target lowered so that it has surplus machines
+        h = Harness()
+        h.settle()
+        h.clock.advance(10)
+        h.settle()
+        ids = sorted(h.cloud.instances())
+        # when another orchestrator protects two of them from scale-in (without a warmpool tag)
+        h.cloud.protect(ids[:2])
+        h.service.config = replace(h.service.config, idle_target=0)
+        h.clock.advance(10)
+        h.settle()
+        # expect them reported foreign, never terminated, never handed out
+        states = {m["instance_id"]: m["state"] for m in h.service.status()["machines"]}
+        assert states[ids[0]] == states[ids[1]] == "foreign"
+        assert set(ids[:2]) <= set(h.cloud.instances())
+        assert not set(ids[:2]) & set(h.terminated)
+        assert h.service.assign("anyone")["status"] == "failed"

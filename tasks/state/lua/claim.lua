@@ -4,7 +4,7 @@
 -- Race guarded: rebalance chose these machines from a read of the state; an
 -- assign may have handed one out since. Only machines still in the expected
 -- state are claimed, so this can never terminate an assigned machine
--- (DESIGN.md invariant 3). With decrement, each claimed machine lowers the
+-- (docs/design.md invariant 3). With decrement, each claimed machine lowers the
 -- recorded desired capacity by one (ShouldDecrementDesiredCapacity=True).
 --
 -- KEYS: machines (hash), idle (zset), group (hash)
