@@ -37,6 +37,7 @@ from tasks.contract import (
     TASK_RELEASE,
     TASK_STATUS,
     TASK_TOUCH,
+    TASK_WITHDRAW,
     AssignedMachine,
     validate_project_id,
 )
@@ -123,12 +124,21 @@ class AsyncPoolClient:
         self._listener = _ResultListener(backend_url) if native else None
         self._sync = None if native else PoolClient(app=self.app, reply_timeout_s=reply_timeout_s)
 
-    async def call(self, task: str, *args: Any, timeout_s: float, kwargs: dict[str, Any] | None = None) -> Any:
-        """Send one pool job and await its raw result (see PoolClient.call)."""
+    async def call(
+        self,
+        task: str,
+        *args: Any,
+        timeout_s: float,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+    ) -> Any:
+        """Send one pool job and await its raw result (see PoolClient.call); ``task_id``: the job's id."""
         if self._listener is None:
             assert self._sync is not None
-            return await asyncio.to_thread(self._sync.call, task, *args, timeout_s=timeout_s, kwargs=kwargs)
-        task_id = str(uuid.uuid4())
+            return await asyncio.to_thread(
+                self._sync.call, task, *args, timeout_s=timeout_s, kwargs=kwargs, task_id=task_id
+            )
+        task_id = task_id or str(uuid.uuid4())
         key = self.app.backend.get_key_for_task(task_id).decode()
         try:
             fut = await self._listener.subscribe(key)
@@ -153,13 +163,31 @@ class AsyncPoolClient:
         finally:
             await self._listener.unsubscribe(key)
 
-    async def assign_result(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> dict[str, Any]:
-        """Assign and return the raw result dict (``no_capacity`` is a result, not an error)."""
+    async def assign_result(
+        self, project_id: str, *, wait: float = 0.0, lease: float | None = None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Assign and return the raw result dict (``no_capacity`` is a result, not an error).
+
+        ``request_id`` (default: a new UUID) is the assign job's id: the one to
+        withdraw_result() if the caller leaves before the answer.
+        """
         validate_project_id(project_id)
         kwargs, timeout_s = assign_kwargs(wait, lease, reply_timeout_s=self.reply_timeout_s)
-        result = await self.call(TASK_ASSIGN, project_id, kwargs=kwargs, timeout_s=timeout_s)
+        result = await self.call(TASK_ASSIGN, project_id, kwargs=kwargs, timeout_s=timeout_s, task_id=request_id)
         raise_for_failure_except_capacity(result)
         return dict(result)
+
+    async def withdraw_result(self, project_id: str, *, request_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """Withdraw the assign ``request_id`` of ``project_id`` whose caller left.
+
+        Its waiter leaves the queue; a machine it was already handed is released
+        (never one the project held before). Idempotent. ``wait``: the assign's;
+        the withdraw job lives at least as long in the queue as that assign can.
+        """
+        validate_project_id(project_id)
+        timeout_s = max(self.reply_timeout_s, wait)
+        result = await self.call(TASK_WITHDRAW, request_id, project_id, timeout_s=timeout_s)
+        return dict(raise_for_failure(result))
 
     async def assign(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> AssignedMachine:
         """Return the project's machine; NoCapacity if none became idle within ``wait``."""

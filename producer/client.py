@@ -123,15 +123,24 @@ class PoolClient:
         self.app = app or make_app()
         self.reply_timeout_s = reply_timeout_s
 
-    def call(self, task: str, *args: Any, timeout_s: float, kwargs: dict[str, Any] | None = None) -> Any:
-        """Send one pool job and return its raw result.
+    def call(
+        self,
+        task: str,
+        *args: Any,
+        timeout_s: float,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+    ) -> Any:
+        """Send one pool job and return its raw result (``task_id``: the job's id, default a new one).
 
         PoolUnavailable when no worker answered in time; a ``no_capacity``
         result when the worker queued the caller (assign with wait) and no
         machine became available before the deadline.
         """
         try:
-            async_result = self.app.send_task(task, args=args, kwargs=kwargs, queue=POOL_QUEUE, expires=timeout_s)
+            async_result = self.app.send_task(
+                task, args=args, kwargs=kwargs, queue=POOL_QUEUE, expires=timeout_s, task_id=task_id
+            )
         except Exception as exc:  # kombu raises many types for an unreachable broker
             raise PoolUnavailable(f"broker unreachable: {exc}") from exc
         try:

@@ -101,3 +101,13 @@ def _ready_url(template: str) -> str:
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"WARMPOOL_READY_URL={template!r}: bad placeholder {exc}") from None
     return template
+
+
+def int_setting(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    """The integer setting ``name`` of ``env`` (``default`` when unset); ConfigError outside [low, high]."""
+    return _int(env, name, default, low=low, high=high)
+
+
+def float_setting(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    """The number setting ``name`` of ``env`` (``default`` when unset); ConfigError outside [low, high] or NaN."""
+    return _float(env, name, default, low=low, high=high)

@@ -39,6 +39,8 @@ TASK_RELEASE_QUARANTINED: Final = "warmpool.release_quarantined"
 TASK_TOUCH: Final = "warmpool.touch"
 TASK_MARK_READY: Final = "warmpool.mark_ready"
 TASK_PING: Final = "warmpool.ping"
+# Withdraw an assign whose caller left: args (request id of the assign, project id).
+TASK_WITHDRAW: Final = "warmpool.withdraw"
 
 POOL_QUEUE: Final = "pool"
 AWS_QUEUE: Final = "aws"
@@ -51,6 +53,7 @@ STATUS_FAILED: Final = "failed"
 STATUS_WAITING: Final = "waiting"  # internal: the caller was queued; its result comes later
 STATUS_TOUCHED: Final = "touched"
 STATUS_NO_LEASE: Final = "no_lease"
+STATUS_WITHDRAWN: Final = "withdrawn"  # the assign's caller left: its place or its new machine given back
 # Celery state of an assign job whose caller waits in the queue (set before Ignore()).
 STATE_WAITING: Final = "WAITING"
 

@@ -21,19 +21,22 @@ Modules: ``app`` (create_app and the routes), ``service`` (the state behind
 the routes, the health probe), ``clients`` (the pool client protocol),
 ``errors`` (JSON errors and their handlers), ``auth`` (bearer token),
 ``asgi`` (ErrorShield), ``parsing`` (request bodies), ``models`` (the OpenAPI
-models), ``flower_proxy``, ``logs``, ``constants`` and ``server`` (serve, main,
-binding rules).
+models), ``flower_proxy``, ``logs``, ``constants``, ``connections`` (header and
+idle timeouts, the connection cap) and ``server`` (serve, main, binding rules).
+
+A caller that disconnects while its assign is pending has that assign withdrawn
+(``warmpool.withdraw``): it never keeps a machine nobody received.
 """
 
 from producer.gateway.app import add_routes, create_app, install_openapi
 from producer.gateway.asgi import ErrorShield
 from producer.gateway.auth import BearerAuth
-from producer.gateway.clients import GatewayClient, LeasingClient, ThreadedPoolClient, default_client
+from producer.gateway.clients import GatewayClient, default_client
 from producer.gateway.constants import (
+    CODE_CALLER_GONE,
     CODE_FLOWER_UNAVAILABLE,
     CODE_NOT_ASSIGNED,
     CODE_NOT_FOUND,
-    CODE_NOT_IMPLEMENTED,
     CODE_PAYLOAD_TOO_LARGE,
     CODE_POOL_UNAVAILABLE,
     CODE_UNAUTHORIZED,
@@ -70,10 +73,10 @@ from producer.gateway.server import build_parser, env_port, is_loopback, main, s
 from producer.gateway.service import Gateway, HealthProbe, status_within
 
 __all__ = [
+    "CODE_CALLER_GONE",
     "CODE_FLOWER_UNAVAILABLE",
     "CODE_NOT_ASSIGNED",
     "CODE_NOT_FOUND",
-    "CODE_NOT_IMPLEMENTED",
     "CODE_PAYLOAD_TOO_LARGE",
     "CODE_POOL_UNAVAILABLE",
     "CODE_UNAUTHORIZED",
@@ -103,11 +106,9 @@ __all__ = [
     "Health",
     "HealthProbe",
     "JsonFormatter",
-    "LeasingClient",
     "LegacyMachine",
     "LegacyNoMachine",
     "ReleaseResult",
-    "ThreadedPoolClient",
     "TouchRequest",
     "TouchResult",
     "add_routes",

@@ -40,7 +40,7 @@ from producer.gateway.models import (
     error_responses,
 )
 from producer.gateway.parsing import checked, fields_from_body, merged, read_body
-from producer.gateway.service import Gateway, HealthProbe, status_within
+from producer.gateway.service import Gateway, HealthProbe, disconnect_of, status_within
 from tasks.contract import CODE_NO_CAPACITY, MAX_LEASE_S, MAX_WAIT_S, STATUS_NOT_ASSIGNED
 
 FLOWER_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
@@ -188,7 +188,7 @@ def _add_assign_route(app: FastAPI, gw: Gateway) -> None:
         "/v1/projects/{project_id}/machine",
         tags=["v1"],
         response_model=AssignResult,
-        responses=error_responses(400, 401, 413, 500, 501, 503, 504),
+        responses=error_responses(400, 401, 413, 500, 503, 504),
         openapi_extra={
             "requestBody": {
                 "required": False,
@@ -216,7 +216,7 @@ def _add_assign_route(app: FastAPI, gw: Gateway) -> None:
         wait_s = checked(check_wait, 0.0 if wait_value is None else wait_value)
         lease_value = merged("lease", lease, body)
         lease_s = None if lease_value is None else checked(check_lease, lease_value)
-        return JSONResponse(await gw.assign(project_id, wait_s, lease_s))
+        return JSONResponse(await gw.assign(project_id, wait_s, lease_s, gone=disconnect_of(request.receive)))
 
 
 def _add_touch_route(app: FastAPI, gw: Gateway) -> None:
@@ -224,7 +224,7 @@ def _add_touch_route(app: FastAPI, gw: Gateway) -> None:
         "/v1/projects/{project_id}/touch",
         tags=["v1"],
         response_model=TouchResult,
-        responses=error_responses(400, 401, 404, 413, 500, 501, 504),
+        responses=error_responses(400, 401, 404, 413, 500, 504),
         openapi_extra={
             "requestBody": {
                 "required": False,
@@ -303,7 +303,7 @@ def _add_legacy_routes(app: FastAPI, gw: Gateway) -> None:
             raise ApiError(404, CODE_NOT_FOUND, "not found")
         check_project_id(project_id)
         try:
-            result = await gw.assign(project_id, 0.0)
+            result = await gw.assign(project_id, 0.0, gone=disconnect_of(request.receive))
         except ApiError as exc:
             if exc.code == CODE_NO_CAPACITY:
                 return JSONResponse(dict(LEGACY_NO_MACHINE), status_code=404, headers=exc.headers)

@@ -8,7 +8,16 @@ import os
 from collections.abc import Mapping, Sequence
 
 from producer.gateway.app import create_app
-from producer.gateway.constants import DEFAULT_HOST, DEFAULT_PORT, ENV_HOST, ENV_PORT, ENV_TOKEN, LOOPBACK_NAMES
+from producer.gateway.connections import ConnectionLimits, guarded_protocol, warn_if_above_file_limit
+from producer.gateway.constants import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ENV_HOST,
+    ENV_PORT,
+    ENV_TOKEN,
+    LOOPBACK_NAMES,
+    MAX_HEADER_BYTES,
+)
 from producer.gateway.flower_proxy import FlowerProxy
 from producer.gateway.logs import configure_logging, log
 
@@ -34,14 +43,24 @@ def env_port(env: Mapping[str, str] | None = None) -> int:
     return int(raw)
 
 
-def serve(*, host: str | None, port: int, token: str | None, log_level: str = "info") -> None:
+def serve(
+    *,
+    host: str | None,
+    port: int,
+    token: str | None,
+    log_level: str = "info",
+    limits: ConnectionLimits | None = None,
+) -> None:
     """Run the gateway with uvicorn until interrupted.
 
     ``host`` None: ``WARMPOOL_GATEWAY_HOST``, else 127.0.0.1. ``token`` None:
     ``WARMPOOL_API_TOKEN``. Without a token only a loopback address is accepted.
+    ``limits`` None: the WARMPOOL_GATEWAY_* connection limits of the environment
+    (SystemExit when one is invalid), enforced by producer.gateway.connections.
     """
     import uvicorn
 
+    limits = ConnectionLimits.from_env(os.environ) if limits is None else limits
     host = host or os.environ.get(ENV_HOST, "").strip() or DEFAULT_HOST
     if token is None:
         token = os.environ.get(ENV_TOKEN, "").strip() or None
@@ -56,9 +75,30 @@ def serve(*, host: str | None, port: int, token: str | None, log_level: str = "i
             ENV_TOKEN,
             host,
         )
+    warn_if_above_file_limit(limits)
     app = create_app(token=token, flower=FlowerProxy.from_env())
-    log.info("gateway listening on http://%s:%d (auth: %s)", host, port, "bearer token" if token else "none")
-    uvicorn.run(app, host=host, port=port, log_config=None, log_level=log_level, server_header=False)
+    log.info(
+        "gateway listening on http://%s:%d (auth: %s; header timeout %gs, idle timeout %ds, max connections %d)",
+        host,
+        port,
+        "bearer token" if token else "none",
+        limits.header_timeout_s,
+        limits.idle_timeout_s,
+        limits.max_connections,
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=log_level,
+        server_header=False,
+        # Always h11 with the connection limits (never httptools, which has none of them).
+        http=guarded_protocol(limits),
+        ws="none",  # no route speaks WebSocket
+        timeout_keep_alive=limits.idle_timeout_s,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the warmpool HTTP gateway. Environment: WARMPOOL_API_TOKEN (bearer token; without it "
             "only a loopback address may be bound), WARMPOOL_GATEWAY_HOST, WARMPOOL_GATEWAY_PORT, "
             "WARMPOOL_FLOWER_URL with WARMPOOL_FLOWER_USER/WARMPOOL_FLOWER_PASSWORD (the /flower proxy), "
+            "WARMPOOL_GATEWAY_HEADER_TIMEOUT_S, WARMPOOL_GATEWAY_IDLE_TIMEOUT_S and "
+            "WARMPOOL_GATEWAY_MAX_CONNECTIONS (connection limits), "
             "and the WARMPOOL_* broker settings of docs/design.md."
         ),
     )
@@ -84,4 +126,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m producer.gateway``: parse the command line and serve."""
     args = build_parser().parse_args(argv)
     port = args.port if args.port is not None else env_port()
-    serve(host=args.host, port=port, token=None, log_level=args.log_level)
+    limits = ConnectionLimits.from_env(os.environ)  # invalid limits fail before anything starts
+    serve(host=args.host, port=port, token=None, log_level=args.log_level, limits=limits)

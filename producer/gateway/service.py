@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from producer.client import raise_for_failure
-from producer.gateway.clients import GatewayClient, LeasingClient
-from producer.gateway.constants import CODE_NOT_IMPLEMENTED
+from producer.gateway.asgi import Receive
+from producer.gateway.clients import GatewayClient
+from producer.gateway.constants import CODE_CALLER_GONE
 from producer.gateway.errors import ApiError, error_for, outcome_of
 from producer.gateway.flower_proxy import FlowerProxy
 from producer.gateway.logs import log
@@ -23,6 +25,7 @@ from tasks.contract import (
     STATUS_NOT_ASSIGNED,
     STATUS_RELEASED,
     STATUS_TOUCHED,
+    STATUS_WITHDRAWN,
 )
 from tasks.errors import JobFailed, NoCapacity, WarmpoolError
 
@@ -63,6 +66,23 @@ async def status_within(client: GatewayClient, timeout_s: float) -> dict[str, An
         return None
 
 
+Gone = Callable[[], Awaitable[None]]
+
+
+def disconnect_of(receive: Receive) -> Gone:
+    """A wait that returns when the HTTP caller of ``receive`` has gone (ASGI ``http.disconnect``).
+
+    Call it once the request body has been read (or for a request without one):
+    the server then delivers nothing but the disconnect.
+    """
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
+
+
 @dataclass
 class Gateway:
     """The state behind the routes (the pool client, metrics, Flower proxy)."""
@@ -73,23 +93,22 @@ class Gateway:
     flower: FlowerProxy | None
     retry_after_s: int
 
-    def leasing(self) -> LeasingClient:
-        """The client as a LeasingClient; ApiError 501 if it knows no leases."""
-        if not isinstance(self.client, LeasingClient):
-            raise ApiError(501, CODE_NOT_IMPLEMENTED, "this gateway's pool client has no leases")
-        return self.client
+    async def assign(
+        self, project_id: str, wait: float, lease: float | None = None, *, gone: Gone | None = None
+    ) -> dict[str, Any]:
+        """The assigned result; ApiError for every failure (no capacity included).
 
-    async def assign(self, project_id: str, wait: float, lease: float | None = None) -> dict[str, Any]:
-        """The assigned result; ApiError for every failure (no capacity included)."""
-        leasing = None if lease is None else self.leasing()  # 501 before anything is counted
+        ``gone`` (disconnect_of(request.receive)) races the assign: when the
+        caller leaves first, the assign is withdrawn (its place in the queue, or
+        the machine it was just handed, given back) and ApiError 499 is raised.
+        """
         started = time.perf_counter()
         outcome = "error"
         instance_id = None
         try:
-            if leasing is None:
-                result = await self.client.assign_result(project_id, wait=wait)
-            else:
-                result = await leasing.assign_result(project_id, wait=wait, lease=lease)
+            request_id = str(uuid.uuid4())
+            call = self.client.assign_result(project_id, wait=wait, lease=lease, request_id=request_id)
+            result = await self._unless_gone(call, gone, project_id=project_id, request_id=request_id, wait=wait)
             if isinstance(result, Mapping) and result.get("status") == STATUS_ASSIGNED:
                 outcome, instance_id = STATUS_ASSIGNED, result.get("instance_id")
                 return dict(result)
@@ -122,6 +141,65 @@ class Gateway:
                 },
             )
 
+    async def _unless_gone(
+        self,
+        call: Coroutine[Any, Any, dict[str, Any]],
+        gone: Gone | None,
+        *,
+        project_id: str,
+        request_id: str,
+        wait: float,
+    ) -> dict[str, Any]:
+        """The result of ``call``, unless ``gone`` returns first: then the assign is withdrawn."""
+        if gone is None:
+            return await call
+        assign = asyncio.ensure_future(call)
+        left = asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({assign, left}, return_when=asyncio.FIRST_COMPLETED)
+            if assign.done() and not left.done():
+                # A disconnect already seen by the server wakes ``left`` only on
+                # its next turn: give it that turn before answering nobody.
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            assign.cancel()
+            raise
+        finally:
+            caller_left = left.done() and not left.cancelled() and left.exception() is None
+            left.cancel()
+        if not caller_left:
+            return await assign
+        # The caller left: whether the assign still waits, is queued, or has just
+        # been answered, withdraw it; the pool worker gives back only what this
+        # request got.
+        assign.cancel()
+        await asyncio.gather(assign, return_exceptions=True)
+        await self._withdraw(project_id, request_id, wait=wait)
+        raise ApiError(499, CODE_CALLER_GONE, "the caller disconnected before the answer: the assign was withdrawn")
+
+    async def _withdraw(self, project_id: str, request_id: str, *, wait: float) -> None:
+        try:
+            # As long-lived in the queue as the assign it withdraws: expiring first
+            # would leave that assign to hand a machine to nobody.
+            result = await self.client.withdraw_result(project_id, request_id=request_id, wait=wait)
+            if result.get("status") != STATUS_WITHDRAWN:
+                raise JobFailed(f"unexpected withdraw result {result!r:.200}")
+        except Exception as exc:
+            # Nobody to answer: say so loudly, the machine may stay assigned to a caller who left.
+            log.error(
+                "withdraw failed", extra={"project_id": project_id, "request_id": request_id, "error": repr(exc)[:500]}
+            )
+            return
+        log.info(
+            "assign withdrawn: the caller disconnected",
+            extra={
+                "project_id": project_id,
+                "request_id": request_id,
+                "was_waiting": result.get("waiting"),
+                "released": result.get("released"),
+            },
+        )
+
     async def release(self, project_id: str) -> dict[str, Any]:
         """The release result (released or not_assigned); ApiError for every failure."""
         started = time.perf_counter()
@@ -151,10 +229,9 @@ class Gateway:
 
     async def touch(self, project_id: str, lease: float | None) -> dict[str, Any]:
         """The touch result (touched, no_lease or not_assigned); ApiError for every failure."""
-        client = self.leasing()
         outcome = "error"
         try:
-            result = await client.touch_result(project_id, lease=lease)
+            result = await self.client.touch_result(project_id, lease=lease)
             status = result.get("status") if isinstance(result, Mapping) else None
             if status not in (STATUS_TOUCHED, STATUS_NO_LEASE, STATUS_NOT_ASSIGNED):
                 raise JobFailed(f"unexpected touch result {result!r:.200}")

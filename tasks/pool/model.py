@@ -188,6 +188,10 @@ class Machine:
     lease_expires_at: float = 0.0  # epoch seconds; 0 = never
     health: str = ""  # the group's health check: Healthy / Unhealthy ("" before the first refresh)
     suspect: bool = False  # existed when the state was lost: quarantined rather than made idle
+    # The request (assign job id) that made this assignment, so a caller who left
+    # can give back exactly what it was handed; "" once another request was told
+    # about the same assignment (the project asked again), or when restored from tags.
+    request_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -209,6 +213,7 @@ class Machine:
             "lease_expires_at": self.lease_expires_at,
             "health": self.health,
             "suspect": self.suspect,
+            "request_id": self.request_id,
         }
 
     @classmethod
@@ -232,6 +237,7 @@ class Machine:
             lease_expires_at=float(data.get("lease_expires_at") or 0.0),
             health=str(data.get("health") or ""),
             suspect=bool(data.get("suspect")),
+            request_id=str(data.get("request_id") or ""),
         )
 
 

@@ -43,6 +43,7 @@ class AssignOutcome:
     machine: Machine | None  # None: no idle machine
     new: bool  # False when the project already held ``machine``
     top_up: bool  # this caller should enqueue a top-up (warmpool.rebalance)
+    withdrawn: bool = False  # the request was withdrawn (its caller left): nothing was assigned
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,15 @@ class ReleaseOutcome:
     machine: Machine | None  # None: the project held nothing
     decrement: bool  # terminate with ShouldDecrementDesiredCapacity
     top_up: bool  # this caller should enqueue a top-up
+
+
+@dataclass(frozen=True)
+class WithdrawOutcome:
+    waiter_removed: bool  # the request was still queued for a machine
+    machine: Machine | None  # the machine the request was handed, now releasing; None: nothing to give back
+    decrement: bool  # terminate ``machine`` with ShouldDecrementDesiredCapacity
+    top_up: bool  # this caller should enqueue a top-up
+    foreign: bool = False  # the request waits for another project: nothing was changed
 
 
 @dataclass(frozen=True)
@@ -118,10 +128,19 @@ class StateStore(Protocol):
     """Pool state. Implementations: RedisStore, tasks.state.memory_store.InMemoryStore."""
 
     def assign(
-        self, project_id: str, *, now: float, assigned_at: str, idle_target: int, lease_s: float = 0.0
+        self,
+        project_id: str,
+        *,
+        now: float,
+        assigned_at: str,
+        idle_target: int,
+        lease_s: float = 0.0,
+        request_id: str = "",
     ) -> AssignOutcome: ...
 
     def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome: ...
+
+    def withdraw(self, request_id: str, project_id: str, *, now: float) -> WithdrawOutcome: ...
 
     def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]: ...
 

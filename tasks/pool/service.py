@@ -17,16 +17,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.contract import (
+    CODE_BAD_REQUEST,
     CODE_NO_CAPACITY,
     MAX_LEASE_S,
     MAX_WAIT_S,
     STATUS_ASSIGNED,
     STATUS_NOT_ASSIGNED,
     STATUS_RELEASED,
+    STATUS_WITHDRAWN,
     check_seconds,
     failure,
     validate_project_id,
 )
+from tasks.errors import InvalidRequest
 from tasks.pool.model import (
     AWAITING_READY,
     UNASSIGNABLE_HELD,
@@ -58,6 +61,7 @@ DEADLINE_MARGIN_S = 0.5
 BACKOFF_AFTER = 3
 BACKOFF_BASE_S = 60.0
 BACKOFF_MAX_S = 900.0
+MAX_REQUEST_ID_CHARS = 200  # request ids are Celery task ids (UUIDs)
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,15 @@ class PoolService:
         lease = self.config.lease_s if lease_s is None else check_seconds(lease_s, "lease", high=MAX_LEASE_S)
         now = self._clock()
         outcome = self.store.assign(
-            project_id, now=now, assigned_at=iso_utc(now), idle_target=self.config.idle_target, lease_s=lease
+            project_id,
+            now=now,
+            assigned_at=iso_utc(now),
+            idle_target=self.config.idle_target,
+            lease_s=lease,
+            request_id=request_id or "",
         )
+        if outcome.withdrawn:  # its caller left before this job ran (a reordered or redelivered message)
+            return {"status": STATUS_WITHDRAWN, "project_id": project_id, "request_id": request_id}
         if outcome.top_up:
             self.effects.top_up()
         if outcome.machine is not None:
@@ -189,6 +200,35 @@ class PoolService:
             self.effects.top_up()
         return {"status": STATUS_RELEASED, "project_id": project_id, "instance_id": outcome.machine.instance_id}
 
+    def withdraw(self, request_id: Any, project_id: Any) -> dict[str, Any]:
+        """Give back what the assign ``request_id`` got: its caller left (the gateway saw it disconnect).
+
+        Removes its waiter if it is still queued, and releases the machine it was
+        handed if that assign already completed: only a machine that request made
+        the project hold, never one held before or told to another request too.
+        Idempotent; the request is never served afterwards.
+        """
+        validate_project_id(project_id)
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID_CHARS:
+            raise InvalidRequest(f"request id must be a string of 1-{MAX_REQUEST_ID_CHARS} characters")
+        outcome = self.store.withdraw(request_id, project_id, now=self._clock())
+        if outcome.foreign:
+            return failure(CODE_BAD_REQUEST, f"request {request_id:.60} does not wait for project {project_id}")
+        released = None
+        if outcome.machine is not None:
+            released = outcome.machine.instance_id
+            log.info("withdrawn assign released", extra={"project_id": project_id, "instance_id": released})
+            self.effects.terminate(released, decrement=outcome.decrement)
+            if outcome.top_up:
+                self.effects.top_up()
+        return {
+            "status": STATUS_WITHDRAWN,
+            "project_id": project_id,
+            "request_id": request_id,
+            "waiting": outcome.waiter_removed,
+            "released": released,
+        }
+
     def touch(self, project_id: str, *, lease_s: Any = None) -> dict[str, Any]:
         """Renew the lease of the project's machine (``lease_s`` overrides its length)."""
         validate_project_id(project_id)
@@ -219,7 +259,11 @@ class PoolService:
                 assigned_at=iso_utc(now),
                 idle_target=self.config.idle_target,
                 lease_s=waiter.lease_s,
+                request_id=waiter.request_id,
             )
+            if outcome.withdrawn:  # its caller left after this loop read the waiters
+                self.store.remove_waiter(waiter.request_id)
+                continue
             if outcome.machine is None:
                 left_waiting = True  # this caller and the ones behind it still wait
                 break

@@ -52,6 +52,10 @@ key                  type    meaning
 ``aws_errors``       hash    AWS API action -> attempts that failed (throttled, 5xx, refused)
 ``refresh_soon``     string  "1" while an early refresh is queued (someone waits); TTL
                              REFRESH_SOON_MS
+``withdrawn``        zset    request id -> until when it is remembered (epoch s): assigns whose
+                             caller left (``warmpool.withdraw``). Such a request is never
+                             queued or handed a machine again; members are trimmed by the next
+                             withdraw once WITHDRAWN_KEEP_S have passed.
 ===================  ======  ==============================================================
 
 One more key under the same prefix is written only by the local stack's demo,
@@ -74,6 +78,9 @@ TOP_UP_COALESCE_MS = 5_000
 REFRESH_SOON_MS = 1_000
 REFRESH_LOCK_TTL_S = 120  # the aws jobs' hard time limit: a refresh never holds it longer
 UNREADY_WINDOW_S = 3_600
+# A withdrawn request outlives every job of its own: an assign job expires at
+# its caller's deadline (at most MAX_WAIT_S after it was sent), plus slack.
+WITHDRAWN_KEEP_S = 3_600 + 600
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class PoolKeys:
     refresh_lock: str
     aws_calls: str
     aws_errors: str
+    withdrawn: str
 
     @classmethod
     def for_group(cls, asg_name: str) -> PoolKeys:
@@ -117,6 +125,7 @@ class PoolKeys:
             refresh_lock=prefix + "refresh_lock",
             aws_calls=prefix + "aws_calls",
             aws_errors=prefix + "aws_errors",
+            withdrawn=prefix + "withdrawn",
         )
 
     def all(self) -> tuple[str, ...]:

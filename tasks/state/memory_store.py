@@ -19,9 +19,9 @@ from tasks.pool.model import (
     Waiter,
     choose_for_assignment,
 )
-from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
+from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome, WithdrawOutcome
 from tasks.pool.reconcile import Reconciliation, next_recovery, reconcile
-from tasks.state.keys import LOST_KEEP, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S
+from tasks.state.keys import LOST_KEEP, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S, WITHDRAWN_KEEP_S
 
 
 class InMemoryStore:
@@ -42,6 +42,7 @@ class InMemoryStore:
         self._unready: dict[str, float] = {}
         self._aws_calls: dict[str, int] = {}
         self._aws_errors: dict[str, int] = {}
+        self._withdrawn: dict[str, float] = {}  # request id -> remembered until
 
     def _flag(self) -> bool:
         now = time.monotonic()
@@ -61,15 +62,26 @@ class InMemoryStore:
         return current
 
     def assign(
-        self, project_id: str, *, now: float, assigned_at: str, idle_target: int, lease_s: float = 0.0
+        self,
+        project_id: str,
+        *,
+        now: float,
+        assigned_at: str,
+        idle_target: int,
+        lease_s: float = 0.0,
+        request_id: str = "",
     ) -> AssignOutcome:
         lease_fields = (lease_s, now + lease_s) if lease_s > 0 else (0.0, 0.0)
         with self._lock:
+            if request_id and request_id in self._withdrawn:
+                return AssignOutcome(machine=None, new=False, top_up=False, withdrawn=True)
             current = self._held(project_id)
             if current is not None:
                 if lease_s > 0:
                     current = replace(current, lease_s=lease_fields[0], lease_expires_at=lease_fields[1])
-                    self._machines[current.instance_id] = current
+                if request_id and current.request_id not in ("", request_id):
+                    current = replace(current, request_id="")  # told to a second request: no one may withdraw it
+                self._machines[current.instance_id] = current
                 return AssignOutcome(machine=current, new=False, top_up=False)
             self._projects.pop(project_id, None)
             idle = [m for m in self._machines.values() if m.state is MachineState.IDLE]
@@ -86,6 +98,7 @@ class InMemoryStore:
                 protected=False,
                 lease_s=lease_fields[0],
                 lease_expires_at=lease_fields[1],
+                request_id=request_id,
             )
             self._machines[machine.instance_id] = machine
             self._projects[project_id] = machine.instance_id
@@ -93,23 +106,31 @@ class InMemoryStore:
             return AssignOutcome(machine=machine, new=True, top_up=top_up)
 
     def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome:
-        nothing = ReleaseOutcome(machine=None, decrement=False, top_up=False)
         with self._lock:
-            current = self._held(project_id)
-            if current is None:
-                self._projects.pop(project_id, None)
-                return nothing
-            if lease_expired_before is not None and not 0 < current.lease_expires_at <= lease_expired_before:
-                return nothing
-            del self._projects[project_id]
-            detail = "lease expired" if lease_expired_before is not None else current.detail
-            machine = replace(current, state=MachineState.RELEASING, since=now, detail=detail)
-            self._machines[machine.instance_id] = machine
-            g = self._group
-            decrement = g.known and g.desired_capacity - 1 >= g.min_size
-            if decrement:
-                self._group = replace(g, desired_capacity=g.desired_capacity - 1)
-            return ReleaseOutcome(machine=machine, decrement=decrement, top_up=self._flag())
+            return self._release(project_id, now=now, lease_expired_before=lease_expired_before, granted_to="")
+
+    def _release(
+        self, project_id: str, *, now: float, lease_expired_before: float | None, granted_to: str
+    ) -> ReleaseOutcome:
+        # The caller holds self._lock (release.lua's logic, withdraw mode included).
+        nothing = ReleaseOutcome(machine=None, decrement=False, top_up=False)
+        current = self._held(project_id)
+        if current is None:
+            self._projects.pop(project_id, None)
+            return nothing
+        if granted_to and current.request_id != granted_to:
+            return nothing
+        if lease_expired_before is not None and not 0 < current.lease_expires_at <= lease_expired_before:
+            return nothing
+        del self._projects[project_id]
+        detail = "lease expired" if lease_expired_before is not None else current.detail
+        machine = replace(current, state=MachineState.RELEASING, since=now, detail=detail)
+        self._machines[machine.instance_id] = machine
+        g = self._group
+        decrement = g.known and g.desired_capacity - 1 >= g.min_size
+        if decrement:
+            self._group = replace(g, desired_capacity=g.desired_capacity - 1)
+        return ReleaseOutcome(machine=machine, decrement=decrement, top_up=self._flag())
 
     def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]:
         with self._lock:
@@ -123,9 +144,22 @@ class InMemoryStore:
             self._machines[machine.instance_id] = machine
             return "touched", machine
 
+    def withdraw(self, request_id: str, project_id: str, *, now: float) -> WithdrawOutcome:
+        with self._lock:
+            waiting = self._waiters.get(request_id)
+            if waiting is not None and waiting.project_id != project_id:
+                return WithdrawOutcome(waiter_removed=False, machine=None, decrement=False, top_up=False, foreign=True)
+            self._withdrawn = {r: until for r, until in self._withdrawn.items() if until > now}
+            self._withdrawn[request_id] = now + WITHDRAWN_KEEP_S
+            removed = self._waiters.pop(request_id, None) is not None
+            released = self._release(project_id, now=now, lease_expired_before=None, granted_to=request_id)
+            return WithdrawOutcome(
+                waiter_removed=removed, machine=released.machine, decrement=released.decrement, top_up=released.top_up
+            )
+
     def add_waiter(self, waiter: Waiter) -> bool:
         with self._lock:
-            if waiter.request_id in self._waiters:
+            if waiter.request_id in self._waiters or waiter.request_id in self._withdrawn:
                 return False
             self._waiters[waiter.request_id] = waiter
             return True

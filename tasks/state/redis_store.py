@@ -30,9 +30,16 @@ from tasks.pool.model import (
     PoolView,
     Waiter,
 )
-from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
+from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome, WithdrawOutcome
 from tasks.pool.reconcile import Reconciliation, next_recovery, reconcile
-from tasks.state.keys import LOST_KEEP, REFRESH_SOON_MS, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S, PoolKeys
+from tasks.state.keys import (
+    LOST_KEEP,
+    REFRESH_SOON_MS,
+    TOP_UP_COALESCE_MS,
+    UNREADY_WINDOW_S,
+    WITHDRAWN_KEEP_S,
+    PoolKeys,
+)
 
 
 def _load_script(name: str) -> str:
@@ -81,6 +88,7 @@ class RedisStore:
         self._mark_ready = client.register_script(_load_script("mark_ready.lua"))
         self._add_waiter = client.register_script(_load_script("add_waiter.lua"))
         self._release_quarantine = client.register_script(_load_script("release_quarantine.lua"))
+        self._withdraw = client.register_script(_load_script("withdraw.lua"))
 
     @classmethod
     def from_url(cls, url: str, asg_name: str) -> RedisStore:
@@ -100,29 +108,72 @@ class RedisStore:
             raise StoreUnavailable(f"state store unreachable: {exc}") from exc
 
     def assign(
-        self, project_id: str, *, now: float, assigned_at: str, idle_target: int, lease_s: float = 0.0
+        self,
+        project_id: str,
+        *,
+        now: float,
+        assigned_at: str,
+        idle_target: int,
+        lease_s: float = 0.0,
+        request_id: str = "",
     ) -> AssignOutcome:
         k = self.keys
         kind, raw, flag = self._call(
             self._assign,
-            keys=[k.machines, k.idle, k.projects, k.top_up, k.leases],
-            args=[project_id, repr(now), assigned_at, idle_target, TOP_UP_COALESCE_MS, repr(float(lease_s))],
+            keys=[k.machines, k.idle, k.projects, k.top_up, k.leases, k.withdrawn],
+            args=[
+                project_id,
+                repr(now),
+                assigned_at,
+                idle_target,
+                TOP_UP_COALESCE_MS,
+                repr(float(lease_s)),
+                request_id,
+            ],
         )
         machine = Machine.from_json(json.loads(raw)) if raw else None
-        return AssignOutcome(machine=machine, new=kind == "new", top_up=bool(flag))
+        return AssignOutcome(machine=machine, new=kind == "new", top_up=bool(flag), withdrawn=kind == "withdrawn")
 
     def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome:
+        return self._release_once(project_id, now=now, lease_expired_before=lease_expired_before, granted_to="")
+
+    def _release_once(
+        self, project_id: str, *, now: float, lease_expired_before: float | None, granted_to: str
+    ) -> ReleaseOutcome:
         k = self.keys
         expired = "" if lease_expired_before is None else repr(lease_expired_before)
         reply = self._call(
             self._release,
             keys=[k.machines, k.idle, k.projects, k.group, k.top_up, k.leases],
-            args=[project_id, repr(now), TOP_UP_COALESCE_MS, expired],
+            args=[project_id, repr(now), TOP_UP_COALESCE_MS, expired, granted_to],
         )
         if reply[0] != "released":
             return ReleaseOutcome(machine=None, decrement=False, top_up=False)
         machine = Machine.from_json(json.loads(reply[1]))
         return ReleaseOutcome(machine=machine, decrement=bool(reply[2]), top_up=bool(reply[3]))
+
+    def withdraw(self, request_id: str, project_id: str, *, now: float) -> WithdrawOutcome:
+        k = self.keys
+        # Two scripts, safe in this order: withdraw.lua marks the request withdrawn
+        # (no assign may grant it a machine after that), then release.lua gives back
+        # the machine it was granted before, if any. The release runs even when the
+        # waiter was found: a serve assigns before it removes the waiter it served.
+        removed = int(
+            self._call(
+                self._withdraw,
+                keys=[k.waiters, k.waiter_data, k.withdrawn],
+                args=[request_id, project_id, repr(now), repr(now + WITHDRAWN_KEEP_S)],
+            )
+        )
+        if removed < 0:
+            return WithdrawOutcome(waiter_removed=False, machine=None, decrement=False, top_up=False, foreign=True)
+        released = self._release_once(project_id, now=now, lease_expired_before=None, granted_to=request_id)
+        return WithdrawOutcome(
+            waiter_removed=removed == 1,
+            machine=released.machine,
+            decrement=released.decrement,
+            top_up=released.top_up,
+        )
 
     def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]:
         k = self.keys
@@ -136,7 +187,7 @@ class RedisStore:
         k = self.keys
         added = self._call(
             self._add_waiter,
-            keys=[k.waiters, k.waiter_data, k.waiter_seq],
+            keys=[k.waiters, k.waiter_data, k.waiter_seq, k.withdrawn],
             args=[waiter.request_id, json.dumps(waiter.to_json())],
         )
         return bool(added)

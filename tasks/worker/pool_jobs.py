@@ -27,6 +27,7 @@ from tasks.contract import (
     TASK_STATUS,
     TASK_TOP_UP,
     TASK_TOUCH,
+    TASK_WITHDRAW,
     failure,
     is_instance_id,
 )
@@ -47,7 +48,16 @@ def _guarded(call: Callable[[], dict[str, Any]], project_id: Any) -> dict[str, A
 
 # The pool-queue jobs below; their side effects are sent after their result is stored.
 POOL_JOBS = frozenset(
-    {TASK_ASSIGN, TASK_RELEASE, TASK_TOUCH, TASK_STATUS, TASK_TOP_UP, TASK_MARK_READY, TASK_APPLY_SNAPSHOT}
+    {
+        TASK_ASSIGN,
+        TASK_RELEASE,
+        TASK_TOUCH,
+        TASK_WITHDRAW,
+        TASK_STATUS,
+        TASK_TOP_UP,
+        TASK_MARK_READY,
+        TASK_APPLY_SNAPSHOT,
+    }
 )
 
 
@@ -92,6 +102,12 @@ def assign(self: Task, project_id: Any, wait_s: Any = 0.0, lease_s: Any = None, 
 @app.task(name=TASK_RELEASE)
 def release(project_id: Any) -> dict[str, Any]:
     return _guarded(lambda: service().release(project_id), project_id)
+
+
+@app.task(name=TASK_WITHDRAW)
+def withdraw(request_id: Any, project_id: Any) -> dict[str, Any]:
+    """The caller of assign ``request_id`` left: take its place in the queue back, or release what it got."""
+    return _guarded(lambda: service().withdraw(request_id, project_id), project_id)
 
 
 @app.task(name=TASK_TOUCH)

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tasks.pool.model import AddressKind, GroupSnapshot, MachineState
+from tasks.pool.model import AddressKind, GroupSnapshot, MachineState, Waiter
 from tasks.pool.ports import AssignOutcome, StateStore
+from tasks.state.keys import WITHDRAWN_KEEP_S
 from tasks.state.redis_store import RedisStore
 from tests.builders import iid, ready, snapshot
 
@@ -419,6 +420,82 @@ class TestBookkeeping:
         assert store.view().machines == {} and store.view().projects == {}
         assert not store.group().known and store.lost() == []
         assert store.request_top_up() is True
+
+
+class TestWithdraw:
+    """A caller who left (warmpool.withdraw): its waiter goes, its own new machine is released, nothing else."""
+
+    def waiter(self, request_id: str, project: str) -> Waiter:
+        return Waiter(request_id, project, deadline=T0 + 100, arrived=T0)
+
+    def test_assign_records_the_request_that_made_it(self, store: StateStore) -> None:
+        ready_pool(store, 1)
+        got = store.assign("p1", now=T0 + 10, assigned_at="at", idle_target=0, request_id="req-1")
+        assert got.machine is not None and got.machine.request_id == "req-1"
+        # the same request again keeps it; another request of the project makes it no one's
+        again = store.assign("p1", now=T0 + 11, assigned_at="at", idle_target=0, request_id="req-1")
+        assert again.machine is not None and again.machine.request_id == "req-1"
+        other = store.assign("p1", now=T0 + 12, assigned_at="at", idle_target=0, request_id="req-2")
+        assert other.machine is not None and other.machine.request_id == ""
+        assert store.view().machines[got.machine.instance_id].request_id == ""
+
+    def test_withdrawing_a_waiter_removes_it_and_it_is_never_queued_or_served_again(self, store: StateStore) -> None:
+        assert store.add_waiter(self.waiter("req-1", "p1"))
+        out = store.withdraw("req-1", "p1", now=T0 + 1)
+        assert out.waiter_removed and out.machine is None and not out.foreign
+        assert store.waiters() == []
+        assert store.add_waiter(self.waiter("req-1", "p1")) is False and store.waiters() == []
+        ready_pool(store, 1)
+        late = store.assign("p1", now=T0 + 10, assigned_at="at", idle_target=0, request_id="req-1")
+        assert late.withdrawn and late.machine is None
+        assert store.view().projects == {}
+
+    def test_withdrawing_a_served_request_releases_its_machine_once(self, store: StateStore) -> None:
+        ids = ready_pool(store, 2, desired=2)
+        got = store.assign("p1", now=T0 + 10, assigned_at="at", idle_target=0, request_id="req-1")
+        assert got.machine is not None
+        out = store.withdraw("req-1", "p1", now=T0 + 20)
+        assert out.machine is not None and out.machine.instance_id == got.machine.instance_id
+        assert out.machine.state is MachineState.RELEASING and out.decrement
+        assert store.view().projects == {}
+        assert store.view().machines[got.machine.instance_id].state is MachineState.RELEASING
+        again = store.withdraw("req-1", "p1", now=T0 + 21)
+        assert again.machine is None and not again.waiter_removed
+        assert len(ids) == 2 and store.group().desired_capacity == 1  # decremented once
+
+    def test_a_served_waiter_not_yet_removed_is_withdrawn_and_released(self, store: StateStore) -> None:
+        # a serve assigns first and removes the waiter after: a withdraw in between does both
+        ready_pool(store, 1)
+        store.add_waiter(self.waiter("req-1", "p1"))
+        got = store.assign("p1", now=T0 + 10, assigned_at="at", idle_target=0, request_id="req-1")
+        out = store.withdraw("req-1", "p1", now=T0 + 11)
+        assert out.waiter_removed and out.machine is not None and got.machine is not None
+        assert out.machine.instance_id == got.machine.instance_id
+        assert store.waiters() == [] and store.view().projects == {}
+
+    def test_withdraw_never_releases_what_another_request_made(self, store: StateStore) -> None:
+        ready_pool(store, 2)
+        store.assign("p1", now=T0 + 10, assigned_at="at", idle_target=0, request_id="req-1")
+        before = store.view()
+        out = store.withdraw("req-2", "p1", now=T0 + 11)  # p1's machine came from req-1
+        assert out.machine is None and not out.waiter_removed
+        assert store.view() == before
+
+    def test_another_projects_waiter_is_left_alone(self, store: StateStore) -> None:
+        store.add_waiter(self.waiter("req-1", "p1"))
+        out = store.withdraw("req-1", "p2", now=T0 + 1)
+        assert out.foreign and not out.waiter_removed
+        assert [w.request_id for w in store.waiters()] == ["req-1"]
+        # and the request was not marked withdrawn: it is still served
+        ready_pool(store, 1)
+        got = store.assign("p1", now=T0 + 10, assigned_at="at", idle_target=0, request_id="req-1")
+        assert got.machine is not None and not got.withdrawn
+
+    def test_withdrawals_are_forgotten_after_they_can_matter(self, store: StateStore) -> None:
+        store.withdraw("req-old", "p1", now=T0)
+        store.withdraw("req-new", "p1", now=T0 + WITHDRAWN_KEEP_S + 1)  # trims the old one
+        assert store.add_waiter(self.waiter("req-old", "p1")) is True
+        assert store.add_waiter(self.waiter("req-new", "p1")) is False
 
 
 # -- concurrency (RedisStore only) -----------------------------------------------------------

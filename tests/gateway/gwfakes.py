@@ -26,14 +26,23 @@ class FakePool:
         self.fail: BaseException | None = None  # raised by every call when set
         self.raise_no_capacity = False  # NoCapacity as an exception instead of a result
         self.closed = False
+        self.leases: dict[str, float | None] = {}
+        self.request_ids: list[str | None] = []  # of every assign, in order
+        self.withdraw_waits: list[float] = []
+        self.answer_after_s: float | None = None  # assigns take this long (a caller waiting for a machine)
 
     def _maybe_fail(self) -> None:
         if self.fail is not None:
             raise self.fail
 
-    async def assign_result(self, project_id: str, *, wait: float) -> dict[str, Any]:
+    async def assign_result(
+        self, project_id: str, *, wait: float, lease: float | None = None, request_id: str | None = None
+    ) -> dict[str, Any]:
         self.calls.append(("assign", project_id, wait))
+        self.request_ids.append(request_id)
         self._maybe_fail()
+        if self.answer_after_s is not None:
+            await asyncio.sleep(self.answer_after_s)
         if project_id not in self.held:
             if not self.idle:
                 if self.raise_no_capacity:
@@ -56,6 +65,28 @@ class FakePool:
             "private_ip": "10.0.0.9",
             "assigned_at": "2026-01-01T00:00:00.000Z",
         }
+
+    async def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
+        self.calls.append(("touch", project_id, lease))
+        self._maybe_fail()
+        if project_id not in self.held:
+            return {"status": "not_assigned", "project_id": project_id}
+        if lease is not None:
+            self.leases[project_id] = lease
+        if not self.leases.get(project_id):
+            return {"status": "no_lease", "project_id": project_id, "instance_id": self.held[project_id]}
+        return {
+            "status": "touched",
+            "project_id": project_id,
+            "instance_id": self.held[project_id],
+            "lease_expires_at": "2026-01-01T01:00:00.000Z",
+        }
+
+    async def withdraw_result(self, project_id: str, *, request_id: str, wait: float = 0.0) -> dict[str, Any]:
+        self.calls.append(("withdraw", project_id, request_id))
+        self.withdraw_waits.append(wait)
+        self._maybe_fail()
+        return {"status": "withdrawn", "project_id": project_id, "request_id": request_id, "released": None}
 
     async def release_result(self, project_id: str) -> dict[str, Any]:
         self.calls.append(("release", project_id))
@@ -143,47 +174,42 @@ def raw_get(app: FastAPI, path: str, *, headers: list[tuple[bytes, bytes]] | Non
     }
     status = 0
     body = b""
+    requested = False
+    answered: asyncio.Event | None = None
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        # Like a server: the (empty) body once, then nothing until the caller leaves,
+        # which it does once it has the whole answer.
+        nonlocal requested, answered
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        answered = answered or asyncio.Event()
+        await answered.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal status, body
+        nonlocal status, body, answered
         if message["type"] == "http.response.start":
             status = message["status"]
         elif message["type"] == "http.response.body":
             body += message.get("body", b"")
+            if not message.get("more_body", False):
+                answered = answered or asyncio.Event()
+                answered.set()
 
     asyncio.run(app(scope, receive, send))
     return status, body
 
 
 class LeasingPool(FakePool):
-    """FakePool with leases, like producer.aio.AsyncPoolClient since leases exist."""
+    """FakePool that also records each assign's lease in its call log."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.leases: dict[str, float | None] = {}
-
-    async def assign_result(self, project_id: str, *, wait: float, lease: float | None = None) -> dict[str, Any]:
-        result = await super().assign_result(project_id, wait=wait)
+    async def assign_result(
+        self, project_id: str, *, wait: float, lease: float | None = None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        result = await super().assign_result(project_id, wait=wait, request_id=request_id)
         self.calls[-1] = ("assign", project_id, wait, lease)
         if result["status"] == "assigned":
             self.leases[project_id] = lease
         return result
-
-    async def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
-        self.calls.append(("touch", project_id, lease))
-        self._maybe_fail()
-        if project_id not in self.held:
-            return {"status": "not_assigned", "project_id": project_id}
-        if lease is not None:
-            self.leases[project_id] = lease
-        if not self.leases.get(project_id):
-            return {"status": "no_lease", "project_id": project_id, "instance_id": self.held[project_id]}
-        return {
-            "status": "touched",
-            "project_id": project_id,
-            "instance_id": self.held[project_id],
-            "lease_expires_at": "2026-01-01T01:00:00.000Z",
-        }

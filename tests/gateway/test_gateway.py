@@ -19,7 +19,6 @@ from producer.gateway import (
     LEGACY_NO_MACHINE,
     RESERVED_LEGACY_IDS,
     FlowerProxy,
-    ThreadedPoolClient,
     create_app,
     env_port,
     is_loopback,
@@ -613,36 +612,6 @@ def test_json_formatter_emits_extras() -> None:
     assert line["message"] == "assign" and line["project_id"] == "p1" and line["outcome"] == "assigned"
 
 
-# -- the threaded fallback client ---------------------------------------------------------
-class SyncPool:
-    def __init__(self) -> None:
-        self.leases: list[float | None] = []
-
-    def assign_result(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> dict[str, Any]:
-        self.leases.append(lease)
-        return {"status": "assigned", "project_id": project_id, "instance_id": "i-9", "ip": "1.2.3.4"}
-
-    def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
-        return {"status": "touched", "project_id": project_id, "instance_id": "i-9"}
-
-    def release_result(self, project_id: str) -> dict[str, Any]:
-        return {"status": "not_assigned", "project_id": project_id}
-
-    def status(self) -> dict[str, Any]:
-        return {"counts": {}}
-
-
-def test_threaded_fallback_client_wraps_the_sync_client() -> None:
-    sync = SyncPool()
-    app = create_app(ThreadedPoolClient(sync))  # type: ignore[arg-type]
-    assert call(app, "GET", "/p1").json() == {"ip": "1.2.3.4", "instanceId": "i-9"}
-    assert call(app, "POST", "/v1/projects/p1/machine?lease=60").status_code == 200
-    assert sync.leases == [None, 60.0]
-    assert call(app, "POST", "/v1/projects/p1/touch").json()["status"] == "touched"
-    assert call(app, "DELETE", "/v1/projects/p1/machine").status_code == 404
-    assert call(app, "GET", "/v1/pool").json() == {"counts": {}}
-
-
 # -- the Flower proxy route -----------------------------------------------------------------
 def flower_app(pool: FakePool, seen: list[httpx.Request], *, fail: bool = False, token: str | None = None) -> Any:
     def upstream(request: httpx.Request) -> httpx.Response:
@@ -864,10 +833,3 @@ def test_bad_lease_requests_are_400(url: str, kwargs: dict[str, Any]) -> None:
     assert r.status_code == 400, r.text
     assert r.json()["code"] in ("bad_request", "invalid_project")
     assert pool.calls == []
-
-
-def test_leases_without_a_leasing_client_are_501(app: Any, pool: FakePool) -> None:
-    assert_json_error(call(app, "POST", "/v1/projects/p1/machine?lease=60"), 501, "not_implemented")
-    assert_json_error(call(app, "POST", "/v1/projects/p1/touch"), 501, "not_implemented")
-    assert pool.calls == []
-    assert "/v1/projects/{project_id}/touch" in call(app, "GET", "/openapi.json").json()["paths"]

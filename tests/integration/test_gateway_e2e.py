@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from sandbox import free_port
-from tests.integration.conftest import IDLE_TARGET, Stack, wait_for
+from tests.integration.conftest import IDLE_TARGET, Stack
+from tests.integration.gateway_proc import running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -18,21 +17,8 @@ TOKEN = "s3cret-token-for-tests"
 
 @pytest.fixture(scope="module")
 def gateway(stack: Stack) -> Iterator[str]:
-    port = free_port()
-    env = {**stack.env, "WARMPOOL_API_TOKEN": TOKEN, "WARMPOOL_GATEWAY_PORT": str(port)}
-    argv = [sys.executable, "-m", "producer.gateway", "--host", "127.0.0.1"]
-    stack.procs.spawn("gateway", argv, env=env, log_path=stack.logs / "gateway.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, timeout_s=30, what="the gateway to answer /healthz")
-    yield url
-    stack.procs.stop("gateway")
+    with running_gateway(stack, name="gateway", token=TOKEN) as url:
+        yield url
 
 
 def auth() -> dict[str, str]:

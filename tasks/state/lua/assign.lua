@@ -5,12 +5,24 @@
 -- machine, and one project must never end up holding two. Everything from
 -- "does the project hold one?" to "mark it assigned" happens in this script.
 --
--- KEYS: machines (hash), idle (zset), projects (hash), top_up (string), leases (zset)
--- ARGV: project id, now (epoch s), assigned_at (ISO 8601), idle target, coalesce ms, lease s (0: none)
--- Returns {"existing"|"new", record json, top_up 0|1} or {"none", "", top_up 0|1}
-local machines, idle, projects, flag, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- Race guarded too: a withdraw (the caller left) landing between a serve's
+-- read of the waiters and this assign. The withdrawn check and the grant
+-- (the record's request_id) happen here, in one step, so a withdrawn request
+-- is never handed a machine, and a machine handed out is always findable by
+-- the request that got it.
+--
+-- KEYS: machines (hash), idle (zset), projects (hash), top_up (string), leases (zset), withdrawn (zset)
+-- ARGV: project id, now (epoch s), assigned_at (ISO 8601), idle target, coalesce ms, lease s (0: none),
+--       request id ("": none)
+-- Returns {"existing"|"new", record json, top_up 0|1}, {"none", "", top_up 0|1} or {"withdrawn", "", 0}
+local machines, idle, projects, flag, leases, withdrawn = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local project, now, assigned_at = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local idle_target, coalesce_ms, lease_s = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local request_id = ARGV[7] or ''
+
+if request_id ~= '' and redis.call('ZSCORE', withdrawn, request_id) then
+  return {'withdrawn', '', 0}
+end
 
 local function want_top_up()
   -- Ask for one top-up per burst: only the first caller after the flag
@@ -37,9 +49,19 @@ if held then
   if raw then
     local m = cjson.decode(raw)
     if m.state == 'assigned' and m.project_id == project then
+      local changed = false
       if lease_s > 0 then
         -- Asking again proves the caller is alive: renew its lease.
         set_lease(m, held)
+        changed = true
+      end
+      if request_id ~= '' and (m.request_id or '') ~= '' and m.request_id ~= request_id then
+        -- A second request was told about this assignment: no single caller
+        -- leaving may give it back any more.
+        m.request_id = ''
+        changed = true
+      end
+      if changed then
         raw = cjson.encode(m)
         redis.call('HSET', machines, held, raw)
       end
@@ -72,6 +94,7 @@ while true do
       m.protected = false
       m.lease_s = 0
       m.lease_expires_at = 0
+      m.request_id = request_id
       set_lease(m, iid)
       local encoded = cjson.encode(m)
       redis.call('HSET', machines, iid, encoded)

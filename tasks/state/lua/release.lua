@@ -7,13 +7,18 @@
 -- desired capacity without going below MinSize, and records that decrement so
 -- a second release before the next refresh sees it. In lease mode it releases
 -- only if the lease is still expired: a touch that renewed it in between wins.
+-- In withdraw mode it releases only the assignment that request made: never a
+-- machine the project held before, nor one another request was told about.
 --
 -- KEYS: machines (hash), idle (zset), projects (hash), group (hash), top_up (string), leases (zset)
--- ARGV: project id, now (epoch s), coalesce ms, lease expired before (epoch s; "" = plain release)
+-- ARGV: project id, now (epoch s), coalesce ms, lease expired before (epoch s; "" = plain release),
+--       granted to request id ("" = any)
 -- Returns {"released", record json, decrement 0|1, top_up 0|1} or {"not_assigned"} or {"lease_valid"}
+--   or {"not_granted"}
 local machines, idle, projects, group, flag, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local project, now, coalesce_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local expired_before = tonumber(ARGV[4])
+local granted_to = ARGV[5] or ''
 
 local iid = redis.call('HGET', projects, project)
 if not iid then
@@ -28,6 +33,9 @@ local m = cjson.decode(raw)
 if m.state ~= 'assigned' or m.project_id ~= project then
   redis.call('HDEL', projects, project)
   return {'not_assigned'}
+end
+if granted_to ~= '' and (m.request_id or '') ~= granted_to then
+  return {'not_granted'}
 end
 if expired_before then
   local expires = tonumber(m.lease_expires_at) or 0
