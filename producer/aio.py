@@ -22,10 +22,12 @@ from producer.client import (
     PoolClient,
     assign_kwargs,
     check_lease,
+    configured_group,
     make_app,
     raise_for_failure,
     raise_for_failure_except_capacity,
     timed_out_waiting,
+    with_group,
 )
 from tasks.contract import (
     POOL_QUEUE,
@@ -115,9 +117,16 @@ def _from_meta(meta: dict[str, Any]) -> Any:
 class AsyncPoolClient:
     """``await client.assign("proj-42", wait=30.0)``; same contract as PoolClient."""
 
-    def __init__(self, *, app: Celery | None = None, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        *,
+        app: Celery | None = None,
+        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        group: str | None = None,
+    ) -> None:
         self.app = app or make_app()
         self.reply_timeout_s = reply_timeout_s
+        self.group = group or configured_group()
         backend_url = str(self.app.conf.result_backend or "")
         native = backend_url.startswith(("redis://", "rediss://", "unix://"))
         self._listener = _ResultListener(backend_url) if native else None
@@ -125,6 +134,7 @@ class AsyncPoolClient:
 
     async def call(self, task: str, *args: Any, timeout_s: float, kwargs: dict[str, Any] | None = None) -> Any:
         """Send one pool job and await its raw result (see PoolClient.call)."""
+        kwargs = with_group(kwargs, self.group)
         if self._listener is None:
             assert self._sync is not None
             return await asyncio.to_thread(self._sync.call, task, *args, timeout_s=timeout_s, kwargs=kwargs)

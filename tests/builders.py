@@ -44,6 +44,7 @@ def snapshot(
     max_size: int = 10,
     desired: int | None = None,
     name: str = ASG,
+    seq: int = 0,
 ) -> GroupSnapshot:
     insts = tuple(instances)
     return GroupSnapshot(
@@ -53,6 +54,7 @@ def snapshot(
         desired_capacity=len(insts) if desired is None else desired,
         instances=insts,
         observed_at=observed_at,
+        seq=seq,
     )
 
 

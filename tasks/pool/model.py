@@ -98,7 +98,10 @@ class GroupSnapshot:
     max_size: int
     desired_capacity: int
     instances: tuple[CloudInstance, ...]
-    observed_at: float
+    observed_at: float  # the reading aws worker's clock: shown and sanity-checked, never used to order
+    # The refresh's place in the pool's own sequence (the state store's refresh_seq,
+    # taken when its AWS read started); 0 for a snapshot that has none (an older aws worker).
+    seq: int = 0
 
 
 def iso_utc(ts: float) -> str:
@@ -258,6 +261,7 @@ def snapshot_to_json(snapshot: GroupSnapshot) -> dict[str, Any]:
         "max_size": snapshot.max_size,
         "desired_capacity": snapshot.desired_capacity,
         "observed_at": snapshot.observed_at,
+        "seq": snapshot.seq,
         "instances": [asdict(i) for i in snapshot.instances],
     }
 
@@ -275,7 +279,14 @@ def snapshot_from_json(data: Mapping[str, Any]) -> GroupSnapshot:
         desired_capacity=int(data["desired_capacity"]),
         instances=instances,
         observed_at=float(data["observed_at"]),
+        seq=_sequence_number(data.get("seq", 0)),
     )
+
+
+def _sequence_number(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"seq must be a non-negative integer, got {value!r:.40}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.pool.model import AddressKind, Machine, iso_utc
-from tasks.pool.ports import StateStore
+from tasks.pool.ports import DeadLetter, StateStore
 
 
 def _machine_json(m: Machine) -> dict[str, Any]:
@@ -24,6 +24,10 @@ def _machine_json(m: Machine) -> dict[str, Any]:
     }
 
 
+def _dead_letter_json(d: DeadLetter) -> dict[str, Any]:
+    return {"at": iso_utc(d.at), "queue": d.queue, "task": d.task, "reason": d.reason, "detail": d.detail}
+
+
 def build_status(
     store: StateStore, *, asg_name: str, idle_target: int, address: AddressKind, now: float
 ) -> dict[str, Any]:
@@ -34,6 +38,7 @@ def build_status(
     machines = sorted(view.machines.values(), key=lambda m: (m.state.value, m.instance_id))
     backoff = group.backoff_until > now
     aws_calls, aws_errors = store.aws_stats()
+    dead_reasons = store.dead_letter_counts()
     return {
         "asg_name": asg_name,
         "idle_target": idle_target,
@@ -55,6 +60,10 @@ def build_status(
         "lost_total": group.lost_total,
         "lost": [{**x.to_json(), "lost_at": iso_utc(x.lost_at)} for x in store.lost(limit=20)],
         "unready_total": group.unready_total,
+        # Messages the workers set aside instead of running (tasks.worker.screening).
+        "dead_letters_total": sum(dead_reasons.values()),
+        "dead_letters_by_reason": dead_reasons,
+        "dead_letters": [_dead_letter_json(d) for d in store.dead_letters(limit=5)],
         "recovering_until": iso_utc(group.recovering_until) if group.recovering_until > now else None,
         "scale_up_paused_until": iso_utc(group.backoff_until) if backoff else None,
         "scale_up_paused_reason": group.backoff_reason if backoff else None,

@@ -16,7 +16,10 @@ key                  type    meaning
 ``group``            hash    group bounds and refresh bookkeeping: ``min_size``,
                              ``max_size``, ``desired_capacity`` (optimistically updated by
                              releases and scale-in until the next refresh), ``observed_at``
-                             (time of the newest applied snapshot; older ones are refused),
+                             (the aws worker's clock reading of the newest applied snapshot:
+                             shown, never used to order), ``applied_seq`` (``refresh_seq`` of
+                             the newest applied snapshot; one not above it, or above the last
+                             issued, is refused),
                              ``refreshed_at``, ``refresh_error``, ``refresh_error_at``,
                              ``lost_total``, ``wanted``, ``capped``, ``unready_total``
                              (machines terminated for never becoming ready),
@@ -47,6 +50,14 @@ key                  type    meaning
 ``aws_errors``       hash    AWS API action -> attempts that failed (throttled, 5xx, refused)
 ``refresh_soon``     string  "1" while an early refresh is queued (someone waits); TTL
                              REFRESH_SOON_MS
+``refresh_seq``      string  counter; a refresh takes the next value (INCR) when it starts its
+                             AWS read, under ``refresh_lock``; its snapshot carries it (``seq``)
+                             and snapshots are ordered by it, never by any machine's clock
+``dead_letters``     list    JSON tasks.pool.ports.DeadLetter records of messages a worker set
+                             aside instead of running (tasks.worker.screening), newest first,
+                             trimmed to DEAD_LETTER_KEEP entries; excerpts only, never whole bodies
+``dead_reasons``     hash    refusal reason (tasks.contract REFUSED_*) -> messages set aside
+                             for it, ever (status: ``dead_letters_total``, ``dead_letters_by_reason``)
 ===================  ======  ==============================================================
 """
 
@@ -55,6 +66,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 
 LOST_KEEP = 100
+DEAD_LETTER_KEEP = 100
 TOP_UP_COALESCE_MS = 5_000
 REFRESH_SOON_MS = 1_000
 REFRESH_LOCK_TTL_S = 120  # the aws jobs' hard time limit: a refresh never holds it longer
@@ -81,6 +93,9 @@ class PoolKeys:
     refresh_lock: str
     aws_calls: str
     aws_errors: str
+    refresh_seq: str
+    dead_letters: str
+    dead_reasons: str
 
     @classmethod
     def for_group(cls, asg_name: str) -> PoolKeys:
@@ -102,6 +117,9 @@ class PoolKeys:
             refresh_lock=prefix + "refresh_lock",
             aws_calls=prefix + "aws_calls",
             aws_errors=prefix + "aws_errors",
+            refresh_seq=prefix + "refresh_seq",
+            dead_letters=prefix + "dead_letters",
+            dead_reasons=prefix + "dead_reasons",
         )
 
     def all(self) -> tuple[str, ...]:

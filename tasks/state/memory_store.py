@@ -17,9 +17,17 @@ from tasks.pool.model import (
     Waiter,
     choose_for_assignment,
 )
-from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
+from tasks.pool.ports import (
+    AssignOutcome,
+    DeadLetter,
+    GroupInfo,
+    RefreshStats,
+    ReleaseOutcome,
+    SnapshotRefused,
+    snapshot_out_of_order,
+)
 from tasks.pool.reconcile import Reconciliation, reconcile
-from tasks.state.keys import LOST_KEEP, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S
+from tasks.state.keys import DEAD_LETTER_KEEP, LOST_KEEP, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S
 
 
 class InMemoryStore:
@@ -40,6 +48,9 @@ class InMemoryStore:
         self._unready: dict[str, float] = {}
         self._aws_calls: dict[str, int] = {}
         self._aws_errors: dict[str, int] = {}
+        self._refresh_seq = 0
+        self._dead_letters: list[DeadLetter] = []  # newest first
+        self._dead_reasons: dict[str, int] = {}
 
     def _flag(self) -> bool:
         now = time.monotonic()
@@ -194,10 +205,12 @@ class InMemoryStore:
         now: float,
         require_ready_check: bool = False,
         recovery_grace_s: float = 0.0,
-    ) -> Reconciliation | None:
+    ) -> Reconciliation | SnapshotRefused:
         with self._lock:
-            if snapshot.observed_at < self._group.observed_at:
-                return None
+            applied = self._group.applied_seq
+            refused = snapshot_out_of_order(snapshot.seq, applied=applied, issued=self._refresh_seq)
+            if refused is not None:
+                return refused
             recovering = self._group.recovering_until if self._group.observed_at else now + recovery_grace_s
             view = PoolView(machines=dict(self._machines), projects=dict(self._projects))
             rec = reconcile(
@@ -226,8 +239,14 @@ class InMemoryStore:
                 refresh_error="",
                 lost_total=self._group.lost_total + len(rec.lost),
                 recovering_until=recovering,
+                applied_seq=snapshot.seq or applied,
             )
             return rec
+
+    def next_refresh_seq(self) -> int:
+        with self._lock:
+            self._refresh_seq += 1
+            return self._refresh_seq
 
     def claim_for_termination(
         self,
@@ -273,3 +292,16 @@ class InMemoryStore:
     def assigned_count(self) -> int:
         with self._lock:
             return len(self._projects)
+
+    def record_dead_letter(self, letter: DeadLetter) -> None:
+        with self._lock:
+            self._dead_letters = [letter, *self._dead_letters][:DEAD_LETTER_KEEP]
+            self._dead_reasons[letter.reason] = self._dead_reasons.get(letter.reason, 0) + 1
+
+    def dead_letters(self, *, limit: int = 20) -> list[DeadLetter]:
+        with self._lock:
+            return self._dead_letters[: max(0, limit)]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._dead_reasons)

@@ -28,9 +28,24 @@ from tasks.pool.model import (
     PoolView,
     Waiter,
 )
-from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome
+from tasks.pool.ports import (
+    AssignOutcome,
+    DeadLetter,
+    GroupInfo,
+    RefreshStats,
+    ReleaseOutcome,
+    SnapshotRefused,
+    snapshot_out_of_order,
+)
 from tasks.pool.reconcile import Reconciliation, reconcile
-from tasks.state.keys import LOST_KEEP, REFRESH_SOON_MS, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S, PoolKeys
+from tasks.state.keys import (
+    DEAD_LETTER_KEEP,
+    LOST_KEEP,
+    REFRESH_SOON_MS,
+    TOP_UP_COALESCE_MS,
+    UNREADY_WINDOW_S,
+    PoolKeys,
+)
 
 
 def _load_script(name: str) -> str:
@@ -60,6 +75,7 @@ def _group_from_hash(raw: dict[str, str]) -> GroupInfo:
         backoff_reason=raw.get("backoff_reason", ""),
         refresh_duration_s=num("refresh_duration_s"),
         recovering_until=num("recovering_until"),
+        applied_seq=int(num("applied_seq")),
     )
 
 
@@ -201,6 +217,10 @@ class RedisStore:
     def group(self) -> GroupInfo:
         return _group_from_hash(self._call(self._r.hgetall, self.keys.group))
 
+    def next_refresh_seq(self) -> int:
+        seq: int = self._call(self._r.incr, self.keys.refresh_seq)
+        return seq
+
     def apply_snapshot(
         self,
         snapshot: GroupSnapshot,
@@ -209,11 +229,11 @@ class RedisStore:
         now: float,
         require_ready_check: bool = False,
         recovery_grace_s: float = 0.0,
-    ) -> Reconciliation | None:
+    ) -> Reconciliation | SnapshotRefused:
         options = {"kind": kind, "now": now, "require_ready_check": require_ready_check}
         for _attempt in range(20):
             try:
-                rec: Reconciliation | None = self._call(
+                rec: Reconciliation | SnapshotRefused = self._call(
                     self._apply_once, snapshot, recovery_grace_s=recovery_grace_s, **options
                 )
                 return rec
@@ -229,17 +249,25 @@ class RedisStore:
         now: float,
         require_ready_check: bool,
         recovery_grace_s: float,
-    ) -> Reconciliation | None:
+    ) -> Reconciliation | SnapshotRefused:
         k = self.keys
         pipe: Any
         with self._r.pipeline(transaction=True) as pipe:
             # Race guarded: an assign or release between reading the state and
-            # writing the reconciliation would be overwritten; WATCH aborts then.
+            # writing the reconciliation would be overwritten, and so would a
+            # newer snapshot applied in between; WATCH aborts then. refresh_seq
+            # is not watched: it only grows, and a seq issued meanwhile is
+            # above this snapshot's, which stays in order.
             pipe.watch(k.machines, k.projects, k.group)
-            observed_at, recovering = (float(v or 0) for v in pipe.hmget(k.group, "observed_at", "recovering_until"))
-            if snapshot.observed_at < observed_at:
+            observed_at, recovering, applied = (
+                float(v or 0) for v in pipe.hmget(k.group, "observed_at", "recovering_until", "applied_seq")
+            )
+            refused = snapshot_out_of_order(
+                snapshot.seq, applied=int(applied), issued=int(pipe.get(k.refresh_seq) or 0)
+            )
+            if refused is not None:
                 pipe.unwatch()
-                return None  # an older refresh arrived late: newer truth is applied
+                return refused
             if not observed_at:  # no state at all: first start, or the state was lost
                 recovering = now + recovery_grace_s
             view = _view_from(pipe.hgetall(k.machines), pipe.hgetall(k.projects))
@@ -263,6 +291,7 @@ class RedisStore:
                     "refreshed_at": repr(now),
                     "refresh_error": "",
                     "recovering_until": repr(recovering),
+                    "applied_seq": snapshot.seq or int(applied),
                 },
             )
             pipe.execute()
@@ -310,6 +339,24 @@ class RedisStore:
     def assigned_count(self) -> int:
         count: int = self._call(self._r.hlen, self.keys.projects)
         return count
+
+    def record_dead_letter(self, letter: DeadLetter) -> None:
+        k = self.keys
+        pipe = self._r.pipeline(transaction=True)
+        pipe.lpush(k.dead_letters, json.dumps(letter.to_json()))
+        pipe.ltrim(k.dead_letters, 0, DEAD_LETTER_KEEP - 1)
+        pipe.hincrby(k.dead_reasons, letter.reason, 1)
+        self._call(pipe.execute)
+
+    def dead_letters(self, *, limit: int = 20) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        raws = self._call(self._r.lrange, self.keys.dead_letters, 0, max(0, limit - 1))
+        return [DeadLetter.from_json(json.loads(r)) for r in raws]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        counts = self._call(self._r.hgetall, self.keys.dead_reasons)
+        return {reason: int(n) for reason, n in counts.items()}
 
     def reset(self) -> None:
         self._call(self._r.delete, *self.keys.all())
