@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.pool.model import AddressKind, Machine, iso_utc
-from tasks.pool.ports import DeadLetter, StateStore
+from tasks.pool.ports import StateStore
 
 
 def _machine_json(m: Machine) -> dict[str, Any]:
@@ -22,10 +22,6 @@ def _machine_json(m: Machine) -> dict[str, Any]:
         "protected": m.protected,
         "lease_expires_at": iso_utc(m.lease_expires_at) if m.lease_expires_at else None,
     }
-
-
-def _dead_letter_json(d: DeadLetter) -> dict[str, Any]:
-    return {"at": iso_utc(d.at), "queue": d.queue, "task": d.task, "reason": d.reason, "detail": d.detail}
 
 
 def build_status(
@@ -60,10 +56,10 @@ def build_status(
         "lost_total": group.lost_total,
         "lost": [{**x.to_json(), "lost_at": iso_utc(x.lost_at)} for x in store.lost(limit=20)],
         "unready_total": group.unready_total,
-        # Messages the workers set aside instead of running (tasks.worker.screening).
+        # Messages the workers set aside instead of running (tasks.worker.screening); the
+        # records themselves are in the store's dead-letter list (one read fewer per status).
         "dead_letters_total": sum(dead_reasons.values()),
         "dead_letters_by_reason": dead_reasons,
-        "dead_letters": [_dead_letter_json(d) for d in store.dead_letters(limit=5)],
         "recovering_until": iso_utc(group.recovering_until) if group.recovering_until > now else None,
         "scale_up_paused_until": iso_utc(group.backoff_until) if backoff else None,
         "scale_up_paused_reason": group.backoff_reason if backoff else None,
