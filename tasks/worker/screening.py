@@ -83,6 +83,17 @@ def _number_or_none(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value >= 0
 
 
+def _parse_time(value: str | None) -> datetime | None:
+    """The time Celery's Request will parse from this header (the same parser), found fast when it can be."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)  # what Celery sends (isoformat()): a C parser, ~1 µs
+    except ValueError:
+        parsed: datetime | None = maybe_iso8601(value)  # anything else ISO 8601 that Celery accepts
+        return parsed
+
+
 def _seconds_ahead(when: datetime) -> float:
     aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # Celery sends UTC (enable_utc)
     return aware.timestamp() - time.time()
@@ -98,7 +109,7 @@ def _check_text_headers(headers: Mapping[str, Any]) -> Refusal | None:
             return _bad_headers(f"header {name!r} must be a string, got {type(headers[name]).__name__}")
     for name in ("eta", "expires"):
         try:
-            when = maybe_iso8601(headers.get(name))
+            when = _parse_time(headers.get(name))
         except (ValueError, TypeError, OverflowError) as exc:
             return _bad_headers(f"header {name!r} must be an ISO 8601 time, got {headers[name]!r:.60}: {exc}")
         # A job delayed for hours would sit unacknowledged in this worker (and come back
