@@ -269,8 +269,10 @@ class ScreeningConsumer(Consumer):  # type: ignore[misc]
             _record(letter)
         except Exception as exc:  # the store is down: the message must still not come back
             log.error("dead letter not recorded", extra={"reason": letter.reason, "error": str(exc)[:300]})
+        if getattr(message, "acknowledged", False):
+            return  # its job ran and answered already (Celery failed after it): leave its result be
         self._answer(letter)
-        if callable(getattr(message, "ack_log_error", None)) and not message.acknowledged:
+        if callable(getattr(message, "ack_log_error", None)):
             message.ack_log_error(log, self.connection_errors)
 
     def _answer(self, letter: DeadLetter) -> None:
