@@ -66,6 +66,7 @@ beat_schedule = {
     "refresh": {
         "task": "warmpool.refresh",
         "schedule": _settings.refresh_seconds,
+        "kwargs": {"group": _settings.asg_name},  # a worker of another group refuses it
         # A refresh that waited longer than one interval is superseded by the next.
         "options": {"queue": "aws", "expires": max(1.0, _settings.refresh_seconds)},
     },

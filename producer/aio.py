@@ -22,10 +22,12 @@ from producer.client import (
     PoolClient,
     assign_kwargs,
     check_lease,
+    configured_group,
     make_app,
     raise_for_failure,
     raise_for_failure_except_capacity,
     timed_out_waiting,
+    with_group,
 )
 from tasks.contract import (
     POOL_QUEUE,
@@ -116,9 +118,16 @@ def _from_meta(meta: dict[str, Any]) -> Any:
 class AsyncPoolClient:
     """``await client.assign("proj-42", wait=30.0)``; same contract as PoolClient."""
 
-    def __init__(self, *, app: Celery | None = None, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        *,
+        app: Celery | None = None,
+        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        group: str | None = None,
+    ) -> None:
         self.app = app or make_app()
         self.reply_timeout_s = reply_timeout_s
+        self.group = group or configured_group()
         backend_url = str(self.app.conf.result_backend or "")
         native = backend_url.startswith(("redis://", "rediss://", "unix://"))
         self._listener = _ResultListener(backend_url) if native else None
@@ -133,6 +142,7 @@ class AsyncPoolClient:
         task_id: str | None = None,
     ) -> Any:
         """Send one pool job and await its raw result (see PoolClient.call); ``task_id``: the job's id."""
+        kwargs = with_group(kwargs, self.group)
         if self._listener is None:
             assert self._sync is not None
             return await asyncio.to_thread(

@@ -8,6 +8,7 @@ discarded by the worker instead of handing a machine to nobody.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -50,6 +51,18 @@ def make_app() -> Celery:
     app = Celery("warmpool-producer")
     app.config_from_object("celeryconfig")
     return app
+
+
+def configured_group() -> str | None:
+    """The group jobs are sent for: WARMPOOL_ASG_NAME when set (None: jobs name no group)."""
+    return os.environ.get("WARMPOOL_ASG_NAME", "").strip() or None
+
+
+def with_group(kwargs: dict[str, Any] | None, group: str | None) -> dict[str, Any] | None:
+    """A job's kwargs naming its ``group`` (a worker of another group refuses it: ``wrong_group``)."""
+    if not group or (kwargs and "group" in kwargs):
+        return kwargs
+    return {**(kwargs or {}), "group": group}
 
 
 def check_wait(wait: Any) -> float:
@@ -119,9 +132,16 @@ def raise_for_failure(result: Any) -> Mapping[str, Any]:
 class PoolClient:
     """Synchronous client for backends. Configuration comes from the environment."""
 
-    def __init__(self, *, app: Celery | None = None, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        *,
+        app: Celery | None = None,
+        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        group: str | None = None,
+    ) -> None:
         self.app = app or make_app()
         self.reply_timeout_s = reply_timeout_s
+        self.group = group or configured_group()
 
     def call(
         self,
@@ -137,6 +157,7 @@ class PoolClient:
         result when the worker queued the caller (assign with wait) and no
         machine became available before the deadline.
         """
+        kwargs = with_group(kwargs, self.group)
         try:
             async_result = self.app.send_task(
                 task, args=args, kwargs=kwargs, queue=POOL_QUEUE, expires=timeout_s, task_id=task_id

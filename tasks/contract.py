@@ -63,6 +63,16 @@ CODE_NO_CAPACITY: Final = "no_capacity"
 CODE_BAD_REQUEST: Final = "bad_request"
 CODE_INTERNAL: Final = "internal_error"
 CODE_STORE_UNAVAILABLE: Final = "store_unavailable"
+CODE_WRONG_GROUP: Final = "wrong_group"  # the job is for another group than the worker's
+
+# Why a worker set a message aside instead of running it (tasks.worker.screening):
+# the dead-letter list's ``reason`` and the keys of status' ``dead_letters_by_reason``.
+REFUSED_UNKNOWN_TASK: Final = "unknown_task"  # a task name no warmpool worker runs
+REFUSED_BAD_HEADERS: Final = "bad_headers"  # Celery protocol 2 headers missing or of the wrong type
+REFUSED_CONTENT_TYPE: Final = "bad_content_type"  # anything but JSON (pickle, yaml, none)
+REFUSED_TOO_LARGE: Final = "too_large"  # a body above tasks.worker.screening.MAX_MESSAGE_BYTES
+REFUSED_BAD_BODY: Final = "bad_body"  # not [args, kwargs, embed], undecodable, or a workflow to chain
+REFUSED_UNHANDLED: Final = "unhandled"  # Celery failed on it in a way no check above foresaw
 
 # Tags on EC2 instances: the durable truth of an assignment (docs/design.md invariant 7).
 TAG_PROJECT: Final = "warmpool:project"
@@ -97,6 +107,21 @@ def check_seconds(value: Any, name: str, *, high: float) -> float:
     if not math.isfinite(value) or value < 0 or value > high:
         raise InvalidRequest(f"{name} must be between 0 and {high:.0f} seconds, got {value!r}")
     return float(value)
+
+
+def group_mismatch(group: Any, *, own: str) -> str | None:
+    """Why a job for ``group`` is not for a worker of group ``own`` (None: it is; a job naming none is).
+
+    Pool state is per group but queue names are not: two groups on one broker
+    would consume each other's jobs. A worker refuses those instead.
+    """
+    if group is None or group == own:
+        return None
+    shown = repr(group) if not isinstance(group, str) else repr(group[:255])
+    return (
+        f"this job is for group {shown} but this worker serves group {own!r}: "
+        "give each group its own broker (or virtual host / Redis database) so their queues never mix"
+    )
 
 
 def failure(code: str, message: str, **extra: Any) -> dict[str, Any]:

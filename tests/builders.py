@@ -51,6 +51,7 @@ def snapshot(
     desired: int | None = None,
     name: str = ASG,
     epoch_tag: str | None = TEST_EPOCH,
+    seq: int = 0,
 ) -> GroupSnapshot:
     insts = tuple(instances)
     return GroupSnapshot(
@@ -61,6 +62,7 @@ def snapshot(
         instances=insts,
         observed_at=observed_at,
         epoch_tag=epoch_tag,
+        seq=seq,
     )
 
 

@@ -137,8 +137,11 @@ class GroupSnapshot:
     max_size: int
     desired_capacity: int
     instances: tuple[CloudInstance, ...]
-    observed_at: float
+    observed_at: float  # the reading aws worker's clock: shown and sanity-checked, never used to order
     epoch_tag: str | None = None  # the group's warmpool:epoch tag (tasks.contract.TAG_EPOCH)
+    # The refresh's place in the pool's own sequence (the state store's refresh_seq,
+    # taken when its AWS read started); 0 for a snapshot that has none (an older aws worker).
+    seq: int = 0
 
 
 def iso_utc(ts: float) -> str:
@@ -311,6 +314,7 @@ def snapshot_to_json(snapshot: GroupSnapshot) -> dict[str, Any]:
         "desired_capacity": snapshot.desired_capacity,
         "observed_at": snapshot.observed_at,
         "epoch_tag": snapshot.epoch_tag,
+        "seq": snapshot.seq,
         "instances": [asdict(i) for i in snapshot.instances],
     }
 
@@ -332,7 +336,14 @@ def snapshot_from_json(data: Mapping[str, Any]) -> GroupSnapshot:
         instances=instances,
         observed_at=float(data["observed_at"]),
         epoch_tag=epoch_tag or None,
+        seq=_sequence_number(data.get("seq", 0)),
     )
+
+
+def _sequence_number(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"seq must be a non-negative integer, got {value!r:.40}")
+    return value
 
 
 @dataclass(frozen=True)

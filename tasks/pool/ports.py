@@ -19,7 +19,7 @@ Pure: standard library and the pool model only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 from tasks.pool.model import (
@@ -89,6 +89,57 @@ class RefreshStats:
 
 
 @dataclass(frozen=True)
+class SnapshotRefused:
+    """Why the store did not apply a snapshot (StateStore.apply_snapshot returns it instead of a Reconciliation)."""
+
+    reason: str
+    seq: int
+    applied_seq: int
+    issued_seq: int
+
+
+def snapshot_out_of_order(seq: int, *, applied: int, issued: int) -> SnapshotRefused | None:
+    """Why a snapshot numbered ``seq`` is out of order, or None when it is not (the rule of both stores)."""
+    if not seq:
+        return None  # from an aws worker that numbers none: arrival order
+    if seq <= applied:
+        reason = f"stale: refresh #{seq} is not newer than #{applied}, applied already"
+    elif seq > issued:
+        reason = f"refresh #{seq} was never issued by this state (last issued #{issued}): the state was lost since"
+    else:
+        return None
+    return SnapshotRefused(reason=reason, seq=seq, applied_seq=applied, issued_seq=issued)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message a worker set aside instead of running (tasks.worker.screening): what it was and why.
+
+    Only excerpts are kept (``headers`` and ``body`` are reprs of their first few hundred
+    characters, tasks.worker.screening.EXCERPT_CHARS), so a huge message costs the store little.
+    """
+
+    at: float  # epoch seconds, on the worker that set it aside
+    queue: str
+    task: str
+    task_id: str
+    reason: str  # a stable code (tasks.contract REFUSED_*)
+    detail: str
+    content_type: str = ""
+    size_bytes: int = 0
+    headers: str = ""
+    body: str = ""
+    worker: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeadLetter:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
 class GroupInfo:
     """Group bounds as last observed plus refresh bookkeeping."""
 
@@ -110,6 +161,7 @@ class GroupInfo:
     epoch: str = ""
     epoch_confirmed: bool = False
     lost_at: float = 0.0  # when the state was last found lost (0: never)
+    applied_seq: int = 0  # seq of the newest applied snapshot
 
     @property
     def known(self) -> bool:
@@ -168,6 +220,8 @@ class StateStore(Protocol):
 
     def group(self) -> GroupInfo: ...
 
+    def next_refresh_seq(self) -> int: ...
+
     def apply_snapshot(
         self,
         snapshot: GroupSnapshot,
@@ -176,7 +230,12 @@ class StateStore(Protocol):
         now: float,
         require_ready_check: bool = False,
         new_epoch: str | None = None,
-    ) -> Reconciliation | None: ...
+    ) -> Reconciliation | SnapshotRefused:
+        """Fold ``snapshot`` in, unless it is out of order: refused (and nothing changes) when its
+        ``seq`` is not above the newest applied one, or above the last one ``next_refresh_seq``
+        issued (it was issued before the state was lost). A snapshot without a ``seq`` (0) is
+        applied in arrival order. ``new_epoch`` names the state if this is a first start."""
+        ...
 
     def claim_for_termination(
         self,
@@ -199,6 +258,12 @@ class StateStore(Protocol):
     def clear_top_up_request(self) -> None: ...
 
     def assigned_count(self) -> int: ...
+
+    def record_dead_letter(self, letter: DeadLetter) -> None: ...
+
+    def dead_letters(self, *, limit: int = 20) -> list[DeadLetter]: ...
+
+    def dead_letter_counts(self) -> dict[str, int]: ...
 
     def reset(self) -> None: ...
 

@@ -19,6 +19,7 @@ from typing import Any
 from tasks.contract import (
     CODE_BAD_REQUEST,
     CODE_NO_CAPACITY,
+    CODE_WRONG_GROUP,
     MAX_LEASE_S,
     MAX_WAIT_S,
     STATUS_ASSIGNED,
@@ -27,6 +28,7 @@ from tasks.contract import (
     STATUS_WITHDRAWN,
     check_seconds,
     failure,
+    group_mismatch,
     validate_project_id,
 )
 from tasks.errors import InvalidRequest
@@ -43,7 +45,7 @@ from tasks.pool.model import (
     unready_overdue,
 )
 from tasks.pool.planner import clamp, decrement_allowed, plan_capacity
-from tasks.pool.ports import GroupInfo, RefreshStats, SideEffects, StateStore
+from tasks.pool.ports import GroupInfo, RefreshStats, SideEffects, SnapshotRefused, StateStore
 from tasks.pool.reconcile import Reconciliation
 from tasks.pool.status import build_status
 
@@ -62,6 +64,10 @@ BACKOFF_AFTER = 3
 BACKOFF_BASE_S = 60.0
 BACKOFF_MAX_S = 900.0
 MAX_REQUEST_ID_CHARS = 200  # request ids are Celery task ids (UUIDs)
+# A snapshot dated further than this from the pool worker's clock is refused
+# (a broken clock, or a snapshot that waited in the queue that long). Within
+# it, clocks play no part: snapshots are ordered by their sequence number.
+MAX_SNAPSHOT_SKEW_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,24 @@ def assigned_result(machine: Machine) -> dict[str, Any]:
     if machine.lease_expires_at:
         result["lease_expires_at"] = iso_utc(machine.lease_expires_at)
     return result
+
+
+def _absurd_date(observed_at: float, *, now: float) -> str | None:
+    """Why a snapshot read at ``observed_at`` (its aws worker's clock) cannot be right at ``now``, or None."""
+    if not math.isfinite(observed_at) or observed_at <= 0:
+        return f"snapshot dated {observed_at!r}: not a time"
+    skew = observed_at - now
+    if skew > MAX_SNAPSHOT_SKEW_S:
+        return (
+            f"snapshot dated {skew:.0f}s ahead of the pool worker's clock (more than {MAX_SNAPSHOT_SKEW_S:.0f}s): "
+            "the clock of the aws worker that read it is wrong; check its NTP"
+        )
+    if -skew > MAX_SNAPSHOT_SKEW_S:
+        return (
+            f"snapshot dated {-skew:.0f}s before the pool worker's clock (more than {MAX_SNAPSHOT_SKEW_S:.0f}s): "
+            "too old to trust, or a clock is wrong; check NTP on the aws and pool workers"
+        )
+    return None
 
 
 class PoolService:
@@ -281,10 +305,22 @@ class PoolService:
 
     # -- refresh / readiness / rebalance ----------------------------------
     def apply_snapshot(self, snapshot: GroupSnapshot, *, stats: RefreshStats | None = None) -> dict[str, Any]:
-        """Fold a refresh into the state, serve waiters, rebalance and converge side effects."""
+        """Fold a refresh into the state, serve waiters, rebalance and converge side effects.
+
+        Refused, changing nothing and saying why in the log: a snapshot of another
+        group (``wrong_group``), one dated absurdly far from this worker's clock, and
+        one out of order (the store's rule: ordered by ``seq``, never by a clock).
+        """
+        if (mismatch := group_mismatch(snapshot.name, own=self.config.asg_name)) is not None:
+            log.error("snapshot refused: another group", extra={"group": snapshot.name[:255], "error": mismatch})
+            return failure(CODE_WRONG_GROUP, mismatch, applied=False)
+        now = self._clock()
+        if (absurd := _absurd_date(snapshot.observed_at, now=now)) is not None:
+            log.error("snapshot refused: absurd date", extra={"seq": snapshot.seq, "error": absurd})
+            self.store.record_refresh_error(f"snapshot refused: {absurd}", now=now)
+            return {"applied": False, "reason": absurd}
         if stats is not None:
             self.store.record_refresh_stats(stats)
-        now = self._clock()
         rec = self.store.apply_snapshot(
             snapshot,
             kind=self.config.address,
@@ -292,8 +328,14 @@ class PoolService:
             require_ready_check=self.config.require_ready_check,
             new_epoch=uuid.uuid4().hex,
         )
-        if rec is None:
-            return {"applied": False, "reason": "stale snapshot"}
+        if isinstance(rec, SnapshotRefused):
+            log.warning(
+                "snapshot discarded",
+                extra={"seq": rec.seq, "applied_seq": rec.applied_seq, "issued_seq": rec.issued_seq, "why": rec.reason},
+            )
+            return {"applied": False, "reason": rec.reason}
+        if not snapshot.seq:
+            log.warning("snapshot without a sequence number applied in arrival order (an aws worker older than this)")
         self._log_changes(rec)
         self._keep_continuity(rec, snapshot)
         served = self.serve_waiters()

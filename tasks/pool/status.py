@@ -35,6 +35,7 @@ def build_status(
     machines = sorted(view.machines.values(), key=lambda m: (m.state.value, m.instance_id))
     backoff = group.backoff_until > now
     aws_calls, aws_errors = store.aws_stats()
+    dead_reasons = store.dead_letter_counts()
     return {
         "asg_name": asg_name,
         "idle_target": idle_target,
@@ -61,6 +62,10 @@ def build_status(
             "epoch_confirmed": group.epoch_confirmed,
             "state_lost_at": iso_utc(group.lost_at) if group.lost_at else None,
         },
+        # Messages the workers set aside instead of running (tasks.worker.screening); the
+        # records themselves are in the store's dead-letter list (one read fewer per status).
+        "dead_letters_total": sum(dead_reasons.values()),
+        "dead_letters_by_reason": dead_reasons,
         "scale_up_paused_until": iso_utc(group.backoff_until) if backoff else None,
         "scale_up_paused_reason": group.backoff_reason if backoff else None,
         "waiting": [

@@ -16,7 +16,10 @@ key                  type    meaning
 ``group``            hash    group bounds and refresh bookkeeping: ``min_size``,
                              ``max_size``, ``desired_capacity`` (optimistically updated by
                              releases and scale-in until the next refresh), ``observed_at``
-                             (time of the newest applied snapshot; older ones are refused),
+                             (the aws worker's clock reading of the newest applied snapshot:
+                             shown, never used to order), ``applied_seq`` (``refresh_seq`` of
+                             the newest applied snapshot; one not above it, or above the last
+                             issued, is refused),
                              ``refreshed_at``, ``refresh_error``, ``refresh_error_at``,
                              ``lost_total``, ``wanted``, ``capped``, ``unready_total``
                              (machines terminated for never becoming ready),
@@ -56,6 +59,14 @@ key                  type    meaning
                              caller left (``warmpool.withdraw``). Such a request is never
                              queued or handed a machine again; members are trimmed by the next
                              withdraw once WITHDRAWN_KEEP_S have passed.
+``refresh_seq``      string  counter; a refresh takes the next value (INCR) when it starts its
+                             AWS read, under ``refresh_lock``; its snapshot carries it (``seq``)
+                             and snapshots are ordered by it, never by any machine's clock
+``dead_letters``     list    JSON tasks.pool.ports.DeadLetter records of messages a worker set
+                             aside instead of running (tasks.worker.screening), newest first,
+                             trimmed to DEAD_LETTER_KEEP entries; excerpts only, never whole bodies
+``dead_reasons``     hash    refusal reason (tasks.contract REFUSED_*) -> messages set aside
+                             for it, ever (status: ``dead_letters_total``, ``dead_letters_by_reason``)
 ===================  ======  ==============================================================
 
 One more key under the same prefix is written only by the local stack's demo,
@@ -74,6 +85,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 
 LOST_KEEP = 100
+DEAD_LETTER_KEEP = 100
 TOP_UP_COALESCE_MS = 5_000
 REFRESH_SOON_MS = 1_000
 REFRESH_LOCK_TTL_S = 120  # the aws jobs' hard time limit: a refresh never holds it longer
@@ -104,6 +116,9 @@ class PoolKeys:
     aws_calls: str
     aws_errors: str
     withdrawn: str
+    refresh_seq: str
+    dead_letters: str
+    dead_reasons: str
 
     @classmethod
     def for_group(cls, asg_name: str) -> PoolKeys:
@@ -126,6 +141,9 @@ class PoolKeys:
             aws_calls=prefix + "aws_calls",
             aws_errors=prefix + "aws_errors",
             withdrawn=prefix + "withdrawn",
+            refresh_seq=prefix + "refresh_seq",
+            dead_letters=prefix + "dead_letters",
+            dead_reasons=prefix + "dead_reasons",
         )
 
     def all(self) -> tuple[str, ...]:

@@ -19,9 +19,18 @@ from tasks.pool.model import (
     Waiter,
     choose_for_assignment,
 )
-from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome, WithdrawOutcome
+from tasks.pool.ports import (
+    AssignOutcome,
+    DeadLetter,
+    GroupInfo,
+    RefreshStats,
+    ReleaseOutcome,
+    SnapshotRefused,
+    WithdrawOutcome,
+    snapshot_out_of_order,
+)
 from tasks.pool.reconcile import Reconciliation, next_recovery, reconcile
-from tasks.state.keys import LOST_KEEP, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S, WITHDRAWN_KEEP_S
+from tasks.state.keys import DEAD_LETTER_KEEP, LOST_KEEP, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S, WITHDRAWN_KEEP_S
 
 
 class InMemoryStore:
@@ -43,6 +52,9 @@ class InMemoryStore:
         self._aws_calls: dict[str, int] = {}
         self._aws_errors: dict[str, int] = {}
         self._withdrawn: dict[str, float] = {}  # request id -> remembered until
+        self._refresh_seq = 0
+        self._dead_letters: list[DeadLetter] = []  # newest first
+        self._dead_reasons: dict[str, int] = {}
 
     def _flag(self) -> bool:
         now = time.monotonic()
@@ -242,11 +254,13 @@ class InMemoryStore:
         now: float,
         require_ready_check: bool = False,
         new_epoch: str | None = None,
-    ) -> Reconciliation | None:
+    ) -> Reconciliation | SnapshotRefused:
         with self._lock:
             g = self._group
-            if snapshot.observed_at < g.observed_at:
-                return None
+            applied = g.applied_seq
+            refused = snapshot_out_of_order(snapshot.seq, applied=applied, issued=self._refresh_seq)
+            if refused is not None:
+                return refused
             recovery = next_recovery(
                 g.recovery,
                 known=g.known,
@@ -278,8 +292,14 @@ class InMemoryStore:
                 epoch=recovery.epoch,
                 epoch_confirmed=recovery.confirmed,
                 lost_at=recovery.lost_at,
+                applied_seq=snapshot.seq or applied,
             )
             return rec
+
+    def next_refresh_seq(self) -> int:
+        with self._lock:
+            self._refresh_seq += 1
+            return self._refresh_seq
 
     def claim_for_termination(
         self,
@@ -327,3 +347,16 @@ class InMemoryStore:
     def assigned_count(self) -> int:
         with self._lock:
             return len(self._projects)
+
+    def record_dead_letter(self, letter: DeadLetter) -> None:
+        with self._lock:
+            self._dead_letters = [letter, *self._dead_letters][:DEAD_LETTER_KEEP]
+            self._dead_reasons[letter.reason] = self._dead_reasons.get(letter.reason, 0) + 1
+
+    def dead_letters(self, *, limit: int = 20) -> list[DeadLetter]:
+        with self._lock:
+            return self._dead_letters[: max(0, limit)]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._dead_reasons)

@@ -30,9 +30,19 @@ from tasks.pool.model import (
     PoolView,
     Waiter,
 )
-from tasks.pool.ports import AssignOutcome, GroupInfo, RefreshStats, ReleaseOutcome, WithdrawOutcome
+from tasks.pool.ports import (
+    AssignOutcome,
+    DeadLetter,
+    GroupInfo,
+    RefreshStats,
+    ReleaseOutcome,
+    SnapshotRefused,
+    WithdrawOutcome,
+    snapshot_out_of_order,
+)
 from tasks.pool.reconcile import Reconciliation, next_recovery, reconcile
 from tasks.state.keys import (
+    DEAD_LETTER_KEEP,
     LOST_KEEP,
     REFRESH_SOON_MS,
     TOP_UP_COALESCE_MS,
@@ -72,6 +82,7 @@ def _group_from_hash(raw: dict[str, str]) -> GroupInfo:
         epoch=raw.get("epoch", ""),
         epoch_confirmed=raw.get("epoch_confirmed") == "1",
         lost_at=num("lost_at"),
+        applied_seq=int(num("applied_seq")),
     )
 
 
@@ -267,6 +278,10 @@ class RedisStore:
     def group(self) -> GroupInfo:
         return _group_from_hash(self._call(self._r.hgetall, self.keys.group))
 
+    def next_refresh_seq(self) -> int:
+        seq: int = self._call(self._r.incr, self.keys.refresh_seq)
+        return seq
+
     def apply_snapshot(
         self,
         snapshot: GroupSnapshot,
@@ -275,11 +290,13 @@ class RedisStore:
         now: float,
         require_ready_check: bool = False,
         new_epoch: str | None = None,
-    ) -> Reconciliation | None:
+    ) -> Reconciliation | SnapshotRefused:
         options = {"kind": kind, "now": now, "require_ready_check": require_ready_check}
         for _attempt in range(20):
             try:
-                rec: Reconciliation | None = self._call(self._apply_once, snapshot, new_epoch=new_epoch, **options)
+                rec: Reconciliation | SnapshotRefused = self._call(
+                    self._apply_once, snapshot, new_epoch=new_epoch, **options
+                )
                 return rec
             except redis.WatchError:
                 continue  # an assign/release landed between our read and write: redo
@@ -292,18 +309,24 @@ class RedisStore:
         kind: AddressKind,
         now: float,
         require_ready_check: bool,
-        new_epoch: str,
-    ) -> Reconciliation | None:
+        new_epoch: str | None,
+    ) -> Reconciliation | SnapshotRefused:
         k = self.keys
         pipe: Any
         with self._r.pipeline(transaction=True) as pipe:
             # Race guarded: an assign or release between reading the state and
-            # writing the reconciliation would be overwritten; WATCH aborts then.
+            # writing the reconciliation would be overwritten, and so would a
+            # newer snapshot applied in between; WATCH aborts then. refresh_seq
+            # is not watched: it only grows, and a seq issued meanwhile is
+            # above this snapshot's, which stays in order.
             pipe.watch(k.machines, k.projects, k.group)
             group = _group_from_hash(pipe.hgetall(k.group))
-            if snapshot.observed_at < group.observed_at:
+            refused = snapshot_out_of_order(
+                snapshot.seq, applied=group.applied_seq, issued=int(pipe.get(k.refresh_seq) or 0)
+            )
+            if refused is not None:
                 pipe.unwatch()
-                return None  # an older refresh arrived late: newer truth is applied
+                return refused
             recovery = next_recovery(
                 group.recovery,
                 known=group.known,
@@ -329,6 +352,7 @@ class RedisStore:
                     "epoch": recovery.epoch,
                     "epoch_confirmed": "1" if recovery.confirmed else "0",
                     "lost_at": repr(recovery.lost_at),
+                    "applied_seq": snapshot.seq or group.applied_seq,
                 },
             )
             pipe.execute()
@@ -376,6 +400,24 @@ class RedisStore:
     def assigned_count(self) -> int:
         count: int = self._call(self._r.hlen, self.keys.projects)
         return count
+
+    def record_dead_letter(self, letter: DeadLetter) -> None:
+        k = self.keys
+        pipe = self._r.pipeline(transaction=True)
+        pipe.lpush(k.dead_letters, json.dumps(letter.to_json()))
+        pipe.ltrim(k.dead_letters, 0, DEAD_LETTER_KEEP - 1)
+        pipe.hincrby(k.dead_reasons, letter.reason, 1)
+        self._call(pipe.execute)
+
+    def dead_letters(self, *, limit: int = 20) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        raws = self._call(self._r.lrange, self.keys.dead_letters, 0, max(0, limit - 1))
+        return [DeadLetter.from_json(json.loads(r)) for r in raws]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        counts = self._call(self._r.hgetall, self.keys.dead_reasons)
+        return {reason: int(n) for reason, n in counts.items()}
 
     def reset(self) -> None:
         self._call(self._r.delete, *self.keys.all())

@@ -14,6 +14,7 @@ from celery.signals import celeryd_after_setup, worker_ready
 
 from tasks.cloud.boto3_cloud import Boto3Cloud
 from tasks.config import Settings
+from tasks.contract import CODE_WRONG_GROUP, failure, group_mismatch
 from tasks.pool.ports import Cloud
 from tasks.pool.service import PoolConfig, PoolService
 from tasks.state.keys import PoolKeys
@@ -27,6 +28,9 @@ PROCESS_STARTED_AT = time.time()
 app = Celery("warmpool")
 app.config_from_object("celeryconfig")
 app.conf.include = ["tasks.worker.pool_jobs", "tasks.worker.aws_jobs", "tasks.worker.logs"]
+# Every message is screened before Celery builds a job of it; one no job can be made
+# of is set aside (dead-letter list, counted in status) instead of ending the worker.
+app.conf.worker_consumer = "tasks.worker.screening:ScreeningConsumer"
 
 
 @functools.cache
@@ -36,7 +40,24 @@ def settings() -> Settings:
 
 @functools.cache
 def side_effects() -> CelerySideEffects:
-    return CelerySideEffects(app)
+    return CelerySideEffects(app, group=settings().asg_name)
+
+
+def refuse_other_group(group: Any, *, task: str) -> dict[str, Any] | None:
+    """The ``wrong_group`` failure for a job of another group than this worker's; None when it is ours.
+
+    Each job carries its group (keyword ``group``; a job without one, from an
+    older producer, is this worker's): on a broker two groups share, a job
+    consumed by the other group's worker changes nothing there.
+    """
+    own = settings().asg_name
+    mismatch = group_mismatch(group, own=own)
+    if mismatch is None:
+        return None
+    logging.getLogger("warmpool.worker").error(
+        "job refused: another group", extra={"task": task, "group": repr(group)[:255], "worker_group": own}
+    )
+    return failure(CODE_WRONG_GROUP, mismatch, group=group if isinstance(group, str) else None, worker_group=own)
 
 
 @functools.cache

@@ -11,6 +11,7 @@ import functools
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from celery import Task
@@ -35,11 +36,12 @@ from tasks.errors import (
     CloudThrottled,
     CloudUnavailable,
     InvalidProject,
+    StoreUnavailable,
 )
 from tasks.pool.model import snapshot_to_json
 from tasks.pool.ports import PROTECT_BATCH
 from tasks.state.keys import REFRESH_LOCK_TTL_S
-from tasks.worker.app import app, cloud, pool_keys, settings, state_redis
+from tasks.worker.app import app, cloud, pool_keys, refuse_other_group, service, settings, state_redis
 from tasks.worker.batching import Coalescer, one_at_a_time
 
 log = logging.getLogger("warmpool.aws")
@@ -77,13 +79,15 @@ def _stats_since_last_report(duration_s: float) -> dict[str, Any]:
 
 
 @app.task(name=TASK_REFRESH, ignore_result=True)
-def refresh() -> dict[str, Any]:
+def refresh(group: Any = None) -> dict[str, Any]:
     """Read the group from AWS and hand the snapshot (with call statistics) to the pool worker.
 
     One refresh at a time per group: when AWS answers slower than beat's
     interval, a refresh that finds another running is skipped instead of
     piling up (each would be slower, and throttled reads would multiply).
     """
+    if (refused := refuse_other_group(group, task=TASK_REFRESH)) is not None:
+        return refused
     with one_at_a_time(state_redis(), pool_keys().refresh_lock, ttl_s=REFRESH_LOCK_TTL_S) as go_ahead:
         if not go_ahead:
             log.info("refresh skipped: another is still running")
@@ -92,17 +96,28 @@ def refresh() -> dict[str, Any]:
 
 
 def _refresh() -> dict[str, Any]:
+    # The snapshot's place in the pool's order is taken before AWS is read, from the
+    # pool's own state: a snapshot whose read started later is newer, whatever any
+    # clock says (an aws worker's clock may be wrong, or stepped back by NTP).
+    try:
+        seq = service().store.next_refresh_seq()
+    except StoreUnavailable as exc:
+        log.error("refresh skipped: the state store is unreachable", extra={"error": str(exc)})
+        return {"ok": False, "status": "skipped", "reason": str(exc)}
     started = time.perf_counter()
+    group = settings().asg_name
     try:
         snapshot = cloud().describe_group()
     except CloudError as exc:
         log.error("refresh failed", extra={"error": str(exc), "action": exc.action})
         stats = _stats_since_last_report(time.perf_counter() - started)
-        app.send_task(TASK_APPLY_SNAPSHOT, args=[{"error": str(exc), "stats": stats}], queue=POOL_QUEUE)
+        payload: dict[str, Any] = {"error": str(exc), "name": group, "seq": seq, "stats": stats}
+        app.send_task(TASK_APPLY_SNAPSHOT, args=[payload], queue=POOL_QUEUE)
         return {"ok": False, "error": str(exc)}
+    snapshot = replace(snapshot, seq=seq)
     payload = {**snapshot_to_json(snapshot), "stats": _stats_since_last_report(time.perf_counter() - started)}
     app.send_task(TASK_APPLY_SNAPSHOT, args=[payload], queue=POOL_QUEUE)
-    return {"ok": True, "instances": len(snapshot.instances)}
+    return {"ok": True, "instances": len(snapshot.instances), "seq": seq}
 
 
 # Tag jobs running at the same moment on one worker share a SetInstanceProtection call.
@@ -130,7 +145,7 @@ def _tag_items(items: Any) -> list[tuple[str, str, str]]:
 
 
 @app.task(name=TASK_AWS_TAG_ASSIGNMENTS, bind=True, ignore_result=True, max_retries=_RETRY["max_retries"])
-def tag_assignments(self: Task, items: Any, tagged: Any = None) -> dict[str, int]:
+def tag_assignments(self: Task, items: Any, tagged: Any = None, group: Any = None) -> dict[str, Any]:
     """Tag a batch of assigned instances with their projects, then protect them from scale-in.
 
     Tags first, one call each, without waiting: after a state loss the tag is
@@ -140,6 +155,8 @@ def tag_assignments(self: Task, items: Any, tagged: Any = None) -> dict[str, int
     AWS outage the job is retried (exponential back-off with jitter); the
     retry skips the tags already made (``tagged``).
     """
+    if (refused := refuse_other_group(group, task=TASK_AWS_TAG_ASSIGNMENTS)) is not None:
+        return refused
     todo = _tag_items(items)
     done = {i for i in tagged if isinstance(i, str)} if isinstance(tagged, list) else set()
     present: set[str] = set()
@@ -158,7 +175,8 @@ def tag_assignments(self: Task, items: Any, tagged: Any = None) -> dict[str, int
             full_jitter=True,
         )
         remaining = [list(item) for item in todo]
-        raise self.retry(args=[remaining], kwargs={"tagged": sorted(done)}, exc=exc, countdown=countdown) from exc
+        retry_kwargs = {"tagged": sorted(done), "group": group}
+        raise self.retry(args=[remaining], kwargs=retry_kwargs, exc=exc, countdown=countdown) from exc
     return {"tagged": len(present), "gone": len(todo) - len(present)}
 
 
@@ -172,12 +190,16 @@ def tag_group(epoch: Any) -> bool:
 
 
 @app.task(name=TASK_AWS_TERMINATE, **_RETRY)
-def terminate(instance_id: Any, *, decrement: Any = True) -> bool:
+def terminate(instance_id: Any, *, decrement: Any = True, group: Any = None) -> bool | dict[str, Any]:
+    if (refused := refuse_other_group(group, task=TASK_AWS_TERMINATE)) is not None:
+        return refused
     return cloud().terminate_instance(_instance_id(instance_id), decrement=bool(decrement))
 
 
 @app.task(name=TASK_AWS_SET_DESIRED, **_RETRY)
-def set_desired(desired: Any) -> bool:
+def set_desired(desired: Any, group: Any = None) -> bool | dict[str, Any]:
+    if (refused := refuse_other_group(group, task=TASK_AWS_SET_DESIRED)) is not None:
+        return refused
     if not isinstance(desired, int) or isinstance(desired, bool) or desired < 0:
         raise ValueError(f"not a capacity: {desired!r}")
     try:
@@ -191,8 +213,10 @@ def set_desired(desired: Any) -> bool:
 
 
 @app.task(name=TASK_AWS_PROBE, ignore_result=True)
-def probe(candidates: Any) -> dict[str, Any]:
+def probe(candidates: Any, group: Any = None) -> dict[str, Any]:
     """Run readiness checks in parallel (bounded timeout) and report the ready ones to the pool."""
+    if (refused := refuse_other_group(group, task=TASK_AWS_PROBE)) is not None:
+        return refused
     if not isinstance(candidates, list):
         raise ValueError("probe takes a list of [instance id, address] pairs")
     pairs = [(_instance_id(c[0]), str(c[1])) for c in candidates if isinstance(c, list | tuple) and len(c) == 2]
@@ -201,5 +225,5 @@ def probe(candidates: Any) -> dict[str, Any]:
         return {"ready": []}
     ready = probe_all(template, pairs)
     if ready:
-        app.send_task(TASK_MARK_READY, args=[ready], queue=POOL_QUEUE)
+        app.send_task(TASK_MARK_READY, args=[ready], kwargs={"group": settings().asg_name}, queue=POOL_QUEUE)
     return {"ready": ready, "checked": len(pairs)}

@@ -34,7 +34,7 @@ from tasks.contract import (
 from tasks.errors import InvalidProject, InvalidRequest, StoreUnavailable
 from tasks.pool.model import snapshot_from_json
 from tasks.pool.ports import RefreshStats
-from tasks.worker.app import app, service, side_effects
+from tasks.worker.app import app, refuse_other_group, service, side_effects
 
 
 def _guarded(call: Callable[[], dict[str, Any]], project_id: Any) -> dict[str, Any]:
@@ -83,7 +83,11 @@ def _send_lingering_tags(**_: Any) -> None:
 
 
 @app.task(name=TASK_ASSIGN, bind=True)
-def assign(self: Task, project_id: Any, wait_s: Any = 0.0, lease_s: Any = None, deadline: Any = None) -> dict[str, Any]:
+def assign(
+    self: Task, project_id: Any, wait_s: Any = 0.0, lease_s: Any = None, deadline: Any = None, group: Any = None
+) -> dict[str, Any]:
+    if (refused := refuse_other_group(group, task=TASK_ASSIGN)) is not None:
+        return refused
     result = _guarded(
         lambda: service().assign(
             project_id, wait_s=wait_s, lease_s=lease_s, request_id=self.request.id, deadline=deadline
@@ -100,18 +104,24 @@ def assign(self: Task, project_id: Any, wait_s: Any = 0.0, lease_s: Any = None, 
 
 
 @app.task(name=TASK_RELEASE)
-def release(project_id: Any) -> dict[str, Any]:
+def release(project_id: Any, group: Any = None) -> dict[str, Any]:
+    if (refused := refuse_other_group(group, task=TASK_RELEASE)) is not None:
+        return refused
     return _guarded(lambda: service().release(project_id), project_id)
 
 
 @app.task(name=TASK_WITHDRAW)
-def withdraw(request_id: Any, project_id: Any) -> dict[str, Any]:
+def withdraw(request_id: Any, project_id: Any, group: Any = None) -> dict[str, Any]:
     """The caller of assign ``request_id`` left: take its place in the queue back, or release what it got."""
+    if (refused := refuse_other_group(group, task=TASK_WITHDRAW)) is not None:
+        return refused
     return _guarded(lambda: service().withdraw(request_id, project_id), project_id)
 
 
 @app.task(name=TASK_TOUCH)
-def touch(project_id: Any, lease_s: Any = None) -> dict[str, Any]:
+def touch(project_id: Any, lease_s: Any = None, group: Any = None) -> dict[str, Any]:
+    if (refused := refuse_other_group(group, task=TASK_TOUCH)) is not None:
+        return refused
     return _guarded(lambda: service().touch(project_id, lease_s=lease_s), project_id)
 
 
@@ -122,12 +132,16 @@ def ping() -> str:
 
 
 @app.task(name=TASK_STATUS)
-def status() -> dict[str, Any]:
+def status(group: Any = None) -> dict[str, Any]:
+    if (refused := refuse_other_group(group, task=TASK_STATUS)) is not None:
+        return refused
     return service().status()
 
 
 @app.task(name=TASK_TOP_UP, ignore_result=True)
-def top_up() -> dict[str, Any]:
+def top_up(group: Any = None) -> dict[str, Any]:
+    if (refused := refuse_other_group(group, task=TASK_TOP_UP)) is not None:
+        return refused
     return service().top_up()
 
 
@@ -141,24 +155,32 @@ def _instance_ids(value: Any, job: str) -> list[str]:
 
 
 @app.task(name=TASK_MARK_READY, ignore_result=True)
-def mark_ready(instance_ids: Any) -> dict[str, Any]:
+def mark_ready(instance_ids: Any, group: Any = None) -> dict[str, Any]:
+    if (refused := refuse_other_group(group, task=TASK_MARK_READY)) is not None:
+        return refused
     return _guarded(lambda: service().mark_ready(_instance_ids(instance_ids, "mark_ready")), None)
 
 
 @app.task(name=TASK_RELEASE_QUARANTINED)
-def release_quarantined(instance_ids: Any = None) -> dict[str, Any]:
+def release_quarantined(instance_ids: Any = None, group: Any = None) -> dict[str, Any]:
     """An operator's word that quarantined machines (None: all) are in nobody's use."""
-    ids = None if instance_ids is None else instance_ids
+    if (refused := refuse_other_group(group, task=TASK_RELEASE_QUARANTINED)) is not None:
+        return refused
     return _guarded(
-        lambda: service().release_quarantined(None if ids is None else _instance_ids(ids, "release_quarantined")),
+        lambda: service().release_quarantined(
+            None if instance_ids is None else _instance_ids(instance_ids, "release_quarantined")
+        ),
         None,
     )
 
 
 @app.task(name=TASK_APPLY_SNAPSHOT, ignore_result=True)
 def apply_snapshot(payload: Any) -> dict[str, Any]:
+    """Fold a refresh in; the snapshot names its group (``name``), which PoolService checks."""
     stats = RefreshStats.from_json(payload.get("stats")) if isinstance(payload, dict) else None
     if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        if (refused := refuse_other_group(payload.get("name"), task=TASK_APPLY_SNAPSHOT)) is not None:
+            return refused
         return service().record_refresh_error(payload["error"], stats=stats)
     try:
         snapshot = snapshot_from_json(payload)

@@ -60,8 +60,11 @@ class CelerySideEffects:
     it never competes with an assign for the GIL.
     """
 
-    def __init__(self, app: Celery, *, tag_linger_s: float = TAG_LINGER_S) -> None:
+    def __init__(self, app: Celery, *, group: str | None = None, tag_linger_s: float = TAG_LINGER_S) -> None:
         self._app = app
+        # Every message names the group it is for: a worker of another group
+        # sharing the broker refuses it instead of acting on this group's machines.
+        self._group_kwargs = {"group": group} if group else {}
         self._local = threading.local()
         self._tag_linger_s = tag_linger_s
         self._tags: list[Machine] = []  # lingering, across jobs
@@ -120,7 +123,8 @@ class CelerySideEffects:
             self._publish(_Message(TASK_AWS_TAG_ASSIGNMENTS, AWS_QUEUE, (items,)))
 
     def _publish(self, m: _Message) -> None:
-        self._app.send_task(m.name, args=m.args, kwargs=m.kwargs, queue=m.queue, ignore_result=True, **m.options)
+        kwargs = {**m.kwargs, **self._group_kwargs}
+        self._app.send_task(m.name, args=m.args, kwargs=kwargs, queue=m.queue, ignore_result=True, **m.options)
 
     def _send(self, message: _Message) -> None:
         held = getattr(self._local, "held", None)

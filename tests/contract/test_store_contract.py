@@ -10,12 +10,14 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
 from tasks.pool.model import AddressKind, GroupSnapshot, MachineState, Waiter
-from tasks.pool.ports import AssignOutcome, StateStore
-from tasks.state.keys import WITHDRAWN_KEEP_S
+from tasks.pool.ports import AssignOutcome, DeadLetter, SnapshotRefused, StateStore
+from tasks.pool.reconcile import Reconciliation
+from tasks.state.keys import DEAD_LETTER_KEEP, WITHDRAWN_KEEP_S
 from tasks.state.redis_store import RedisStore
 from tests.builders import iid, ready, snapshot
 
@@ -24,8 +26,10 @@ PUBLIC = AddressKind.PUBLIC
 
 
 def load(store: StateStore, snap: GroupSnapshot, *, now: float | None = None) -> None:
-    rec = store.apply_snapshot(snap, kind=PUBLIC, now=snap.observed_at if now is None else now)
-    assert rec is not None
+    """Apply ``snap`` as the next refresh (numbered by the store, like the refresh job does)."""
+    numbered = snap if snap.seq else replace(snap, seq=store.next_refresh_seq())
+    rec = store.apply_snapshot(numbered, kind=PUBLIC, now=snap.observed_at if now is None else now)
+    assert isinstance(rec, Reconciliation), rec
 
 
 def assign(store: StateStore, project: str, *, now: float = T0 + 10, idle_target: int = 0) -> AssignOutcome:
@@ -222,25 +226,67 @@ class TestApplySnapshot:
         assert (g.min_size, g.max_size, g.desired_capacity) == (1, 7, 3)
         assert g.observed_at == pytest.approx(T0) and g.refreshed_at == pytest.approx(T0 + 1)
 
-    def test_older_snapshot_is_ignored(self, store: StateStore) -> None:
-        # given a snapshot observed at T0+10 applied
-        load(store, snapshot([ready(1), ready(2)], observed_at=T0 + 10))
+    def test_refreshes_are_numbered_in_the_order_they_start(self, store: StateStore) -> None:
+        assert [store.next_refresh_seq() for _ in range(3)] == [1, 2, 3]
+
+    def test_a_later_refresh_applies_even_when_its_clock_says_earlier(self, store: StateStore) -> None:
+        # given refresh #1 read by an aws worker whose clock is 60 s fast, applied
+        first, second = store.next_refresh_seq(), store.next_refresh_seq()
+        load(store, snapshot([ready(1)], observed_at=T0 + 60, seq=first), now=T0)
+        # when refresh #2, read later by a worker with a correct clock, arrives
+        rec = store.apply_snapshot(
+            snapshot([ready(1), ready(2)], observed_at=T0 + 1, seq=second), kind=PUBLIC, now=T0 + 1
+        )
+        # expect it applied: order is the refresh's number, not any clock
+        assert isinstance(rec, Reconciliation)
+        assert set(store.view().machines) == {iid(1), iid(2)}
+        assert store.group().applied_seq == second
+
+    def test_an_older_refresh_arriving_late_is_refused_and_changes_nothing(self, store: StateStore) -> None:
+        # given refresh #2 applied (and an assignment since)
+        first, second = store.next_refresh_seq(), store.next_refresh_seq()
+        load(store, snapshot([ready(1), ready(2)], observed_at=T0, seq=second))
         assign(store, "p1")
         before = store.view()
-        # when a snapshot observed earlier arrives late (it says the machines are gone)
-        rec = store.apply_snapshot(snapshot([], observed_at=T0 + 5), kind=PUBLIC, now=T0 + 11)
-        # expect it refused, nothing changed, nothing lost
-        assert rec is None
+        # when refresh #1 arrives late, dated later by its clock (it says the machines are gone)
+        rec = store.apply_snapshot(snapshot([], observed_at=T0 + 30, seq=first), kind=PUBLIC, now=T0 + 11)
+        # expect it refused, saying why, with nothing changed and nothing lost
+        assert isinstance(rec, SnapshotRefused) and "stale" in rec.reason
+        assert (rec.seq, rec.applied_seq, rec.issued_seq) == (first, second, second)
         assert store.view() == before
         assert store.lost() == [] and store.group().lost_total == 0
-        assert store.group().observed_at == pytest.approx(T0 + 10)
+        assert store.group().applied_seq == second and store.group().observed_at == pytest.approx(T0)
+        # and the same refresh delivered twice is refused the second time
+        again = store.apply_snapshot(snapshot([], observed_at=T0, seq=second), kind=PUBLIC, now=T0 + 12)
+        assert isinstance(again, SnapshotRefused) and store.view() == before
+
+    def test_a_refresh_numbered_before_the_state_was_lost_is_refused(self, store: StateStore) -> None:
+        # given refreshes numbered up to #3, then the state lost
+        issued = [store.next_refresh_seq() for _ in range(3)]
+        store.reset()
+        # when the last one (in flight meanwhile) arrives
+        rec = store.apply_snapshot(snapshot([ready(1)], seq=issued[-1]), kind=PUBLIC, now=T0)
+        # expect it refused (applying it would block every refresh numbered anew), state untouched
+        assert isinstance(rec, SnapshotRefused) and "never issued" in rec.reason
+        assert store.view().machines == {} and not store.group().known
+        # and the next refresh, numbered anew, applied
+        load(store, snapshot([ready(1)], observed_at=T0))
+        assert store.group().applied_seq == 1 and set(store.view().machines) == {iid(1)}
+
+    def test_a_refresh_without_a_number_applies_in_arrival_order(self, store: StateStore) -> None:
+        # given refresh #1 applied; when an unnumbered one (from an older aws worker) arrives, dated earlier
+        load(store, snapshot([ready(1)], observed_at=T0 + 100))
+        rec = store.apply_snapshot(snapshot([ready(1), ready(2)], observed_at=T0), kind=PUBLIC, now=T0 + 1)
+        # expect it applied, and the numbering left as it was
+        assert isinstance(rec, Reconciliation) and set(store.view().machines) == {iid(1), iid(2)}
+        assert store.group().applied_seq == 1
 
     def test_same_snapshot_twice_changes_nothing(self, store: StateStore) -> None:
         snap = snapshot([ready(1), ready(2, health_status="Unhealthy")], observed_at=T0)
         load(store, snap)
         before = store.view()
         rec = store.apply_snapshot(snap, kind=PUBLIC, now=T0 + 1)
-        assert rec is not None and not rec.changed
+        assert isinstance(rec, Reconciliation) and not rec.changed
         assert store.view() == before
 
     def test_refresh_keeps_assignments_made_since(self, store: StateStore) -> None:
@@ -597,3 +643,31 @@ def test_refresh_racing_assigns_never_overwrites_an_assignment(
     assert view.projects == got
     assert len(set(got.values())) == len(got) == 12
     assert_one_to_one(seed)
+
+
+class TestDeadLetters:
+    def letter(self, n: int, reason: str = "bad_headers") -> DeadLetter:
+        return DeadLetter(
+            at=T0 + n, queue="pool", task="warmpool.assign", task_id=f"id-{n}", reason=reason, detail=f"why {n}"
+        )
+
+    def test_none_at_first(self, store: StateStore) -> None:
+        assert store.dead_letters() == [] and store.dead_letter_counts() == {}
+
+    def test_kept_newest_first_and_counted_by_reason(self, store: StateStore) -> None:
+        # when three messages are set aside, for two reasons
+        store.record_dead_letter(self.letter(1))
+        store.record_dead_letter(self.letter(2, "unknown_task"))
+        store.record_dead_letter(self.letter(3))
+        # expect them listed newest first, whole, and counted per reason
+        assert [d.task_id for d in store.dead_letters()] == ["id-3", "id-2", "id-1"]
+        assert store.dead_letters(limit=1) == [self.letter(3)]
+        assert store.dead_letters(limit=0) == []
+        assert store.dead_letter_counts() == {"bad_headers": 2, "unknown_task": 1}
+
+    def test_the_list_is_bounded_but_the_count_is_not(self, store: StateStore) -> None:
+        for n in range(DEAD_LETTER_KEEP + 5):
+            store.record_dead_letter(self.letter(n))
+        kept = store.dead_letters(limit=DEAD_LETTER_KEEP + 5)
+        assert len(kept) == DEAD_LETTER_KEEP and kept[0].task_id == f"id-{DEAD_LETTER_KEEP + 4}"
+        assert store.dead_letter_counts() == {"bad_headers": DEAD_LETTER_KEEP + 5}

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from tasks.cloud.fake_cloud import FakeCloud
+from tasks.contract import CODE_WRONG_GROUP
 from tasks.errors import CapacityRejected, InvalidProject
-from tasks.pool.model import AddressKind
-from tasks.pool.service import CONVERGE_AFTER_S, PoolConfig, PoolService
+from tasks.pool.model import AddressKind, GroupSnapshot
+from tasks.pool.service import CONVERGE_AFTER_S, MAX_SNAPSHOT_SKEW_S, PoolConfig, PoolService
 from tasks.state.memory_store import InMemoryStore
 from tasks.worker.side_effects import RecordingSideEffects
 
@@ -62,9 +63,13 @@ class Harness:
         self.terminated: list[str] = []
 
     # -- the other processes --------------------------------------------------------------
+    def read(self) -> GroupSnapshot:
+        """What the refresh job reads: the group, numbered by the pool's state when the read starts."""
+        return replace(self.cloud.describe_group(), seq=self.store.next_refresh_seq())
+
     def refresh(self) -> dict[str, Any]:
         self.clock.advance(1)
-        return self.service.apply_snapshot(self.cloud.describe_group())
+        return self.service.apply_snapshot(self.read())
 
     def run_aws(self) -> None:
         """Execute every pending side effect, as the aws workers (and the pool worker) would."""
@@ -302,13 +307,66 @@ class TestRefresh:
         assert pool.service.assign("proj-1")["instance_id"] == second["instance_id"]
         assert pool.service.status()["lost_total"] == 0
 
-    def test_stale_refresh_is_ignored(self, pool: Harness) -> None:
-        old = pool.cloud.describe_group()
+    def test_stale_refresh_is_ignored_and_logged(self, pool: Harness, caplog: pytest.LogCaptureFixture) -> None:
+        old = pool.read()
         pool.refresh()
-        assert pool.service.apply_snapshot(old) == {"applied": False, "reason": "stale snapshot"}
+        result = pool.service.apply_snapshot(old)
+        assert result["applied"] is False and "stale" in result["reason"]
+        assert "snapshot discarded" in caplog.text
+
+    def test_order_follows_the_refresh_number_not_the_aws_workers_clocks(self, pool: Harness) -> None:
+        # given a refresh read by an aws worker 60 s fast, applied
+        fast = replace(pool.read(), observed_at=pool.clock() + 60)
+        assert pool.service.apply_snapshot(fast)["applied"] is True
+        # when that worker is replaced by one with a correct clock, and a machine launches
+        pool.cloud.set_desired_capacity(3)
+        pool.clock.advance(1)
+        # expect its refreshes applied at once (not ignored until its clock passes the other's)
+        assert pool.refresh()["applied"] is True
+        assert set(pool.store.view().machines) == set(pool.cloud.instances()) and len(pool.cloud.instances()) == 3
+
+    def test_a_snapshot_dated_far_ahead_is_refused_loudly_and_blocks_nothing(
+        self, pool: Harness, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # given a settled pool; when a snapshot dated a day ahead says every machine is gone
+        before, effects_before = pool.store.view(), list(pool.effects.calls)
+        future = replace(pool.read(), instances=(), observed_at=pool.clock() + 86_400)
+        result = pool.service.apply_snapshot(future)
+        # expect it refused, the pool untouched (no side effect either), the reason logged and shown in status
+        assert result["applied"] is False and "ahead" in result["reason"]
+        assert pool.store.view() == before and pool.effects.calls == effects_before
+        assert "snapshot refused: absurd date" in caplog.text
+        assert "ahead of the pool worker's clock" in pool.service.status()["refresh_error"]
+        # and the next refresh applied as usual
+        assert pool.refresh()["applied"] is True and pool.service.status()["refresh_error"] is None
+
+    @pytest.mark.parametrize("observed_at", [float("nan"), float("inf"), 0.0, -5.0])
+    def test_a_snapshot_with_no_real_date_is_refused(self, pool: Harness, observed_at: float) -> None:
+        before = pool.store.view()
+        assert pool.service.apply_snapshot(replace(pool.read(), observed_at=observed_at))["applied"] is False
+        assert pool.store.view() == before
+
+    def test_a_snapshot_read_long_ago_is_refused(self, pool: Harness) -> None:
+        old = pool.read()
+        pool.clock.advance(MAX_SNAPSHOT_SKEW_S + 1)
+        result = pool.service.apply_snapshot(old)
+        assert result["applied"] is False and "before the pool worker's clock" in result["reason"]
+
+    def test_a_snapshot_of_another_group_is_refused_and_changes_nothing(
+        self, pool: Harness, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # given a settled pool; when another group's refresh lands on this pool worker
+        before = pool.snapshot_state()
+        other = replace(pool.read(), name="team-b-asg", instances=())
+        result = pool.service.apply_snapshot(other)
+        # expect a wrong_group failure naming both groups, and nothing changed
+        assert result["status"] == "failed" and result["code"] == CODE_WRONG_GROUP
+        assert "team-b-asg" in result["message"] and ASG in result["message"] and "broker" in result["message"]
+        assert pool.snapshot_state() == before
+        assert "snapshot refused: another group" in caplog.text
 
     def test_redelivered_refresh_has_no_new_effect(self, pool: Harness) -> None:
-        snap = pool.cloud.describe_group()
+        snap = pool.read()
         pool.service.apply_snapshot(snap)
         pool.run_aws()
         before = pool.snapshot_state()
