@@ -9,11 +9,11 @@ that existed at the loss are quarantined until their tags land.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
 
 import pytest
 
@@ -23,6 +23,8 @@ from tasks.errors import NoCapacity, PoolUnavailable
 from tasks.pool.model import snapshot_to_json
 from tests.faults.conftest import ASG, REGION, FaultStack, wait_for
 from tests.faults.invariants import assert_invariants
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -143,22 +145,18 @@ def test_state_lost_while_a_tag_job_is_stuck_in_retries_never_hands_that_machine
     assert_invariants(stack, holders=holders, settle=False)
 
 
-@contextlib.contextmanager
-def supervised(stack: FaultStack, *, every_s: float = 0.5) -> Iterator[None]:
-    """Restart the stack's exited processes in the background while the block runs."""
-    done = threading.Event()
+def supervised(stack: FaultStack, work: Callable[[], T], *, every_s: float = 0.5) -> T:
+    """Run ``work`` while restarting the stack's exited processes, as a deployment's supervisor does.
 
-    def watch() -> None:
-        while not done.wait(every_s):
-            stack.supervise()
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watcher.join(timeout=10)
+    The restarts happen on this (the main) thread: children die with the thread that started them.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(work)
+        while True:
+            try:
+                return future.result(timeout=every_s)
+            except FutureTimeout:
+                stack.supervise()
 
 
 def burst(stack: FaultStack, projects: list[str], *, wait_s: float) -> dict[str, str]:
@@ -189,9 +187,15 @@ def test_a_redis_holding_broker_and_state_restarted_empty_never_hands_a_machine_
     # and a second burst of new projects asks once the workers are back (under a supervisor that
     # restarts exited processes, as a deployment's restart policy does: Celery 5.7 sometimes exits a
     # worker on a lost broker connection instead of reconnecting)
-    with supervised(stack):
-        wait_for(lambda: stack.status()["recovery"]["state_lost_at"], timeout_s=60, what="the loss noticed")
-        second = burst(stack, [f"after-{n}" for n in range(30)], wait_s=45)
+    def noticed() -> Any:
+        stack.supervise()
+        try:
+            return stack.status()["recovery"]["state_lost_at"]
+        except PoolUnavailable:
+            return None  # the workers are still reconnecting
+
+    wait_for(noticed, timeout_s=60, what="the loss noticed")
+    second = supervised(stack, lambda: burst(stack, [f"after-{n}" for n in range(30)], wait_s=45))
 
     # expect no machine handed to a second project, whatever its tag job's fate
     handed_twice = set(first.values()) & set(second.values())
