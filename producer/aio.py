@@ -77,11 +77,19 @@ class _ResultListener:
         self._unsubscribe: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._attempted = asyncio.Event()  # set once each attempt to connect has ended
+        self._unreachable: BaseException | None = None  # why the last attempt failed
         self._closed = False
 
     # -- the callers' side --
-    async def subscribe(self, key: str) -> asyncio.Future[Reply]:
-        """A future for the result stored under ``key``; PoolUnavailable if Redis does not confirm in time."""
+    async def subscribe(self, key: str, *, timeout_s: float) -> asyncio.Future[Reply]:
+        """A future for the result stored under ``key``, once Redis confirmed the subscription.
+
+        PoolUnavailable at once while Redis is known to be unreachable (the
+        listener's last attempt to connect failed), or when it does not
+        confirm within ``timeout_s`` (a Redis that is slow under load still
+        counts as answering, so this is the call's own budget).
+        """
         if self._closed:
             raise PoolUnavailable("the client is closed")
         loop = asyncio.get_running_loop()
@@ -92,15 +100,22 @@ class _ResultListener:
         self._waiters[key] = fut
         self._confirming[key] = confirmed
         try:
-            async with asyncio.timeout(REDIS_IO_TIMEOUT_S):
-                await self._connected.wait()
-                assert self._pubsub is not None
-                await self._pubsub.subscribe(key)
+            async with asyncio.timeout(timeout_s):
+                pubsub = await self._connection()
+                await pubsub.subscribe(key)
                 await confirmed
         except Exception as exc:
             self.forget(key)
             raise PoolUnavailable(f"result backend unreachable: {exc!r:.200}") from None
         return fut
+
+    async def _connection(self) -> aioredis.client.PubSub:
+        while not self._connected.is_set():
+            if self._unreachable is not None:
+                raise PoolUnavailable(f"result backend unreachable: {self._unreachable!r:.200}")
+            await self._attempted.wait()
+        assert self._pubsub is not None
+        return self._pubsub
 
     def _new_redis(self) -> aioredis.Redis:
         # One immediate retry inside redis-py (it replaces a pooled connection that Redis
@@ -119,7 +134,7 @@ class _ResultListener:
             self._redis = self._new_redis()
         self._loop = loop
         self._pubsub = None
-        self._connected = asyncio.Event()
+        self._connected, self._attempted, self._unreachable = asyncio.Event(), asyncio.Event(), None
         self._reader = loop.create_task(self._run())
 
     def forget(self, key: str) -> None:
@@ -161,6 +176,8 @@ class _ResultListener:
                 raise
             except Exception as exc:  # redis-py raises ConnectionError, TimeoutError, even AttributeError
                 log.warning("result listener lost its connection (%r), reconnecting", exc)
+                self._unreachable = exc
+                self._attempted.set()
                 await self._drop()
                 await asyncio.sleep(RECONNECT_PAUSE_S)
                 continue
@@ -187,6 +204,8 @@ class _ResultListener:
                     self._dispatch(message)
             self._unsubscribe.difference_update(keys)
             self._connected.set()
+            self._unreachable = None
+            self._attempted.set()
             if keys:
                 for key, raw in zip(keys, await self._redis.mget(keys), strict=True):
                     self._resolve(key, reply_from_meta(raw))
@@ -200,6 +219,12 @@ class _ResultListener:
 
     async def _drop(self) -> None:
         self._connected.clear()
+        # Subscriptions sent on the lost connection are never confirmed: those callers
+        # fail now, before sending their job (calls already waiting are resubscribed).
+        for confirmed in self._confirming.values():
+            if not confirmed.done():
+                confirmed.set_exception(PoolUnavailable("the result backend connection was lost"))
+        self._confirming.clear()
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             # A broken connection may fail to close: nothing is left to lose by then.
@@ -259,7 +284,7 @@ class AsyncPoolClient(BaseClient):
         task_id = str(uuid.uuid4())
         key = self.app.backend.get_key_for_task(task_id).decode()
         deadline = asyncio.get_running_loop().time() + job.timeout_s
-        fut = await listener.subscribe(key)
+        fut = await listener.subscribe(key, timeout_s=job.timeout_s)
         try:
             # In a thread: a broker that is down must not stall the event loop (every other call) while kombu retries.
             await asyncio.to_thread(publish, self.app, job, task_id=task_id)

@@ -86,7 +86,7 @@ class _RedisTransport:
         task_id = str(uuid.uuid4())
         key = self._app.backend.get_key_for_task(task_id).decode()
         deadline = time.monotonic() + job.timeout_s
-        pubsub = self._subscribed(key)
+        pubsub = self._subscribed(key, deadline)
         if pubsub is None:
             raise PoolUnavailable("result backend unreachable (could not subscribe to the result)")
         try:
@@ -97,16 +97,15 @@ class _RedisTransport:
             with contextlib.suppress(Exception):
                 pubsub.close()
 
-    def _subscribed(self, key: str) -> Any:
-        """A pub/sub connection whose subscription to ``key`` Redis confirmed; None if unreachable."""
+    def _subscribed(self, key: str, deadline: float) -> Any:
+        """A pub/sub connection whose subscription to ``key`` Redis confirmed by ``deadline``; None if not."""
         pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(key)
             # Race guarded (a lost result): the job is sent only once Redis confirmed the
             # subscription, so a result published after that reaches this connection.
-            give_up = time.monotonic() + REDIS_IO_TIMEOUT_S
-            while time.monotonic() < give_up:
-                message = pubsub.get_message(timeout=REDIS_IO_TIMEOUT_S)
+            while (remaining := deadline - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=min(remaining, REDIS_IO_TIMEOUT_S))
                 if message is not None and message.get("type") == "subscribe":
                     return pubsub
         except (redis.RedisError, OSError):
