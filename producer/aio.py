@@ -202,7 +202,9 @@ class _ResultListener:
                 if message is not None:
                     pending.discard(_channel(message))
                     self._dispatch(message)
-            self._unsubscribe.difference_update(keys)
+            # Only what this connection subscribed can need unsubscribing: a call that
+            # ended during the reconnect (its key subscribed above) still does.
+            self._unsubscribe.intersection_update(keys)
             self._connected.set()
             self._unreachable = None
             self._attempted.set()

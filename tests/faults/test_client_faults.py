@@ -89,6 +89,9 @@ class Background:
         except BaseException as exc:
             self.error = exc
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def result(self, timeout_s: float) -> Any:
         self._thread.join(timeout_s)
         assert not self._thread.is_alive(), f"still running after {timeout_s}s"
@@ -227,7 +230,7 @@ def test_gateway_answers_redis_failures_with_503_or_504_never_500(make_stack: An
                 server.start()
         back.set()
     supervise_until = time.monotonic() + 45
-    while running._thread.is_alive() and time.monotonic() < supervise_until:
+    while running.alive() and time.monotonic() < supervise_until:
         stack.supervise()
         time.sleep(0.5)
     before, across_restart, while_down, after = running.result(60)
