@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -266,6 +267,9 @@ class AsyncPoolClient(BaseClient):
         native = self.redis_backend
         self._listener = _ResultListener(self.backend_url) if native else None
         self._sync = None if native else PoolClient(app=self.app, reply_timeout_s=reply_timeout_s)
+        # One thread sends every job: a broker that is down must not stall the event loop
+        # (every other call) while kombu retries, and jobs leave in the order of the calls.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmpool-send")
 
     async def call(self, task: str, *args: Any, timeout_s: float, kwargs: dict[str, Any] | None = None) -> Any:
         """Send one pool job and await its raw result (see PoolClient.call)."""
@@ -288,8 +292,8 @@ class AsyncPoolClient(BaseClient):
         deadline = asyncio.get_running_loop().time() + job.timeout_s
         fut = await listener.subscribe(key, timeout_s=job.timeout_s)
         try:
-            # In a thread: a broker that is down must not stall the event loop (every other call) while kombu retries.
-            await asyncio.to_thread(publish, self.app, job, task_id=task_id)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._sender, self._publish_unless_late, job, task_id, deadline, loop)
             try:
                 return await asyncio.wait_for(fut, max(0.0, deadline - asyncio.get_running_loop().time()))
             except TimeoutError:
@@ -297,6 +301,13 @@ class AsyncPoolClient(BaseClient):
                 return await listener.last_look(key)
         finally:
             listener.forget(key)
+
+    def _publish_unless_late(self, job: Job, task_id: str, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        # Behind sends that wait for a broker that is down, a call may have given up by
+        # now: its job is not sent at all (it would only expire in the queue).
+        if loop.time() >= deadline:
+            raise PoolUnavailable("broker unreachable: the job could not be sent in time")
+        publish(self.app, job, task_id=task_id)
 
     async def assign_result(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> dict[str, Any]:
         """Assign and return the raw result dict (``no_capacity`` is a result, not an error)."""
@@ -331,7 +342,8 @@ class AsyncPoolClient(BaseClient):
         return call.result(await self._send(call.job))
 
     async def aclose(self) -> None:
-        """Close the result listener's connections."""
+        """Close the result listener's connections and stop the sending thread."""
+        self._sender.shutdown(wait=False, cancel_futures=True)
         if self._listener is not None:
             await self._listener.aclose()
 
