@@ -1,137 +1,279 @@
 """AsyncPoolClient: the asyncio variant of PoolClient, for async backends and the gateway.
 
-With the Redis result backend it awaits results natively: it subscribes to the
-result's pub/sub channel (Celery's Redis backend publishes every stored result
-on a channel named like its key) before sending the job, so thousands of
-concurrent calls share one connection and no thread. With any other backend
-it runs the synchronous client in worker threads.
+Same calls, same results, same errors: both clients build their calls with
+producer.calls and differ only in the transport. Here, with the Redis result
+backend, results are awaited natively: one pub/sub connection (the
+``_ResultListener``) is subscribed to each call's result channel (Celery's
+Redis backend publishes every stored result on a channel named like its key)
+before the job is sent, so thousands of concurrent calls share one connection
+and no thread. With any other backend the synchronous client runs in worker
+threads.
+
+Time bound: every call ends within its wait (or the reply timeout) plus
+``CLIENT_MARGIN_S`` (2 s), whatever Redis does: a call whose result cannot be
+received (result backend down, broker down, no worker) raises PoolUnavailable,
+never a Redis or Celery exception. The listener reconnects on its own when
+Redis comes back (new connection, every waiting call resubscribed, results
+stored meanwhile read back), so the caller does nothing but call again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import logging
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
 from celery import Celery
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from producer.client import (
+from producer.calls import (
+    CLIENT_MARGIN_S,
     DEFAULT_REPLY_TIMEOUT_S,
-    PoolClient,
-    assign_kwargs,
-    check_lease,
-    configured_group,
-    make_app,
-    raise_for_failure,
-    raise_for_failure_except_capacity,
-    timed_out_waiting,
-    with_group,
+    FINAL_STATES,
+    REDIS_IO_TIMEOUT_S,
+    Assign,
+    BaseClient,
+    Job,
+    Release,
+    Reply,
+    Touch,
+    outcome,
+    publish,
+    reply_from_meta,
 )
-from tasks.contract import (
-    POOL_QUEUE,
-    STATE_WAITING,
-    STATUS_ASSIGNED,
-    STATUS_NOT_ASSIGNED,
-    STATUS_RELEASED,
-    TASK_ASSIGN,
-    TASK_RELEASE,
-    TASK_STATUS,
-    TASK_TOUCH,
-    TASK_WITHDRAW,
-    AssignedMachine,
-    validate_project_id,
-)
-from tasks.errors import JobFailed, PoolUnavailable
+from producer.client import PoolClient
+from tasks.contract import AssignedMachine
+from tasks.errors import PoolUnavailable
 
-_FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+log = logging.getLogger("warmpool.client")
+
+# After a lost connection the listener waits this long before connecting again
+# (a Redis that is down refuses at once: no busy loop).
+RECONNECT_PAUSE_S = 0.2
 
 
 class _ResultListener:
-    """One pub/sub connection delivering Celery results to waiting futures."""
+    """One pub/sub connection delivering Celery results to waiting futures; reconnects on its own.
+
+    Race guarded (lost results): a call's result is either published after its
+    subscription is confirmed by Redis (``subscribe`` returns only then), or
+    stored before the catch-up read that follows every reconnect; a result
+    published while the connection was down is found by that read. A call
+    whose subscription cannot be confirmed fails before its job is sent.
+    """
 
     def __init__(self, url: str) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=5)
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        self._waiters: dict[str, asyncio.Future[Any]] = {}
+        self._url = url
+        self._redis = self._new_redis()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._own = f"warmpool-client-{uuid.uuid4()}"  # keeps the connection subscribed between calls
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._waiters: dict[str, asyncio.Future[Reply]] = {}
+        self._confirming: dict[str, asyncio.Future[None]] = {}
+        self._unsubscribe: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
-        self._starting: asyncio.Lock | None = None
+        self._connected = asyncio.Event()
+        self._attempted = asyncio.Event()  # set once each attempt to connect has ended
+        self._unreachable: BaseException | None = None  # why the last attempt failed
+        self._closed = False
 
-    async def _start(self) -> None:
-        # Race guarded: concurrent first calls each issuing SUBSCRIBE before the
-        # pub/sub connection exists would each open one (and leak all but one).
-        # One subscription of our own is made first, under a lock; it also keeps
-        # the connection subscribed between calls, so the reader can block.
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-        async with self._starting:
-            if self._reader is None or self._reader.done():
-                await self._pubsub.subscribe(f"warmpool-client-{uuid.uuid4()}")
-                self._reader = asyncio.get_running_loop().create_task(self._read())
+    # -- the callers' side --
+    async def subscribe(self, key: str, *, timeout_s: float) -> asyncio.Future[Reply]:
+        """A future for the result stored under ``key``, once Redis confirmed the subscription.
 
-    async def _read(self) -> None:
-        while True:
-            message = await self._pubsub.get_message(timeout=None)
-            if not message or message.get("type") != "message":
-                continue
-            channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
-            fut = self._waiters.get(channel)
-            meta = json.loads(message["data"])
-            # Only final states resolve the call; WAITING (queued for a machine) does not.
-            if fut is not None and not fut.done() and meta.get("status") in _FINAL_STATES:
-                fut.set_result(meta)
-
-    async def subscribe(self, key: str) -> asyncio.Future[Any]:
+        PoolUnavailable at once while Redis is known to be unreachable (the
+        listener's last attempt to connect failed), or when it does not
+        confirm within ``timeout_s`` (a Redis that is slow under load still
+        counts as answering, so this is the call's own budget).
+        """
+        if self._closed:
+            raise PoolUnavailable("the client is closed")
+        loop = asyncio.get_running_loop()
         if self._reader is None or self._reader.done():
-            await self._start()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._start_reader(loop)
+        fut: asyncio.Future[Reply] = loop.create_future()
+        confirmed: asyncio.Future[None] = loop.create_future()
         self._waiters[key] = fut
-        await self._pubsub.subscribe(key)
+        self._confirming[key] = confirmed
+        try:
+            async with asyncio.timeout(timeout_s):
+                pubsub = await self._connection()
+                await pubsub.subscribe(key)
+                await confirmed
+        except Exception as exc:
+            self.forget(key)
+            raise PoolUnavailable(f"result backend unreachable: {exc!r:.200}") from None
         return fut
 
-    async def unsubscribe(self, key: str) -> None:
-        self._waiters.pop(key, None)
-        await self._pubsub.unsubscribe(key)
+    async def _connection(self) -> aioredis.client.PubSub:
+        while not self._connected.is_set():
+            if self._unreachable is not None:
+                raise PoolUnavailable(f"result backend unreachable: {self._unreachable!r:.200}")
+            await self._attempted.wait()
+        assert self._pubsub is not None
+        return self._pubsub
 
-    async def get(self, key: str) -> Any:
-        raw = await self._redis.get(key)
-        return json.loads(raw) if raw else None
+    def _new_redis(self) -> aioredis.Redis:
+        # One immediate retry inside redis-py (it replaces a pooled connection that Redis
+        # closed when it restarted), no back-off: an error reaches the reader at once.
+        return aioredis.Redis.from_url(
+            self._url,
+            socket_connect_timeout=REDIS_IO_TIMEOUT_S,
+            socket_timeout=REDIS_IO_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 1),
+        )
+
+    def _start_reader(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None and self._loop is not loop:
+            # The reader ended with its event loop (asyncio.run returned): its
+            # connections are bound to that loop, so start over on this one.
+            self._redis = self._new_redis()
+        self._loop = loop
+        self._pubsub = None
+        self._connected, self._attempted, self._unreachable = asyncio.Event(), asyncio.Event(), None
+        self._reader = loop.create_task(self._run())
+
+    def forget(self, key: str) -> None:
+        """Stop waiting for ``key``; the reader unsubscribes it later (this never fails or blocks)."""
+        self._waiters.pop(key, None)
+        confirmed = self._confirming.pop(key, None)
+        if confirmed is not None and not confirmed.done():
+            confirmed.cancel()
+        self._unsubscribe.add(key)
+
+    async def last_look(self, key: str) -> Reply:
+        """The result record stored under ``key`` now (one read, bounded); PoolUnavailable if unreachable."""
+        try:
+            async with asyncio.timeout(REDIS_IO_TIMEOUT_S):
+                return reply_from_meta(await self._redis.get(key))
+        except Exception as exc:
+            raise PoolUnavailable(f"result backend unreachable: {exc!r:.200}") from None
 
     async def aclose(self) -> None:
+        """Stop the reader and close both connections."""
+        self._closed = True
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            return  # everything was bound to an event loop that is closed by now, and went with it
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._drop()
         await self._redis.aclose()
 
+    # -- the reader --
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                if self._pubsub is None:
+                    await self._connect()
+                await self._flush_unsubscribes()
+                message = await self._next_message()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # redis-py raises ConnectionError, TimeoutError, even AttributeError
+                log.warning("result listener lost its connection (%r), reconnecting", exc)
+                self._unreachable = exc
+                self._attempted.set()
+                await self._drop()
+                await asyncio.sleep(RECONNECT_PAUSE_S)
+                continue
+            if message is not None:
+                self._dispatch(message)
 
-def _from_meta(meta: dict[str, Any]) -> Any:
-    state = meta.get("status")
-    if state == "SUCCESS":
-        return meta.get("result")
-    if state == "REVOKED":
-        raise PoolUnavailable("the job expired in the queue before a pool worker took it")
-    raise JobFailed(f"the pool worker failed the job: {meta.get('result')!r:.300}")
+    async def _next_message(self) -> dict[str, Any] | None:
+        assert self._pubsub is not None
+        message: dict[str, Any] | None = await self._pubsub.get_message(timeout=REDIS_IO_TIMEOUT_S)
+        return message
+
+    async def _connect(self) -> None:
+        """A new pub/sub connection subscribed to every waiting call, then the results stored meanwhile."""
+        pubsub = self._redis.pubsub()
+        self._pubsub = pubsub
+        keys = list(self._waiters)
+        async with asyncio.timeout(REDIS_IO_TIMEOUT_S * 2):
+            await pubsub.subscribe(self._own, *keys)
+            pending = {self._own, *keys}
+            while pending:  # every confirmation, so the catch-up read below comes after them
+                message = await pubsub.get_message(timeout=REDIS_IO_TIMEOUT_S)
+                if message is not None:
+                    pending.discard(_channel(message))
+                    self._dispatch(message)
+            # Only what this connection subscribed can need unsubscribing: a call that
+            # ended during the reconnect (its key subscribed above) still does.
+            self._unsubscribe.intersection_update(keys)
+            self._connected.set()
+            self._unreachable = None
+            self._attempted.set()
+            if keys:
+                for key, raw in zip(keys, await self._redis.mget(keys), strict=True):
+                    self._resolve(key, reply_from_meta(raw))
+
+    async def _flush_unsubscribes(self) -> None:
+        if self._unsubscribe and self._pubsub is not None:
+            keys = [k for k in self._unsubscribe if k not in self._waiters]
+            self._unsubscribe.clear()
+            if keys:
+                await self._pubsub.unsubscribe(*keys)
+
+    async def _drop(self) -> None:
+        self._connected.clear()
+        # Subscriptions sent on the lost connection are never confirmed: those callers
+        # fail now, before sending their job (calls already waiting are resubscribed).
+        for confirmed in self._confirming.values():
+            if not confirmed.done():
+                confirmed.set_exception(PoolUnavailable("the result backend connection was lost"))
+        self._confirming.clear()
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            # A broken connection may fail to close: nothing is left to lose by then.
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, key = message.get("type"), _channel(message)
+        if kind == "subscribe":
+            confirmed = self._confirming.pop(key, None)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+        elif kind == "message":
+            self._resolve(key, reply_from_meta(message["data"]))
+
+    def _resolve(self, key: str, reply: Reply) -> None:
+        # Only final states resolve the call; WAITING (queued for a machine) does not.
+        fut = self._waiters.get(key)
+        if fut is not None and not fut.done() and reply.state in FINAL_STATES:
+            fut.set_result(reply)
 
 
-class AsyncPoolClient:
-    """``await client.assign("proj-42", wait=30.0)``; same contract as PoolClient."""
+def _channel(message: dict[str, Any]) -> str:
+    channel = message.get("channel")
+    return channel.decode() if isinstance(channel, bytes) else str(channel)
+
+
+class AsyncPoolClient(BaseClient):
+    """``await client.assign("proj-42", wait=30.0)``; same contract as PoolClient.
+
+    Every call ends within its wait (or ``reply_timeout_s``) plus
+    ``CLIENT_MARGIN_S``, with its result, NoCapacity or PoolUnavailable.
+    """
 
     def __init__(
-        self,
-        *,
-        app: Celery | None = None,
-        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
-        group: str | None = None,
+        self, *, app: Celery | None = None, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S, group: str | None = None
     ) -> None:
-        self.app = app or make_app()
-        self.reply_timeout_s = reply_timeout_s
-        self.group = group or configured_group()
-        backend_url = str(self.app.conf.result_backend or "")
-        native = backend_url.startswith(("redis://", "rediss://", "unix://"))
-        self._listener = _ResultListener(backend_url) if native else None
-        self._sync = None if native else PoolClient(app=self.app, reply_timeout_s=reply_timeout_s)
+        super().__init__(app=app, reply_timeout_s=reply_timeout_s, group=group)
+        native = self.redis_backend
+        self._listener = _ResultListener(self.backend_url) if native else None
+        self._sync = None if native else PoolClient(app=self.app, reply_timeout_s=reply_timeout_s, group=self.group)
+        # One thread sends every job: a broker that is down must not stall the event loop
+        # (every other call) while kombu retries, and jobs leave in the order of the calls.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmpool-send")
 
     async def call(
         self,
@@ -142,36 +284,42 @@ class AsyncPoolClient:
         task_id: str | None = None,
     ) -> Any:
         """Send one pool job and await its raw result (see PoolClient.call); ``task_id``: the job's id."""
-        kwargs = with_group(kwargs, self.group)
+        return await self._send(Job(task, args, kwargs or {}, timeout_s, task_id))
+
+    async def _send(self, job: Job) -> Any:
+        job = self._for_group(job)
         if self._listener is None:
             assert self._sync is not None
-            return await asyncio.to_thread(
-                self._sync.call, task, *args, timeout_s=timeout_s, kwargs=kwargs, task_id=task_id
-            )
-        task_id = task_id or str(uuid.uuid4())
+            return await asyncio.to_thread(self._sync._send, job)
+        try:
+            async with asyncio.timeout(job.timeout_s + CLIENT_MARGIN_S):
+                reply = await self._round_trip(self._listener, job)
+        except TimeoutError:  # only the hard bound above: Redis or the broker hung
+            raise PoolUnavailable(f"no answer within {job.timeout_s + CLIENT_MARGIN_S:.1f}s") from None
+        return outcome(job, reply)
+
+    async def _round_trip(self, listener: _ResultListener, job: Job) -> Reply:
+        job, task_id = job.named()
         key = self.app.backend.get_key_for_task(task_id).decode()
+        deadline = asyncio.get_running_loop().time() + job.timeout_s
+        fut = await listener.subscribe(key, timeout_s=job.timeout_s)
         try:
-            fut = await self._listener.subscribe(key)
-        except Exception as exc:
-            raise PoolUnavailable(f"result backend unreachable: {exc}") from exc
-        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._sender, self._publish_unless_late, job, task_id, deadline, loop)
             try:
-                self.app.send_task(task, args=args, kwargs=kwargs, task_id=task_id, queue=POOL_QUEUE, expires=timeout_s)
-            except Exception as exc:
-                raise PoolUnavailable(f"broker unreachable: {exc}") from exc
-            try:
-                meta = await asyncio.wait_for(fut, timeout_s)
+                return await asyncio.wait_for(fut, max(0.0, deadline - asyncio.get_running_loop().time()))
             except TimeoutError:
-                # The result may have been stored before our subscription took effect.
-                meta = await self._listener.get(key)
-                state = meta.get("status") if meta else None
-                if state == STATE_WAITING:
-                    return timed_out_waiting(args, timeout_s, meta.get("result") if meta else None)
-                if state not in _FINAL_STATES:
-                    raise PoolUnavailable(f"no pool worker answered within {timeout_s:.1f}s") from None
-            return _from_meta(meta)
+                # A result stored at the last moment, or the WAITING note of a queued caller.
+                return await listener.last_look(key)
         finally:
-            await self._listener.unsubscribe(key)
+            listener.forget(key)
+
+    def _publish_unless_late(self, job: Job, task_id: str, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        # Behind sends that wait for a broker that is down, a call may have given up by
+        # now: its job is not sent at all (it would only expire in the queue).
+        if loop.time() >= deadline:
+            raise PoolUnavailable("broker unreachable: the job could not be sent in time")
+        publish(self.app, job, task_id=task_id)
 
     async def assign_result(
         self, project_id: str, *, wait: float = 0.0, lease: float | None = None, request_id: str | None = None
@@ -181,11 +329,8 @@ class AsyncPoolClient:
         ``request_id`` (default: a new UUID) is the assign job's id: the one to
         withdraw_result() if the caller leaves before the answer.
         """
-        validate_project_id(project_id)
-        kwargs, timeout_s = assign_kwargs(wait, lease, reply_timeout_s=self.reply_timeout_s)
-        result = await self.call(TASK_ASSIGN, project_id, kwargs=kwargs, timeout_s=timeout_s, task_id=request_id)
-        raise_for_failure_except_capacity(result)
-        return dict(result)
+        call = self._assign(project_id, wait, lease)
+        return call.result(await self._send(replace(call.job, task_id=request_id)))
 
     async def withdraw_result(self, project_id: str, *, request_id: str, wait: float = 0.0) -> dict[str, Any]:
         """Withdraw the assign ``request_id`` of ``project_id`` whose caller left.
@@ -194,48 +339,44 @@ class AsyncPoolClient:
         (never one the project held before). Idempotent. ``wait``: the assign's;
         the withdraw job lives at least as long in the queue as that assign can.
         """
-        validate_project_id(project_id)
-        timeout_s = max(self.reply_timeout_s, wait)
-        result = await self.call(TASK_WITHDRAW, request_id, project_id, timeout_s=timeout_s)
-        return dict(raise_for_failure(result))
+        call = self._withdraw(project_id, request_id, wait)
+        return call.result(await self._send(call.job))
+
+    async def release_quarantined(self, instance_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """An operator's word that these quarantined machines (None: all) are in nobody's use."""
+        call = self._release_quarantined(instance_ids)
+        return call.result(await self._send(call.job))
 
     async def assign(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> AssignedMachine:
         """Return the project's machine; NoCapacity if none became idle within ``wait``."""
-        result = raise_for_failure(await self.assign_result(project_id, wait=wait, lease=lease))
-        if result.get("status") != STATUS_ASSIGNED:
-            raise JobFailed(f"unexpected assign result {result!r:.200}")
-        return AssignedMachine.from_result(result)
+        return Assign.value(await self.assign_result(project_id, wait=wait, lease=lease))
 
     async def release_result(self, project_id: str) -> dict[str, Any]:
-        validate_project_id(project_id)
-        result = await self.call(TASK_RELEASE, project_id, timeout_s=self.reply_timeout_s)
-        return dict(raise_for_failure(result))
+        """Release and return the raw result dict (released, not_assigned)."""
+        call = self._release(project_id)
+        return call.result(await self._send(call.job))
 
     async def release(self, project_id: str) -> bool:
         """True if a machine was released, False if the project held none."""
-        result = await self.release_result(project_id)
-        if result["status"] not in (STATUS_RELEASED, STATUS_NOT_ASSIGNED):
-            raise JobFailed(f"unexpected release result {result!r:.200}")
-        return bool(result["status"] == STATUS_RELEASED)
+        return Release.value(await self.release_result(project_id))
 
     async def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
-        validate_project_id(project_id)
-        lease_s = None if lease is None else check_lease(lease)
-        result = await self.call(TASK_TOUCH, project_id, kwargs={"lease_s": lease_s}, timeout_s=self.reply_timeout_s)
-        return dict(raise_for_failure(result))
+        """Touch and return the raw result dict (touched, no_lease, not_assigned)."""
+        call = self._touch(project_id, lease)
+        return call.result(await self._send(call.job))
 
     async def touch(self, project_id: str, *, lease: float | None = None) -> bool:
         """Renew the lease of the project's machine; False if the project holds none."""
-        result = await self.touch_result(project_id, lease=lease)
-        return bool(result["status"] != STATUS_NOT_ASSIGNED)
+        return Touch.value(await self.touch_result(project_id, lease=lease))
 
     async def status(self) -> dict[str, Any]:
-        result = await self.call(TASK_STATUS, timeout_s=self.reply_timeout_s)
-        if not isinstance(result, dict) or "counts" not in result:
-            raise JobFailed(f"unexpected status result {result!r:.200}")
-        return result
+        """The pool snapshot: counts by state, machines, desired/min/max, lost machines."""
+        call = self._status()
+        return call.result(await self._send(call.job))
 
     async def aclose(self) -> None:
+        """Close the result listener's connections and stop the sending thread."""
+        self._sender.shutdown(wait=False, cancel_futures=True)
         if self._listener is not None:
             await self._listener.aclose()
 

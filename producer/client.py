@@ -4,144 +4,187 @@ Producers never touch pool state: they send a job to the ``pool`` queue and
 wait for its result in the result backend. Every job carries an expiry equal
 to the caller's deadline, so a job still queued when its caller gave up is
 discarded by the worker instead of handing a machine to nobody.
+
+The calls themselves (validation, encoding, result mapping) are producer.calls,
+shared with AsyncPoolClient; this module is the synchronous transport. With
+the Redis result backend it subscribes to the job's result channel before
+sending the job, on a connection of its own per call, with every Redis
+operation bounded; with any other backend it waits through Celery.
+
+Time bound: every call ends within its wait (or the reply timeout) plus
+``CLIENT_MARGIN_S`` (2 s), with its result, NoCapacity or PoolUnavailable, as
+long as the broker's host answers or refuses connections (a host that drops
+packets holds the send for kombu's connect timeout).
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
+import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from tasks.contract import (
-    CODE_INVALID_PROJECT,
-    CODE_NO_CAPACITY,
-    CODE_STORE_UNAVAILABLE,
-    MAX_LEASE_S,
-    MAX_WAIT_S,
-    POOL_QUEUE,
-    STATE_WAITING,
-    STATUS_FAILED,
-    STATUS_NOT_ASSIGNED,
-    STATUS_RELEASED,
-    TASK_ASSIGN,
-    TASK_RELEASE,
-    TASK_STATUS,
-    TASK_TOUCH,
-    AssignedMachine,
-    check_seconds,
-    failure,
-    validate_project_id,
+from producer.calls import (
+    CLIENT_MARGIN_S,
+    DEFAULT_REPLY_TIMEOUT_S,
+    FINAL_STATES,
+    REDIS_IO_TIMEOUT_S,
+    Assign,
+    BaseClient,
+    Job,
+    Release,
+    Reply,
+    Touch,
+    check_lease,
+    check_wait,
+    make_app,
+    outcome,
+    publish,
+    raise_for_failure,
+    reply_from_meta,
 )
-from tasks.errors import (
-    InvalidProject,
-    JobFailed,
-    NoCapacity,
-    PoolUnavailable,
-)
+from tasks.contract import POOL_QUEUE, STATE_WAITING, AssignedMachine
+from tasks.errors import PoolUnavailable
 
-DEFAULT_REPLY_TIMEOUT_S = 10.0
-
-
-def make_app() -> Celery:
-    """A Celery app configured like the workers (celeryconfig), used only to send."""
-    app = Celery("warmpool-producer")
-    app.config_from_object("celeryconfig")
-    return app
+# The client core's helpers the gateway, the probe and the CLI import from here.
+__all__ = [
+    "CLIENT_MARGIN_S",
+    "DEFAULT_REPLY_TIMEOUT_S",
+    "PoolClient",
+    "check_lease",
+    "check_wait",
+    "make_app",
+    "raise_for_failure",
+]
 
 
-def configured_group() -> str | None:
-    """The group jobs are sent for: WARMPOOL_ASG_NAME when set (None: jobs name no group)."""
-    return os.environ.get("WARMPOOL_ASG_NAME", "").strip() or None
+class _Transport(Protocol):
+    def round_trip(self, job: Job) -> Reply: ...
 
 
-def with_group(kwargs: dict[str, Any] | None, group: str | None) -> dict[str, Any] | None:
-    """A job's kwargs naming its ``group`` (a worker of another group refuses it: ``wrong_group``)."""
-    if not group or (kwargs and "group" in kwargs):
-        return kwargs
-    return {**(kwargs or {}), "group": group}
+class _RedisTransport:
+    """Subscribe to the job's result channel, send the job, read the channel until the deadline."""
+
+    def __init__(self, app: Celery, url: str) -> None:
+        self._app = app
+        # One immediate retry (a pooled connection closed by a Redis restart is replaced),
+        # no back-off, and every operation bounded: the deadline is ours to keep.
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=REDIS_IO_TIMEOUT_S,
+            socket_timeout=REDIS_IO_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 1),
+        )
+
+    def round_trip(self, job: Job) -> Reply:
+        job, task_id = job.named()
+        key = self._app.backend.get_key_for_task(task_id).decode()
+        deadline = time.monotonic() + job.timeout_s
+        pubsub = self._subscribed(key, deadline)
+        if pubsub is None:
+            raise PoolUnavailable("result backend unreachable (could not subscribe to the result)")
+        try:
+            publish(self._app, job, task_id=task_id)
+            return self._read_until(pubsub, key, deadline)
+        finally:
+            # A failed close must not hide the result (or the error) the call already has.
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def _subscribed(self, key: str, deadline: float) -> Any:
+        """A pub/sub connection whose subscription to ``key`` Redis confirmed by ``deadline``; None if not."""
+        pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(key)
+            # Race guarded (a lost result): the job is sent only once Redis confirmed the
+            # subscription, so a result published after that reaches this connection.
+            while (remaining := deadline - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=min(remaining, REDIS_IO_TIMEOUT_S))
+                if message is not None and message.get("type") == "subscribe":
+                    return pubsub
+        except (redis.RedisError, OSError):
+            pass
+        with contextlib.suppress(Exception):
+            pubsub.close()
+        return None
+
+    def _read_until(self, pubsub: Any, key: str, deadline: float) -> Reply:
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                message = pubsub.get_message(timeout=min(remaining, REDIS_IO_TIMEOUT_S))
+            except (redis.RedisError, OSError):
+                # The connection is lost; once Redis is back, the record itself is read below.
+                message = None
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                reply = self._look(key)
+                if reply is not None and reply.state in FINAL_STATES:
+                    return reply
+                continue
+            if message is not None and message.get("type") == "message":
+                reply = reply_from_meta(message["data"])
+                if reply.state in FINAL_STATES:
+                    return reply
+        # A result stored at the last moment, or the WAITING note of a queued caller.
+        reply = self._look(key)
+        if reply is None:
+            raise PoolUnavailable("result backend unreachable")
+        return reply
+
+    def _look(self, key: str) -> Reply | None:
+        """The result record stored under ``key`` now; None if Redis cannot be reached."""
+        try:
+            return reply_from_meta(self._redis.get(key))
+        except (redis.RedisError, OSError):
+            return None
 
 
-def check_wait(wait: Any) -> float:
-    """Validate a caller's wait in seconds: a finite number in [0, MAX_WAIT_S]."""
-    return check_seconds(wait, "wait", high=MAX_WAIT_S)
+class _CeleryTransport:
+    """Any other result backend: Celery's own send and wait."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def round_trip(self, job: Job) -> Reply:
+        try:
+            result = self._app.send_task(
+                job.task,
+                args=job.args,
+                kwargs=dict(job.kwargs),
+                queue=POOL_QUEUE,
+                expires=job.timeout_s,
+                task_id=job.task_id,
+            )
+        except Exception as exc:  # kombu raises many types for an unreachable broker
+            raise PoolUnavailable(f"broker unreachable: {exc}") from exc
+        try:
+            value = result.get(timeout=job.timeout_s, propagate=False, disable_sync_subtasks=False)
+        except CeleryTimeoutError:
+            return Reply(STATE_WAITING, result.info) if result.state == STATE_WAITING else Reply(None)
+        except Exception as exc:
+            raise PoolUnavailable(f"result backend unreachable: {exc}") from exc
+        return Reply(result.state, value)
 
 
-def result_or_raise(result: Any, state: str) -> Any:
-    """A job's result; a job that raised becomes JobFailed, an expired one PoolUnavailable."""
-    if state == "REVOKED":
-        raise PoolUnavailable("the job expired in the queue before a pool worker took it")
-    if isinstance(result, BaseException):
-        raise JobFailed(f"the pool worker failed the job: {type(result).__name__}: {result}")
-    return result
+class PoolClient(BaseClient):
+    """Synchronous client for backends. Configuration comes from the environment.
 
-
-def check_lease(lease: Any) -> float:
-    """Validate a lease length in seconds: a finite number in [0, MAX_LEASE_S] (0: no lease)."""
-    return check_seconds(lease, "lease", high=MAX_LEASE_S)
-
-
-def assign_kwargs(wait: Any, lease: Any, *, reply_timeout_s: float) -> tuple[dict[str, Any], float]:
-    """The assign job's keyword arguments and how long the caller waits for its result."""
-    wait_s = check_wait(wait)
-    lease_s = None if lease is None else check_lease(lease)
-    timeout_s = wait_s if wait_s > 0 else reply_timeout_s
-    # The absolute deadline lets the worker refuse to serve a caller that gave up,
-    # even when the job sat in a backed-up queue (clocks of producer and worker hosts
-    # are assumed NTP-synchronized).
-    return {"wait_s": wait_s, "lease_s": lease_s, "deadline": time.time() + wait_s}, timeout_s
-
-
-def timed_out_waiting(args: tuple[Any, ...], timeout_s: float, waiting: Any = None) -> dict[str, Any]:
-    """The result of a caller that waited in the queue until its deadline.
-
-    ``waiting`` is the worker's waiting-state record: why no machine was free
-    (capped by MaxSize, scale-up paused) when the caller was queued.
+    Every call ends within its wait (or ``reply_timeout_s``) plus
+    ``CLIENT_MARGIN_S``, with its result, NoCapacity or PoolUnavailable.
     """
-    project_id = args[0] if args else None
-    note = waiting if isinstance(waiting, Mapping) else {}
-    reason = f" ({note['reason']})" if note.get("reason") else ""
-    return failure(
-        CODE_NO_CAPACITY,
-        f"no machine became available within {timeout_s:.1f}s{reason}",
-        project_id=project_id,
-        capped=bool(note.get("capped")),
-        max_size=note.get("max_size"),
-    )
-
-
-def raise_for_failure(result: Any) -> Mapping[str, Any]:
-    """Map a job result onto the contract's exceptions; return it when it is a success."""
-    if not isinstance(result, Mapping) or "status" not in result:
-        raise JobFailed(f"unexpected result from the pool worker: {result!r:.200}")
-    if result["status"] != STATUS_FAILED:
-        return result
-    code, message = result.get("code"), str(result.get("message", ""))
-    if code == CODE_INVALID_PROJECT:
-        raise InvalidProject(message)
-    if code == CODE_NO_CAPACITY:
-        raise NoCapacity(message, capped=bool(result.get("capped")), max_size=result.get("max_size"))
-    if code == CODE_STORE_UNAVAILABLE:
-        raise PoolUnavailable(message)
-    raise JobFailed(f"{code}: {message}")
-
-
-class PoolClient:
-    """Synchronous client for backends. Configuration comes from the environment."""
 
     def __init__(
-        self,
-        *,
-        app: Celery | None = None,
-        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
-        group: str | None = None,
+        self, *, app: Celery | None = None, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S, group: str | None = None
     ) -> None:
-        self.app = app or make_app()
-        self.reply_timeout_s = reply_timeout_s
-        self.group = group or configured_group()
+        super().__init__(app=app, reply_timeout_s=reply_timeout_s, group=group)
+        self._transport: _Transport = (
+            _RedisTransport(self.app, self.backend_url) if self.redis_backend else _CeleryTransport(self.app)
+        )
 
     def call(
         self,
@@ -157,22 +200,11 @@ class PoolClient:
         result when the worker queued the caller (assign with wait) and no
         machine became available before the deadline.
         """
-        kwargs = with_group(kwargs, self.group)
-        try:
-            async_result = self.app.send_task(
-                task, args=args, kwargs=kwargs, queue=POOL_QUEUE, expires=timeout_s, task_id=task_id
-            )
-        except Exception as exc:  # kombu raises many types for an unreachable broker
-            raise PoolUnavailable(f"broker unreachable: {exc}") from exc
-        try:
-            result = async_result.get(timeout=timeout_s, propagate=False, disable_sync_subtasks=False)
-        except CeleryTimeoutError:
-            if async_result.state == STATE_WAITING:
-                return timed_out_waiting(args, timeout_s, async_result.info)
-            raise PoolUnavailable(f"no pool worker answered within {timeout_s:.1f}s") from None
-        except Exception as exc:
-            raise PoolUnavailable(f"result backend unreachable: {exc}") from exc
-        return result_or_raise(result, async_result.state)
+        return self._send(Job(task, args, kwargs or {}, timeout_s, task_id))
+
+    def _send(self, job: Job) -> Any:
+        job = self._for_group(job)
+        return outcome(job, self._transport.round_trip(job))
 
     def assign_result(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> dict[str, Any]:
         """Assign and return the raw result dict (the CLI's and gateway's --json shape).
@@ -180,11 +212,8 @@ class PoolClient:
         ``no_capacity`` is a result here, not an exception: callers that print
         or forward results need it as data.
         """
-        validate_project_id(project_id)
-        kwargs, timeout_s = assign_kwargs(wait, lease, reply_timeout_s=self.reply_timeout_s)
-        result = self.call(TASK_ASSIGN, project_id, kwargs=kwargs, timeout_s=timeout_s)
-        raise_for_failure_except_capacity(result)
-        return dict(result)
+        call = self._assign(project_id, wait, lease)
+        return call.result(self._send(call.job))
 
     def assign(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> AssignedMachine:
         """Return the project's machine; NoCapacity if none became idle within ``wait`` seconds.
@@ -192,41 +221,32 @@ class PoolClient:
         Waiting callers are served in arrival order as machines become ready.
         ``lease`` (seconds) overrides WARMPOOL_LEASE_SECONDS for this assignment.
         """
-        result = raise_for_failure(self.assign_result(project_id, wait=wait, lease=lease))
-        return AssignedMachine.from_result(result)
+        return Assign.value(self.assign_result(project_id, wait=wait, lease=lease))
 
     def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
-        validate_project_id(project_id)
-        lease_s = None if lease is None else check_lease(lease)
-        result = self.call(TASK_TOUCH, project_id, kwargs={"lease_s": lease_s}, timeout_s=self.reply_timeout_s)
-        return dict(raise_for_failure(result))
+        """Touch and return the raw result dict (touched, no_lease, not_assigned)."""
+        call = self._touch(project_id, lease)
+        return call.result(self._send(call.job))
 
     def touch(self, project_id: str, *, lease: float | None = None) -> bool:
         """Renew the lease of the project's machine; False if the project holds none."""
-        return bool(self.touch_result(project_id, lease=lease)["status"] != STATUS_NOT_ASSIGNED)
+        return Touch.value(self.touch_result(project_id, lease=lease))
 
     def release_result(self, project_id: str) -> dict[str, Any]:
-        validate_project_id(project_id)
-        result = self.call(TASK_RELEASE, project_id, timeout_s=self.reply_timeout_s)
-        return dict(raise_for_failure(result))
+        """Release and return the raw result dict (released, not_assigned)."""
+        call = self._release(project_id)
+        return call.result(self._send(call.job))
 
     def release(self, project_id: str) -> bool:
         """Release the project's machine: True if one was released, False if none was held."""
-        result = self.release_result(project_id)
-        if result["status"] not in (STATUS_RELEASED, STATUS_NOT_ASSIGNED):
-            raise JobFailed(f"unexpected release result {result!r:.200}")
-        return bool(result["status"] == STATUS_RELEASED)
+        return Release.value(self.release_result(project_id))
 
     def status(self) -> dict[str, Any]:
         """The pool snapshot: counts by state, machines, desired/min/max, lost machines."""
-        result = self.call(TASK_STATUS, timeout_s=self.reply_timeout_s)
-        if not isinstance(result, dict) or "counts" not in result:
-            raise JobFailed(f"unexpected status result {result!r:.200}")
-        return result
+        call = self._status()
+        return call.result(self._send(call.job))
 
-
-def raise_for_failure_except_capacity(result: Any) -> None:
-    """raise_for_failure, except that no_capacity is left to the waiting loop."""
-    if isinstance(result, Mapping) and result.get("code") == CODE_NO_CAPACITY:
-        return
-    raise_for_failure(result)
+    def release_quarantined(self, instance_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """An operator's word that these quarantined machines (None: all) are in nobody's use."""
+        call = self._release_quarantined(instance_ids)
+        return call.result(self._send(call.job))

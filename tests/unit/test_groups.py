@@ -6,10 +6,11 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from celery import Celery
 
 import tasks.worker.aws_jobs as aws_jobs
 import tasks.worker.pool_jobs as pool_jobs
-from producer.client import with_group
+from producer.calls import BaseClient, Job, with_group
 from tasks.contract import CODE_WRONG_GROUP, group_mismatch
 from tasks.pool.model import Machine, MachineState
 from tasks.worker.app import settings
@@ -75,8 +76,16 @@ def test_side_effects_name_their_group_in_every_message() -> None:
 
 
 def test_producers_add_their_group_without_overriding_one_given() -> None:
-    assert with_group(None, None) is None
+    assert with_group({}, None) == {}
     assert with_group({"wait_s": 1}, None) == {"wait_s": 1}
-    assert with_group(None, "a") == {"group": "a"}
+    assert with_group({}, "a") == {"group": "a"}
     assert with_group({"wait_s": 1}, "a") == {"wait_s": 1, "group": "a"}
     assert with_group({"group": "b"}, "a") == {"group": "b"}
+
+
+def test_both_clients_send_their_group_with_every_job() -> None:
+    # given clients configured for a group
+    client = BaseClient(app=Celery("groups-test"), group="team-a")
+    # expect it added to each job's kwargs, never overriding one a job names itself
+    assert client._for_group(Job("warmpool.status")).kwargs == {"group": "team-a"}
+    assert client._for_group(Job("x", (), {"group": "b"})).kwargs == {"group": "b"}
