@@ -141,12 +141,10 @@ def mask_all(raw: str) -> str:
 
 
 def mask_url_password(raw: str) -> str:
-    """A URL with the password of its ``user:password@`` part replaced by stars."""
-    scheme, sep, rest = raw.partition("://")
-    if not sep:
-        return raw
+    """A URL with the password of its ``user:password@`` part replaced by stars (a malformed URL's too)."""
+    scheme, sep, rest = raw.rpartition("://")
     userinfo, at, hostpart = rest.rpartition("@")
     if not at or ":" not in userinfo:
         return raw
     user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:****@{hostpart}"
+    return f"{scheme}{sep}{user}:****@{hostpart}"
