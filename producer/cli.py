@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from producer.extras import missing_extra
 from tasks import config
 from tasks.contract import CODE_NO_CAPACITY, STATUS_FAILED, failure
 from tasks.errors import (
@@ -148,24 +148,8 @@ def cmd_beat(args: argparse.Namespace) -> int:
     return _celery(["beat", "-l", args.loglevel, "-s", args.schedule, *args.celery_args])
 
 
-# The modules each optional command needs, and the extra of pyproject.toml that installs them.
-EXTRA_FOR_COMMAND = {
-    "gateway": ("gateway", ("fastapi", "uvicorn", "httpx", "prometheus_client")),
-    "flower": ("flower", ("flower",)),
-    "demo": ("demo", ("moto",)),
-}
-
-
-def missing_extra(command: str) -> str | None:
-    """The line telling which extra to install when ``command`` lacks one of its modules, else None."""
-    extra, modules = EXTRA_FOR_COMMAND.get(command, ("", ()))
-    absent = [m for m in modules if importlib.util.find_spec(m) is None]
-    if not absent:
-        return None
-    return (
-        f"warmpool {command} needs {', '.join(absent)}, which a base install leaves out: "
-        f"pip install 'warmpool[{extra}]'"
-    )
+# The commands that need an optional extra (producer/extras.py); the name of each is its extra's.
+_EXTRA_COMMANDS = frozenset({"gateway", "flower", "demo"})
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -318,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _checks_settings(argv) and (status := _config_problem(argv)) is not None:
         return status
-    if argv[:1] and (need := missing_extra(argv[0])) is not None:
+    if argv[:1] and argv[0] in _EXTRA_COMMANDS and (need := missing_extra(argv[0], command=f"warmpool {argv[0]}")):
         print(f"warmpool: {need}", file=sys.stderr)
         return EXIT_OTHER
     if argv[:1] == ["flower"]:

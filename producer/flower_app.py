@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from producer.extras import missing_extra
 from tasks.config import settings_or_exit
 
 ENV_USER = "WARMPOOL_FLOWER_USER"
@@ -193,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run Flower (or print its command line); returns an exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     settings_or_exit()  # every setting, before anything starts
+    if (need := missing_extra("flower", command="Flower")) is not None:
+        print(f"warmpool: {need}", file=sys.stderr)
+        return 1
     if argv[:1] == ["--"]:  # `warmpool flower -- --no-auth`: argparse REMAINDER keeps the "--"
         argv = argv[1:]
     args = build_parser().parse_args(argv)

@@ -25,6 +25,11 @@ models), ``flower_proxy``, ``logs``, ``constants`` and ``server`` (serve, main,
 binding rules).
 """
 
+from producer.extras import missing_extra
+
+if (_need := missing_extra("gateway", command="producer.gateway")) is not None:
+    raise ModuleNotFoundError(_need)
+
 from producer.gateway.app import add_routes, create_app, install_openapi
 from producer.gateway.asgi import ErrorShield
 from producer.gateway.auth import BearerAuth
