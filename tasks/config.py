@@ -19,19 +19,11 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any, TypeVar
 
-from tasks.config_values import (
-    Parser,
-    choice,
-    host,
-    integer,
-    number,
-    ready_url,
-    region,
-    text,
-    url,
-)
+from tasks import config_values as kind
+from tasks.config_values import Parser
 from tasks.config_values import mask_all as _secret
 from tasks.config_values import mask_url_password as _url_secret
 from tasks.contract import MAX_LEASE_S
@@ -76,7 +68,7 @@ class Spec:
 def setting(
     env: str,
     default: T,
-    parse: Parser[T] | Parser[Any],
+    parse: Parser[T],
     meaning: str,
     *,
     mask: Callable[[str], str] | None = None,
@@ -88,13 +80,13 @@ def setting(
     return field(default=default, repr=mask is None, metadata={"spec": spec})
 
 
-_GROUP_NAME = text(max_chars=255, forbidden="{}", what="an Auto Scaling Group name: 1-255 characters, no { or }")
-_BROKER = url(example="redis://127.0.0.1:6379/0 or amqp://user:pass@host:5672//")
-_STORE = url(schemes=("redis", "rediss", "unix"), example="redis://127.0.0.1:6379/2")
-_HTTP = url(schemes=("http", "https"), example="http://127.0.0.1:5555")
-_TOKEN = text(max_chars=4096, forbidden=" ", what="printable characters without spaces")
-_USER = text(max_chars=256, forbidden=":", what="printable characters without ':'")
-_PASSWORD = text(max_chars=4096, forbidden="", what="printable characters")
+_GROUP_NAME = kind.text(max_chars=255, forbidden="{}", what="an Auto Scaling Group name: 1-255 characters, no { or }")
+_BROKER = kind.url(example="redis://127.0.0.1:6379/0 or amqp://user:pass@host:5672//")
+_STORE = kind.url(schemes=("redis", "rediss", "unix"), example="redis://127.0.0.1:6379/2")
+_HTTP = kind.url(schemes=("http", "https"), example="http://127.0.0.1:5555")
+_TOKEN = kind.text(max_chars=4096, forbidden=" ", what="printable characters without spaces")
+_USER = kind.text(max_chars=256, forbidden=":", what="printable characters without ':'")
+_PASSWORD = kind.text(max_chars=4096, forbidden="", what="printable characters")
 
 
 @dataclass(frozen=True)
@@ -103,37 +95,41 @@ class Settings:
 
     # The pool (read by the workers; the producers read the broker URLs).
     asg_name: str = setting("WARMPOOL_ASG_NAME", DEFAULT_ASG_NAME, _GROUP_NAME, "the Auto Scaling Group")
-    idle_target: int = setting("WARMPOOL_IDLE_TARGET", 2, integer(0, 10_000), "idle machines to keep ready")
-    refresh_seconds: float = setting("WARMPOOL_REFRESH_SECONDS", 10.0, number(0.1, 86_400), "beat interval")
+    idle_target: int = setting("WARMPOOL_IDLE_TARGET", 2, kind.integer(0, 10_000), "idle machines to keep ready")
+    refresh_seconds: float = setting("WARMPOOL_REFRESH_SECONDS", 10.0, kind.number(0.1, 86_400), "beat interval")
     broker_url: str = setting("WARMPOOL_BROKER_URL", DEFAULT_BROKER_URL, _BROKER, "Celery broker", mask=_url_secret)
     result_backend: str = setting(
         "WARMPOOL_RESULT_BACKEND", DEFAULT_RESULT_BACKEND, _BROKER, "Celery result backend", mask=_url_secret
     )
     redis_url: str = setting("WARMPOOL_REDIS_URL", DEFAULT_REDIS_URL, _STORE, "pool state store", mask=_url_secret)
     address: AddressKind = setting(
-        "WARMPOOL_ADDRESS", AddressKind.PUBLIC, choice("public", "private"), "address handed out"
+        "WARMPOOL_ADDRESS", AddressKind.PUBLIC, kind.one_of(AddressKind), "address handed out"
     )
-    region: str = setting("AWS_REGION", DEFAULT_REGION, region(), "AWS region", fallback_env=("AWS_DEFAULT_REGION",))
+    region: str = setting(
+        "AWS_REGION", DEFAULT_REGION, kind.region(), "AWS region", fallback_env=("AWS_DEFAULT_REGION",)
+    )
     aws_endpoint_url: str = setting("AWS_ENDPOINT_URL", "", _HTTP, "boto3's endpoint override (moto, LocalStack)")
     visibility_timeout_s: int = setting(
-        "WARMPOOL_VISIBILITY_TIMEOUT_S", 300, integer(5, 86_400), "redelivery delay of an unacknowledged job"
+        "WARMPOOL_VISIBILITY_TIMEOUT_S", 300, kind.integer(5, 86_400), "redelivery delay of an unacknowledged job"
     )
     lease_seconds: float = setting(
-        "WARMPOOL_LEASE_SECONDS", 0.0, number(0.0, MAX_LEASE_S), "lease of an assignment (0: never expires)"
+        "WARMPOOL_LEASE_SECONDS", 0.0, kind.number(0.0, MAX_LEASE_S), "lease of an assignment (0: never expires)"
     )
-    ready_url: str = setting("WARMPOOL_READY_URL", "", ready_url(), "readiness check URL (unset: AWS state decides)")
+    ready_url: str = setting(
+        "WARMPOOL_READY_URL", "", kind.ready_url(), "readiness check URL (unset: AWS state decides)"
+    )
     ready_timeout_seconds: float = setting(
-        "WARMPOOL_READY_TIMEOUT_SECONDS", 600.0, number(0.0, 86_400), "unready this long: replaced"
+        "WARMPOOL_READY_TIMEOUT_SECONDS", 600.0, kind.number(0.0, 86_400), "unready this long: replaced"
     )
     aws_worker_nice: int = setting(
-        "WARMPOOL_AWS_WORKER_NICE", 10, integer(0, 19), "CPU priority an aws worker gives up"
+        "WARMPOOL_AWS_WORKER_NICE", 10, kind.integer(0, 19), "CPU priority an aws worker gives up"
     )
     # The operator surfaces: the HTTP gateway and Flower.
     api_token: str = setting(
         "WARMPOOL_API_TOKEN", "", _TOKEN, "gateway bearer token (unset: loopback only)", mask=_secret
     )
-    gateway_host: str = setting("WARMPOOL_GATEWAY_HOST", "127.0.0.1", host(), "gateway bind address")
-    gateway_port: int = setting("WARMPOOL_GATEWAY_PORT", 8080, integer(1, 65_535), "gateway port")
+    gateway_host: str = setting("WARMPOOL_GATEWAY_HOST", "127.0.0.1", kind.host(), "gateway bind address")
+    gateway_port: int = setting("WARMPOOL_GATEWAY_PORT", 8080, kind.integer(1, 65_535), "gateway port")
     flower_url: str = setting("WARMPOOL_FLOWER_URL", "", _HTTP, "where Flower listens (turns on /flower)")
     flower_user: str = setting("WARMPOOL_FLOWER_USER", "", _USER, "Flower user")
     flower_password: str = setting("WARMPOOL_FLOWER_PASSWORD", "", _PASSWORD, "Flower password", mask=_secret)
@@ -232,15 +228,13 @@ def load(env: Mapping[str, str] | None = None) -> Report:
             source = SOURCE_INVALID
         shown = spec.shown(raw) if raw else _default_text(default)
         entries.append(Entry(spec.env, shown, source, origin, spec.meaning, spec.mask is not None))
-    if "address" in values:
-        values["address"] = AddressKind(values["address"])
     settings = None if problems else Settings(**values)
     return Report(tuple(entries), tuple(problems), settings)
 
 
 def _default_text(default: Any) -> str:
-    if isinstance(default, AddressKind):
-        return default.value
+    if isinstance(default, Enum):
+        return str(default.value)
     if isinstance(default, float) and default.is_integer():
         return str(int(default))
     return str(default)

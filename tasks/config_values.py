@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -62,12 +63,16 @@ def number(low: float, high: float) -> Parser[float]:
     return Parser(f"a number from {low:g} to {high:g}", convert)
 
 
-def choice(*values: str) -> Parser[str]:
-    """One of ``values`` (case-insensitive); the lower-case form is kept."""
+E = TypeVar("E", bound=Enum)
 
-    def convert(raw: str) -> str:
+
+def one_of(kind: type[E]) -> Parser[E]:
+    """A member of the string enum ``kind``, by value (case-insensitive)."""
+    values = [str(member.value) for member in kind]
+
+    def convert(raw: str) -> E:
         _check(raw.lower() in values)
-        return raw.lower()
+        return kind(raw.lower())
 
     return Parser("one of " + ", ".join(repr(v) for v in values), convert)
 
