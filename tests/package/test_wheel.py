@@ -108,6 +108,10 @@ def test_a_base_install_gives_a_working_client_and_cli(venv: Path, tmp_path: Pat
     )
     result = sh([str(venv / "python"), "-c", code], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
+    # a program importing the gateway without its extra gets an ImportError naming the extra
+    result = sh([str(venv / "python"), "-c", "import producer.gateway"], cwd=tmp_path, env=env)
+    assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr
+    assert "pip install 'warmpool[gateway]'" in result.stderr
     # a status against nothing: pool_unavailable, exit 4 (not a traceback)
     nothing = f"redis://127.0.0.1:{free_port()}"
     env_nothing = clean_env(venv, WARMPOOL_BROKER_URL=f"{nothing}/0", WARMPOOL_RESULT_BACKEND=f"{nothing}/1")
@@ -129,11 +133,12 @@ def test_a_base_install_gives_a_working_client_and_cli(venv: Path, tmp_path: Pat
         (["warmpool", "flower"], "flower"),
         (["warmpool", "demo", "--once"], "demo"),
         (["python", "-m", "producer.flower_app"], "flower"),
+        (["python", "-m", "producer.gateway"], "gateway"),
     ],
 )
 def test_a_command_that_needs_an_extra_names_it(venv: Path, tmp_path: Path, argv: list[str], extra: str) -> None:
     result = sh([str(venv / argv[0]), *argv[1:]], cwd=tmp_path, env=clean_env(venv))
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     assert f"pip install 'warmpool[{extra}]'" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
