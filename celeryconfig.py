@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from tasks.config import Settings
 
+# A bad setting raises ConfigError here, one line per problem. Under
+# `celery -A tasks ...` the check in tasks/__init__.py has already turned it
+# into those lines and exit 2; a producer (PoolClient) gets the exception.
 _settings = Settings.from_env()
 
 broker_url = _settings.broker_url

@@ -12,6 +12,7 @@ because a goal was missed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -111,6 +112,10 @@ def broken(results: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if importlib.util.find_spec("moto") is None:
+        # bench/ is not part of the wheel: it runs from a checkout, with the bench extra
+        say("python -m bench needs moto (its AWS stand-in): pip install -e '.[bench]'")
+        return 1
     sizes = sizes_for(args)
     run_dir = RESULTS_DIR / f"run-{args.name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     results: dict[str, Any] = {"meta": report.meta(), "name": args.name, "sizes": asdict(sizes)}

@@ -1,11 +1,16 @@
 """The ``warmpool`` command: pool operations for people and scripts, and the stack's processes.
 
-Exit codes (docs/design.md): 0 ok, 2 invalid input, 3 no capacity, 4 pool unavailable, 1 other.
+Exit codes (docs/design.md): 0 ok, 2 invalid input or configuration, 3 no capacity, 4 pool unavailable, 1 other.
+
+Every command but ``--version`` and ``config check`` first checks every setting
+(tasks/config.py): a bad one ends the command before it does anything, with one
+line per problem (``--json``: the failure object, code ``config_error``) and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -13,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from producer.extras import missing_extra
+from tasks import config
 from tasks.contract import CODE_NO_CAPACITY, STATUS_FAILED, failure
 from tasks.errors import (
     ConfigError,
@@ -141,10 +148,16 @@ def cmd_beat(args: argparse.Namespace) -> int:
     return _celery(["beat", "-l", args.loglevel, "-s", args.schedule, *args.celery_args])
 
 
+# The commands that need an optional extra (producer/extras.py); the name of each is its extra's.
+_EXTRA_COMMANDS = frozenset({"gateway", "flower", "demo"})
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from producer.gateway import serve
 
-    serve(host=args.host, port=args.port, token=os.environ.get("WARMPOOL_API_TOKEN") or None)
+    settings = config.Settings.from_env()
+    port = args.port if args.port is not None else settings.gateway_port
+    serve(host=args.host, port=port, token=settings.api_token or None)
     return EXIT_OK
 
 
@@ -152,6 +165,40 @@ def cmd_flower(args: argparse.Namespace) -> int:
     from producer import flower_app
 
     return int(flower_app.main(args.flower_args) or 0)
+
+
+def version() -> str:
+    """The installed distribution's version ("unknown" when run from a tree that is not installed)."""
+    try:
+        return importlib.metadata.version("warmpool")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    report = config.load()
+    code = EXIT_INVALID if report.problems else EXIT_OK
+    rows = [
+        {"name": e.name, "value": e.value, "source": e.source, "origin": e.origin, "secret": e.secret}
+        for e in report.entries
+    ]
+    if args.json:
+        if report.problems:
+            message = "; ".join(report.problems)
+            out = failure(ConfigError.code, message, problems=list(report.problems), settings=rows)
+        else:
+            out = {"status": "ok", "settings": rows}
+        print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
+        return code
+    width = max(len(e.name) for e in report.entries)
+    for e in report.entries:
+        where = e.source if e.source in (config.SOURCE_DEFAULT, config.SOURCE_INVALID) else e.origin
+        print(f"{e.name:<{width}}  {e.value or '(unset)'}  [{where}]")
+    for problem in report.problems:
+        print(f"warmpool: {problem}", file=sys.stderr)
+    if report.problems:
+        print(f"warmpool: {len(report.problems)} bad setting(s): fix them and run again", file=sys.stderr)
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -167,6 +214,7 @@ def _project(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="warmpool", description="Warm pool of EC2 machines for projects.")
+    parser.add_argument("--version", action="version", version=f"warmpool {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("assign", help="hand the project a ready machine (the one it holds, if any)")
@@ -205,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_beat)
 
     p = sub.add_parser("gateway", help="run the HTTP gateway")
-    p.add_argument("--host", default=os.environ.get("WARMPOOL_GATEWAY_HOST") or None)
-    p.add_argument("--port", type=int, default=int(os.environ.get("WARMPOOL_GATEWAY_PORT") or 8080))
+    p.add_argument("--host", default=None, help="address to bind [WARMPOOL_GATEWAY_HOST or 127.0.0.1]")
+    p.add_argument("--port", type=int, default=None, help="port [WARMPOOL_GATEWAY_PORT or 8080]")
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("flower", help="run Flower (monitoring) with authentication")
@@ -217,12 +265,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-target", type=int, default=2)
     p.add_argument("--once", action="store_true", help="stop after the scripted assigns and releases")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", help="check the configuration: every setting, its value and where it came from")
+    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = config_sub.add_parser("check", help="print the effective settings (secrets masked); exit 2 if one is bad")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=cmd_config_check)
     return parser
+
+
+# The commands whose --json output is one JSON object, a configuration failure included.
+_JSON_COMMANDS = frozenset({"assign", "release", "touch", "status"})
+
+
+def _config_problem(argv: list[str]) -> int | None:
+    """Exit status 2 after reporting bad settings (None when every setting is good)."""
+    try:
+        config.Settings.from_env()
+    except ConfigError as exc:
+        if argv[:1] and argv[0] in _JSON_COMMANDS and "--json" in argv[1:]:
+            print(json.dumps(failure(exc.code, str(exc), problems=list(exc.problems))))
+        else:
+            for problem in exc.problems:
+                print(f"warmpool: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    return None
+
+
+def _checks_settings(argv: list[str]) -> bool:
+    # --version and `config check` must work whatever the settings; config check reports them itself.
+    return not (argv[:1] == ["--version"] or argv[:1] == ["config"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``warmpool`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _checks_settings(argv) and (status := _config_problem(argv)) is not None:
+        return status
+    if argv[:1] and argv[0] in _EXTRA_COMMANDS and (need := missing_extra(argv[0], command=f"warmpool {argv[0]}")):
+        print(f"warmpool: {need}", file=sys.stderr)
+        return EXIT_OTHER
     if argv[:1] == ["flower"]:
         # Every option after "flower" is Flower's (argparse would claim --help and --no-auth).
         from producer import flower_app

@@ -34,6 +34,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from producer.extras import missing_extra
+from tasks.config import settings_or_exit
+
 ENV_USER = "WARMPOOL_FLOWER_USER"
 ENV_PASSWORD = "WARMPOOL_FLOWER_PASSWORD"
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -55,14 +58,13 @@ class Credentials:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Credentials | None:
-        env = os.environ if env is None else env
-        user, password = env.get(ENV_USER, ""), env.get(ENV_PASSWORD, "")
+        # Values checked (no ':' in the user, printable) and *_FILE read by tasks.config.
+        settings = settings_or_exit(env)
+        user, password = settings.flower_user, settings.flower_password
         if not user and not password:
             return None
         if not user or not password:
             raise SystemExit(f"set both {ENV_USER} and {ENV_PASSWORD} (or neither, with --no-auth)")
-        if ":" in user or any(not c.isprintable() for c in user + password):
-            raise SystemExit(f"{ENV_USER} must not contain ':' and neither may hold control characters")
         return cls(user, password)
 
     def basic_auth_option(self) -> str:
@@ -191,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run Flower (or print its command line); returns an exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    settings_or_exit()  # every setting, before anything starts
+    if (need := missing_extra("flower", command="Flower")) is not None:
+        print(f"warmpool: {need}", file=sys.stderr)
+        return 1
     if argv[:1] == ["--"]:  # `warmpool flower -- --no-auth`: argparse REMAINDER keeps the "--"
         argv = argv[1:]
     args = build_parser().parse_args(argv)

@@ -19,7 +19,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from producer.flower_app import ENV_PASSWORD, ENV_USER
+from tasks.config import Settings
+from tasks.errors import ConfigError
 
 
 def check_http(url: str, *, timeout_s: float, flower_auth: bool) -> str | None:
@@ -28,7 +29,11 @@ def check_http(url: str, *, timeout_s: float, flower_auth: bool) -> str | None:
         return f"not an http(s) URL: {url}"
     request = urllib.request.Request(url)  # noqa: S310 - scheme checked above
     if flower_auth:
-        user, password = os.environ.get(ENV_USER, ""), os.environ.get(ENV_PASSWORD, "")
+        try:
+            settings = Settings.from_env()  # the password may come from WARMPOOL_FLOWER_PASSWORD_FILE
+        except ConfigError as exc:
+            return f"bad settings: {exc}"
+        user, password = settings.flower_user, settings.flower_password
         if user and password:
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
@@ -80,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pidfile", help="pidfile whose process must be alive")
     parser.add_argument("--worker", help="Celery worker name (pool@host) that must run a job from its own queue")
     parser.add_argument("--timeout", type=float, default=5.0, help="HTTP timeout in seconds [5]")
-    parser.add_argument("--flower-auth", action="store_true", help=f"send basic auth from ${ENV_USER}/${ENV_PASSWORD}")
+    parser.add_argument(
+        "--flower-auth",
+        action="store_true",
+        help="send basic auth from the WARMPOOL_FLOWER_* settings",
+    )
     args = parser.parse_args(argv)
     if not args.url and not args.pidfile and not args.worker:
         parser.error("give a URL, --pidfile or --worker")

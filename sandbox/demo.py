@@ -92,14 +92,17 @@ def _port(preferred: int) -> int:
 
 def web_env() -> dict[str, str]:
     """Ports and Flower credentials of the demo's gateway and Flower (loopback only)."""
-    gateway_port = _port(int(os.environ.get("WARMPOOL_GATEWAY_PORT") or 8080))
+    settings = Settings.from_env()
+    gateway_port = _port(settings.gateway_port)
     flower_port = _port(5555)
     return {
         "WARMPOOL_GATEWAY_PORT": str(gateway_port),
         "WARMPOOL_DEMO_FLOWER_PORT": str(flower_port),
         "WARMPOOL_FLOWER_URL": f"http://127.0.0.1:{flower_port}",
-        "WARMPOOL_FLOWER_USER": os.environ.get("WARMPOOL_FLOWER_USER") or "admin",
-        "WARMPOOL_FLOWER_PASSWORD": os.environ.get("WARMPOOL_FLOWER_PASSWORD") or secrets.token_urlsafe(12),
+        "WARMPOOL_FLOWER_USER": settings.flower_user or "admin",
+        "WARMPOOL_FLOWER_PASSWORD": settings.flower_password or secrets.token_urlsafe(12),
+        # The password is passed on as the value itself: an inherited *_FILE beside it would be a conflict.
+        "WARMPOOL_FLOWER_PASSWORD_FILE": "",
     }
 
 

@@ -10,8 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 
+def _exit_on_bad_settings() -> None:
+    """Before the app loads: bad settings end ``celery -A tasks ...`` with one line each and exit 2.
+
+    Celery imports celeryconfig lazily, deep inside its own option parsing, so a
+    ConfigError raised there would surface as a traceback; this check runs first.
+    SystemExit is not an Exception: Celery's app loader lets it through.
+    """
+    from tasks.config import settings_or_exit
+
+    settings_or_exit()
+
+
 def __getattr__(name: str) -> Any:
     if name == "app":
+        _exit_on_bad_settings()
         from tasks.worker.app import app
 
         return app

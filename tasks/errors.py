@@ -3,7 +3,7 @@
 The hierarchy::
 
     WarmpoolError                    base of everything raised on purpose
-    ├── ConfigError                  an environment variable has an unusable value
+    ├── ConfigError                  a setting (variable or its *_FILE) has an unusable value
     ├── InvalidProject               a project id does not match PROJECT_ID_PATTERN
     ├── InvalidRequest               any other bad argument (an absurd wait, a malformed job)
     ├── NoCapacity                   no machine became available within the caller's wait
@@ -32,7 +32,13 @@ class WarmpoolError(Exception):
 
 
 class ConfigError(WarmpoolError):
+    """Bad settings: ``problems`` has one line per bad setting (variable, value, what is allowed)."""
+
     code = "config_error"
+
+    def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
 
 
 class InvalidProject(WarmpoolError):

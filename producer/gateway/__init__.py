@@ -28,6 +28,18 @@ A caller that disconnects while its assign is pending has that assign withdrawn
 (``warmpool.withdraw``): it never keeps a machine nobody received.
 """
 
+import sys
+
+from producer.extras import missing_extra
+
+if (_need := missing_extra("gateway", command="python -m producer.gateway")) is not None:
+    # While `python -m` locates its module, sys.argv[0] is "-m" (Python's documented behaviour):
+    # run as a command, say which extra to install; imported by a program, raise.
+    if sys.argv[:1] == ["-m"]:
+        print(f"warmpool: {_need}", file=sys.stderr)
+        raise SystemExit(1)
+    raise ModuleNotFoundError(_need)
+
 from producer.gateway.app import add_routes, create_app, install_openapi
 from producer.gateway.asgi import ErrorShield
 from producer.gateway.auth import BearerAuth

@@ -25,7 +25,6 @@ import asyncio
 import logging
 import resource
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,13 +34,10 @@ from producer.gateway.constants import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
-    ENV_HEADER_TIMEOUT_S,
-    ENV_IDLE_TIMEOUT_S,
     ENV_MAX_CONNECTIONS,
     MAX_TIMEOUT_S,
 )
-from tasks.config import float_setting, int_setting
-from tasks.errors import ConfigError
+from tasks.config import Settings
 
 log = logging.getLogger("warmpool.gateway")
 
@@ -59,18 +55,13 @@ class ConnectionLimits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ConnectionLimits:
-        """The limits of WARMPOOL_GATEWAY_{HEADER_TIMEOUT_S,IDLE_TIMEOUT_S,MAX_CONNECTIONS}; SystemExit if invalid."""
-        try:
-            return cls(
-                header_timeout_s=float_setting(
-                    env, ENV_HEADER_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, low=MIN_TIMEOUT_S, high=MAX_TIMEOUT_S
-                ),
-                idle_timeout_s=int_setting(env, ENV_IDLE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, low=1, high=MAX_IDLE_S),
-                max_connections=int_setting(env, ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, low=1, high=1_000_000),
-            )
-        except ConfigError as exc:
-            raise SystemExit(str(exc)) from None
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        """The WARMPOOL_GATEWAY_{HEADER_TIMEOUT_S,IDLE_TIMEOUT_S,MAX_CONNECTIONS} limits (checked by tasks.config)."""
+        return cls(
+            header_timeout_s=settings.gateway_header_timeout_s,
+            idle_timeout_s=settings.gateway_idle_timeout_s,
+            max_connections=settings.gateway_max_connections,
+        )
 
 
 def warn_if_above_file_limit(limits: ConnectionLimits) -> None:

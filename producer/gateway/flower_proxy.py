@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from producer.gateway.constants import (
 )
 from producer.gateway.errors import ApiError
 from producer.gateway.logs import log
+from tasks.config import Settings
 
 if TYPE_CHECKING:
     import httpx
@@ -41,11 +41,11 @@ class FlowerProxy:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FlowerProxy | None:
         """The proxy configured by WARMPOOL_FLOWER_URL/_USER/_PASSWORD, or None when off."""
-        env = os.environ if env is None else env
-        url = env.get(ENV_FLOWER_URL, "").strip()
+        settings = Settings.from_env(env)  # *_FILE secrets included
+        url = settings.flower_url
         if not url:
             return None
-        user, password = env.get(ENV_FLOWER_USER, ""), env.get(ENV_FLOWER_PASSWORD, "")
+        user, password = settings.flower_user, settings.flower_password
         if not user or not password:
             log.warning(
                 "%s is set but %s/%s are not: the /flower proxy stays off",

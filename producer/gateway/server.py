@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 from collections.abc import Mapping, Sequence
 
 from producer.gateway.app import create_app
@@ -20,6 +19,7 @@ from producer.gateway.constants import (
 )
 from producer.gateway.flower_proxy import FlowerProxy
 from producer.gateway.logs import configure_logging, log
+from tasks.config import Settings, settings_or_exit
 
 
 def is_loopback(host: str) -> bool:
@@ -33,14 +33,8 @@ def is_loopback(host: str) -> bool:
 
 
 def env_port(env: Mapping[str, str] | None = None) -> int:
-    """The port of WARMPOOL_GATEWAY_PORT (8080 when unset); SystemExit when it is not a TCP port."""
-    env = os.environ if env is None else env
-    raw = env.get(ENV_PORT, "").strip()
-    if not raw:
-        return DEFAULT_PORT
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise SystemExit(f"{ENV_PORT}={raw!r} is not a TCP port")
-    return int(raw)
+    """The port of WARMPOOL_GATEWAY_PORT (8080 when unset); SystemExit(2) when a setting is bad."""
+    return settings_or_exit(env).gateway_port
 
 
 def serve(
@@ -55,15 +49,16 @@ def serve(
 
     ``host`` None: ``WARMPOOL_GATEWAY_HOST``, else 127.0.0.1. ``token`` None:
     ``WARMPOOL_API_TOKEN``. Without a token only a loopback address is accepted.
-    ``limits`` None: the WARMPOOL_GATEWAY_* connection limits of the environment
-    (SystemExit when one is invalid), enforced by producer.gateway.connections.
+    ``limits`` None: the WARMPOOL_GATEWAY_* connection limits of the settings
+    (tasks.config), enforced by producer.gateway.connections.
     """
     import uvicorn
 
-    limits = ConnectionLimits.from_env(os.environ) if limits is None else limits
-    host = host or os.environ.get(ENV_HOST, "").strip() or DEFAULT_HOST
+    settings = Settings.from_env()
+    limits = ConnectionLimits.from_settings(settings) if limits is None else limits
+    host = host or settings.gateway_host
     if token is None:
-        token = os.environ.get(ENV_TOKEN, "").strip() or None
+        token = settings.api_token or None
     configure_logging(log_level)
     if token is None:
         if not is_loopback(host):
@@ -124,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m producer.gateway``: parse the command line and serve."""
+    settings_or_exit()  # every setting, before anything starts
     args = build_parser().parse_args(argv)
     port = args.port if args.port is not None else env_port()
-    limits = ConnectionLimits.from_env(os.environ)  # invalid limits fail before anything starts
-    serve(host=args.host, port=port, token=None, log_level=args.log_level, limits=limits)
+    serve(host=args.host, port=port, token=None, log_level=args.log_level)

@@ -14,6 +14,8 @@ import uvicorn
 from producer.gateway import create_app
 from producer.gateway.connections import ConnectionLimits, guarded_protocol
 from producer.gateway.constants import MAX_HEADER_BYTES
+from tasks.config import Settings
+from tasks.errors import ConfigError
 from tests.gateway.gwfakes import FakePool
 
 pytestmark = pytest.mark.timeout(60)
@@ -143,17 +145,19 @@ def test_headers_larger_than_the_bound_are_refused() -> None:
     ],
 )
 def test_invalid_limits_are_refused_naming_the_variable(name: str, bad: str) -> None:
-    with pytest.raises(SystemExit, match=name):
-        ConnectionLimits.from_env({name: bad})
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: bad})
 
 
 def test_limits_from_the_environment() -> None:
-    assert ConnectionLimits.from_env({}) == ConnectionLimits()
-    limits = ConnectionLimits.from_env(
-        {
-            "WARMPOOL_GATEWAY_HEADER_TIMEOUT_S": "2.5",
-            "WARMPOOL_GATEWAY_IDLE_TIMEOUT_S": "7",
-            "WARMPOOL_GATEWAY_MAX_CONNECTIONS": "50",
-        }
+    assert ConnectionLimits.from_settings(Settings.from_env({})) == ConnectionLimits()
+    limits = ConnectionLimits.from_settings(
+        Settings.from_env(
+            {
+                "WARMPOOL_GATEWAY_HEADER_TIMEOUT_S": "2.5",
+                "WARMPOOL_GATEWAY_IDLE_TIMEOUT_S": "7",
+                "WARMPOOL_GATEWAY_MAX_CONNECTIONS": "50",
+            }
+        )
     )
     assert limits == ConnectionLimits(header_timeout_s=2.5, idle_timeout_s=7, max_connections=50)
