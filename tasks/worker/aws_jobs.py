@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
+from redis.exceptions import LockError
 
 from tasks.cloud.readiness import probe_all
 from tasks.contract import (
@@ -181,8 +182,10 @@ def tag_assignments(self: Task, items: Any, tagged: Any = None, group: Any = Non
 
 
 @app.task(name=TASK_AWS_TAG_GROUP, **_RETRY)
-def tag_group(epoch: Any) -> bool:
+def tag_group(epoch: Any, group: Any = None) -> bool | dict[str, Any]:
     """Record on the group itself which pool state manages it (warmpool:epoch)."""
+    if (refused := refuse_other_group(group, task=TASK_AWS_TAG_GROUP)) is not None:
+        return refused
     if not isinstance(epoch, str) or not epoch.isalnum() or len(epoch) > 64:
         raise ValueError(f"not an epoch: {epoch!r:.80}")
     cloud().tag_group(epoch)
@@ -209,6 +212,11 @@ def set_desired(desired: Any, group: Any = None) -> bool | dict[str, Any]:
     except CapacityRejected as exc:
         # Bounds changed since the last refresh; the next rebalance clamps anew.
         log.warning("capacity change rejected", extra={"desired": desired, "error": str(exc)})
+        return False
+    except LockError as exc:
+        # The state Redis restarted while the lock was held (its key is gone): the raise
+        # itself is done or not, and the next rebalance asks again either way.
+        log.warning("capacity lock lost", extra={"desired": desired, "error": str(exc)})
         return False
 
 

@@ -9,6 +9,9 @@ that existed at the loss are quarantined until their tags land.
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +67,21 @@ def test_flushed_state_is_rebuilt_from_tags(make_stack: Any) -> None:
 
     # expect a newcomer asking right away to wait for the rebuild, never to get a tagged machine
     check_rebuilt(stack, holders, "newcomer")
+
+    # and when an operator vouches for the quarantined machines (warmpool release-quarantined --all)
+    quarantined = {m["instance_id"] for m in stack.status()["machines"] if m["state"] == "quarantined"}
+    assert quarantined, "the untagged machines that existed at the loss are quarantined"
+    run = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "release-quarantined", "--all", "--json"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert set(json.loads(run.stdout)["instance_ids"]) == quarantined
+    # expect them idle again (or retired as surplus), none quarantined
+    wait_for(lambda: stack.status()["counts"]["quarantined"] == 0, timeout_s=30, what="the quarantine ended")
 
 
 @pytest.mark.slow

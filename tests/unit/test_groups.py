@@ -51,11 +51,14 @@ def test_every_job_refuses_another_groups_before_touching_state_or_aws() -> None
             pool_jobs.status.run(group=OTHER),
             pool_jobs.top_up.run(group=OTHER),
             pool_jobs.mark_ready.run(["i-0123"], group=OTHER),
+            pool_jobs.release_quarantined.run(None, group=OTHER),
+            pool_jobs.withdraw.run("req-1", "p-1", group=OTHER),
             pool_jobs.apply_snapshot.run({"error": "x", "name": OTHER}),
             aws_jobs.refresh.run(group=OTHER),
             aws_jobs.tag_assignments.run([["i-0123", "p-1", "t"]], group=OTHER),
             aws_jobs.terminate.run("i-0123", group=OTHER),
             aws_jobs.set_desired.run(3, group=OTHER),
+            aws_jobs.tag_group.run("0123abcd", group=OTHER),
             aws_jobs.probe.run([["i-0123", "10.0.0.1"]], group=OTHER),
         ]
     assert all(refused(r) for r in results), results
