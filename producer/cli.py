@@ -104,6 +104,20 @@ def cmd_touch(args: argparse.Namespace) -> int:
     return EXIT_OK if result["status"] != "not_assigned" else EXIT_OTHER
 
 
+def cmd_release_quarantined(args: argparse.Namespace) -> int:
+    if bool(args.all) == bool(args.instances):
+        raise InvalidRequest("name the quarantined machines to release (INSTANCE ...), or --all")
+    result = _client().release_quarantined(None if args.all else args.instances)
+    if args.json:
+        print(json.dumps(result))
+    elif result["instance_ids"]:
+        ids = " ".join(result["instance_ids"])
+        print(f"released from quarantine: {ids} (idle at the next refresh if ready)")
+    else:
+        print("no machine named was quarantined (nothing released)")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from producer.render import status_renderable
 
@@ -233,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     _project(p)
     p.add_argument("--lease", type=float, default=None, metavar="S", help="new lease length in seconds")
     p.set_defaults(func=cmd_touch)
+
+    p = sub.add_parser(
+        "release-quarantined",
+        help="after a lost pool state: vouch that quarantined machines are in nobody's use (they become idle)",
+    )
+    p.add_argument("instances", nargs="*", metavar="INSTANCE", help="instance ids (i-...) to release")
+    p.add_argument("--all", action="store_true", help="every quarantined machine")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_release_quarantined)
 
     p = sub.add_parser("status", help="show the pool: machines, counts, group size, lost machines")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
