@@ -27,6 +27,7 @@ from producer.gateway import (
 from tasks.contract import PROJECT_ID_PATTERN
 from tasks.errors import InvalidProject, JobFailed, PoolUnavailable
 from tests.gateway.gwfakes import TOKEN, FakePool, call, raw_get
+from tests.hostile import HOSTILE_IDS
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LEAK_MARKERS = ("Traceback", 'File "', ".py", "hunter2", "redis://", "/etc/", "site-packages")
@@ -278,38 +279,6 @@ def test_unknown_route_and_method_are_json(app: Any, pool: FakePool) -> None:
 
 
 # -- hostile project ids ------------------------------------------------------------
-HOSTILE_IDS = [
-    "",
-    "a" * 10_000,
-    "a" * 129,
-    "../etc/passwd",
-    "..",
-    ".hidden",
-    "-dash",
-    "_under",
-    "a b",
-    "a\x00b",
-    "\x00",
-    "a\nb",
-    "a\r\nX-Injected: 1",
-    "ünïcødé",
-    "проект",
-    "😀",
-    "a/b",
-    "a%2Fb",
-    "%2e%2e%2f",
-    "a;rm -rf /",
-    "$(id)",
-    "`id`",
-    "a|b",
-    "a&b",
-    "' OR 1=1 --",
-    '"; DROP TABLE machines; --',
-    "<script>alert(1)</script>",
-    "{{7*7}}",
-    "a\\b",
-    "proj-42 ",
-]
 
 
 def _hostile_ids() -> st.SearchStrategy[str]:
