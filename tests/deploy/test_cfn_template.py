@@ -172,7 +172,7 @@ def test_the_pool_service_keeps_its_idle_target_assigns_and_releases_on_a_fresh_
     group = "warmpool-service-pool"
     assert stack.deploy(group)["GroupName"] == group
     clock = Clock()
-    pool = Harness(idle_target=2, cloud=Boto3Cloud(group, region=REGION, clock=clock), clock=clock)
+    pool = Harness(idle_target=2, cloud=Boto3Cloud(group, region=REGION, clock=clock), clock=clock, asg_name=group)
     # when the pool settles / expect the idle target reached by warmpool raising the desired capacity
     pool.settle()
     assert pool.counts()["idle"] == 2

@@ -203,14 +203,21 @@ def test_every_page_of_a_large_group_is_read(stack: Stack) -> None:
     # (refreshes while the group grew saw fewer instances: count from here on)
     before = stack.client.status()["aws_calls"]
 
+    def since_then(status: dict[str, Any]) -> dict[str, int]:
+        return {a: n - before.get(a, 0) for a, n in status["aws_calls"].items()}
+
+    def settled() -> dict[str, Any] | None:
+        status = stack.client.status()
+        refreshed = since_then(status).get("DescribeAutoScalingGroups", 0) > 0
+        return status if refreshed and status["counts"]["idle"] == IDLE_TARGET else None
+
     # expect every instance seen as ready (none stuck pending for lack of EC2 data),
     # and the surplus removed by terminating idle machines down to the target
-    wait_for(lambda: stack.client.status()["counts"]["idle"] == IDLE_TARGET, timeout_s=30, what="scale-in")
-    status = stack.client.status()
+    status = wait_for(settled, timeout_s=30, what="scale-in, and a refresh reported since")
     assert status["counts"]["pending"] == 0
     # and the aws workers report their calls: every refresh since read every page of instances
     # (one DescribeAutoScalingGroups, and one DescribeInstances page per page of instances)
-    calls = {a: n - before.get(a, 0) for a, n in status["aws_calls"].items()}
+    calls = since_then(status)
     assert calls["DescribeInstances"] >= calls["DescribeAutoScalingGroups"] > 0
     assert status["refresh_duration_s"] > 0
     wait_for(lambda: stack.group()["DesiredCapacity"] == IDLE_TARGET, what="desired shrunk by named terminations")

@@ -48,6 +48,7 @@ class Harness:
         store: InMemoryStore | None = None,
         cloud: FakeCloud | None = None,
         clock: Clock | None = None,
+        asg_name: str = ASG,
     ) -> None:
         self.clock = clock or Clock()
         self.cloud = cloud or FakeCloud(ASG, min_size=min_size, max_size=max_size, desired=desired, clock=self.clock)
@@ -56,7 +57,7 @@ class Harness:
         self.service = PoolService(
             self.store,
             self.effects,
-            config=PoolConfig(asg_name=ASG, idle_target=idle_target, address=AddressKind.PUBLIC),
+            config=PoolConfig(asg_name=asg_name, idle_target=idle_target, address=AddressKind.PUBLIC),
             clock=self.clock,
         )
         self.done = 0  # side effects already executed
