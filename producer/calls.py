@@ -212,16 +212,19 @@ def publish(app: Celery, job: Job, *, task_id: str) -> None:
         expires=job.timeout_s,
         reply_to=app.thread_oid,
     )
+    # Routed as app.send_task would: celeryconfig sends warmpool.* to the pool queue (the
+    # benchmark's app routes its no-op task to the floor worker's queue the same way).
+    options = app.amqp.router.route({}, job.task, list(job.args), dict(job.kwargs)) or {"queue": POOL_QUEUE}
     try:
         with app.producer_or_acquire() as producer:
             app.amqp.send_task_message(
                 producer,
                 job.task,
                 message,
-                queue=POOL_QUEUE,
                 retry=True,
                 retry_policy=dict(PUBLISH_RETRY_POLICY),
                 expiration=job.timeout_s,
+                **options,
             )
     except Exception as exc:  # kombu raises many types for an unreachable broker
         raise PoolUnavailable(f"broker unreachable: {exc}") from exc
