@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from kombu import Connection
 from tasks.contract import POOL_QUEUE, TASK_ASSIGN, TASK_AWS_TAG_ASSIGNMENTS, TASK_RELEASE, TASK_STATUS
 from tasks.worker.screening import MAX_MESSAGE_BYTES
 from tests.faults.conftest import FaultStack, Infra, running_stack, wait_for
+from tests.faults.messages import DROP, EMBED, headers_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -42,36 +42,6 @@ class Raw:
     content_encoding: str | None = "utf-8"
 
 
-def headers_for(task: Any, **changes: Any) -> dict[str, Any]:
-    """Celery protocol 2 headers for ``task``; ``changes`` override them (``None``-valued keys removed)."""
-    task_id = str(uuid.uuid4())
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": task,
-        "id": task_id,
-        "root_id": task_id,
-        "parent_id": None,
-        "group": None,
-        "retries": 0,
-        "eta": None,
-        "expires": None,
-        "timelimit": [None, None],
-        "argsrepr": "",
-        "kwargsrepr": "",
-        "origin": "dead-letters@tests",
-    }
-    for key, value in changes.items():
-        if value is _DROP:
-            headers.pop(key, None)
-        else:
-            headers[key] = value
-    return headers
-
-
-_DROP = object()
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
 def body_of(args: Any, kwargs: Any = None, embed: Any = EMBED) -> bytes:
     return json.dumps([args, {} if kwargs is None else kwargs, embed]).encode()
 
@@ -80,8 +50,8 @@ def malformed(queue: str, task: str) -> list[Raw]:
     """Every kind of message a job cannot be made of, for one queue and one of its task names."""
     good = body_of(["p-1"])
     return [
-        Raw("unknown task, no id", queue, good, headers_for("warmpool.nope", id=_DROP)),
-        Raw("known task, no id", queue, good, headers_for(task, id=_DROP)),
+        Raw("unknown task, no id", queue, good, headers_for("warmpool.nope", id=DROP)),
+        Raw("known task, no id", queue, good, headers_for(task, id=DROP)),
         Raw("id not a string", queue, good, headers_for(task, id=12345)),
         Raw("unknown task", queue, good, headers_for("os.system")),
         Raw("task name not a string", queue, good, headers_for(42)),
@@ -198,8 +168,8 @@ def test_a_restarted_worker_with_the_bad_messages_still_queued_does_not_crash_lo
     before = dead_letter_total(stack)
     stack.procs.stop("pool")
     killers = [
-        Raw("unknown task, no id", POOL_QUEUE, body_of(["x"]), headers_for("warmpool.nope", id=_DROP)),
-        Raw("known task, no id", POOL_QUEUE, body_of(["x"]), headers_for(TASK_RELEASE, id=_DROP)),
+        Raw("unknown task, no id", POOL_QUEUE, body_of(["x"]), headers_for("warmpool.nope", id=DROP)),
+        Raw("known task, no id", POOL_QUEUE, body_of(["x"]), headers_for(TASK_RELEASE, id=DROP)),
         Raw("timelimit a string", POOL_QUEUE, body_of([]), headers_for(TASK_STATUS, timelimit="soon")),
     ]
     publish(stack.infra, killers)

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import pickle
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from tasks.contract import (
 from tasks.errors import InvalidProject
 from tests.faults.conftest import FaultStack, Infra, running_stack, wait_for
 from tests.faults.invariants import assert_invariants
+from tests.faults.messages import EMBED, headers_for
 from tests.hostile import HOSTILE_IDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -249,24 +249,8 @@ def test_gateway_refuses_hostile_ids_and_never_reaches_the_pool(stack: FaultStac
 # -- poisoned messages --------------------------------------------------------------------
 def celery_message(task: str, args: Any, kwargs: Any = None) -> tuple[dict[str, Any], Any]:
     """Headers and body of a Celery protocol 2 message."""
-    task_id = str(uuid.uuid4())
-    headers = {
-        "lang": "py",
-        "task": task,
-        "id": task_id,
-        "root_id": task_id,
-        "parent_id": None,
-        "group": None,
-        "retries": 0,
-        "eta": None,
-        "expires": None,
-        "timelimit": [None, None],
-        "argsrepr": repr(args)[:100],
-        "kwargsrepr": repr(kwargs)[:100],
-        "origin": "faults@tests",
-    }
-    body = [args, kwargs or {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    return headers, body
+    headers = headers_for(task, argsrepr=repr(args)[:100], kwargsrepr=repr(kwargs)[:100])
+    return headers, [args, kwargs or {}, dict(EMBED)]
 
 
 class Unpickled:
