@@ -93,6 +93,8 @@ _PASSWORD = kind.text(max_chars=4096, forbidden="", what="printable characters")
 class Settings:
     """Every setting, validated once at start-up (one line each: field, variable, default, kind, meaning)."""
 
+    # The pools: a TOML file of them (tasks/pools.py), or the one pool the settings below describe.
+    config_file: str = setting("WARMPOOL_CONFIG", "", kind.readable_file(), "TOML file of pools (unset: one pool)")
     # The pool (read by the workers; the producers read the broker URLs).
     asg_name: str = setting("WARMPOOL_ASG_NAME", DEFAULT_ASG_NAME, _GROUP_NAME, "the Auto Scaling Group")
     idle_target: int = setting("WARMPOOL_IDLE_TARGET", 2, kind.integer(0, 10_000), "idle machines to keep ready")

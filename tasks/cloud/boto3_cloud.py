@@ -108,17 +108,22 @@ class Boto3Cloud:
         region: str,
         autoscaling: Any = None,
         ec2: Any = None,
+        session: boto3.session.Session | None = None,
+        endpoint_url: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.asg_name = asg_name
-        session = boto3.session.Session(region_name=region) if autoscaling is None or ec2 is None else None
-        self._asg = autoscaling or session.client("autoscaling", config=boto_config())  # type: ignore[union-attr]
-        self._ec2 = ec2 or session.client("ec2", config=boto_config())  # type: ignore[union-attr]
+        if session is None and (autoscaling is None or ec2 is None):
+            session = boto3.session.Session(region_name=region)
+        # A pool's own endpoint (moto, LocalStack) wins over AWS_ENDPOINT_URL, which boto3 reads itself.
+        where = endpoint_url or None
+        self._asg = autoscaling or session.client("autoscaling", config=boto_config(), endpoint_url=where)  # type: ignore[union-attr]
+        self._ec2 = ec2 or session.client("ec2", config=boto_config(), endpoint_url=where)  # type: ignore[union-attr]
         # The refresh's reads get their own clients with a longer read timeout
         # (injected clients, as in tests, serve both).
         reads = boto_config(read_timeout_s=DESCRIBE_READ_TIMEOUT_S)
-        self._asg_reads = autoscaling or session.client("autoscaling", config=reads)  # type: ignore[union-attr]
-        self._ec2_reads = ec2 or session.client("ec2", config=reads)  # type: ignore[union-attr]
+        self._asg_reads = autoscaling or session.client("autoscaling", config=reads, endpoint_url=where)  # type: ignore[union-attr]
+        self._ec2_reads = ec2 or session.client("ec2", config=reads, endpoint_url=where)  # type: ignore[union-attr]
         self._clock = clock
         self._calls: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()

@@ -78,6 +78,7 @@ class PoolConfig:
     lease_s: float = 0.0  # default lease of an assignment; 0 = none
     require_ready_check: bool = False  # WARMPOOL_READY_URL is set
     ready_timeout_s: float = 600.0
+    pool: str = "default"  # the pool's name (tasks/pools.py): in every result and log line
 
 
 def assigned_result(machine: Machine) -> dict[str, Any]:
