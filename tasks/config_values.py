@@ -6,9 +6,8 @@ into one line naming the setting, the bad value and ``allowed``. Pure standard l
 
 from __future__ import annotations
 
-import os
-
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -98,6 +98,8 @@ def test_a_pool_worker_refuses_jobs_of_a_pool_it_does_not_own() -> None:
     # expect every pool-queue job refused (wrong_pool)
     assert all(refused(r, CODE_WRONG_POOL) for r in pool_results), pool_results
     assert "pool.default" in pool_results[0]["message"]
+
+
 def test_side_effects_name_their_pool_and_group_in_every_message() -> None:
     app = FakeApp()
     kwargs = {"pool": "small", "group": OWN}
