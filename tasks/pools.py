@@ -16,10 +16,12 @@ solo worker and its own state in Redis. The file::
     endpoint_url = "http://127.0.0.1:5000"   # like AWS_ENDPOINT_URL, for this pool only
     role_arn = "arn:aws:iam::123456789012:role/warmpool"   # assumed with STS (another account)
 
-A key is a setting's field name (tasks/config.py: ``idle_target``,
+A key is a per-pool setting's field name (``PER_POOL``: ``idle_target``,
 ``lease_seconds``, ...) or one of the short names in ``ALIASES``. Where a value
 comes from, strongest first: the pool's table, ``[defaults]``, the file's top
-level, the environment variable, the built-in default. Without a file, the
+level, the environment variable, the built-in default. What every process
+shares (broker, result backend, state store, gateway, Flower, secrets) stays in
+the environment: the file describes pools, not connections. Without a file, the
 environment describes one pool named ``default`` (what warmpool did before it
 had pools: same group, same state keys).
 
@@ -40,7 +42,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tasks.config import Settings, Spec, load, specs
@@ -110,7 +112,7 @@ class PoolSettings:
 class Deployment:
     """Every pool of this warmpool, the default one, and the shared settings."""
 
-    settings: Settings  # shared settings (file top level applied)
+    settings: Settings  # the process's shared settings (environment only: broker, state store, gateway, ...)
     pools: tuple[PoolSettings, ...]
     default_pool: str
     source: str  # the file's path, or "environment"
@@ -202,8 +204,8 @@ def _from_file(path: str, env_settings: Settings) -> Deployment:
     if not isinstance(defaults, dict):
         problems.add("defaults", "must be a table ([defaults])")
         defaults = {}
-    shared = _apply(env_settings, doc, where="top level", problems=problems, allowed=_ALL_FIELDS)
-    per_pool_base = _apply(shared, defaults, where="[defaults]", problems=problems, allowed=PER_POOL)
+    top = _apply(env_settings, doc, where="top level", problems=problems, allowed=PER_POOL)
+    per_pool_base = _apply(top, defaults, where="[defaults]", problems=problems, allowed=PER_POOL)
     pools = _pools(pool_tables, per_pool_base, problems)
     problems.raise_any()
     names = [p.name for p in pools]
@@ -212,7 +214,7 @@ def _from_file(path: str, env_settings: Settings) -> Deployment:
     elif default_name not in names:
         problems.add("default_pool", f"{default_name!r} is not one of the pools ({', '.join(names)})")
     problems.raise_any()
-    return Deployment(shared, tuple(pools), str(default_name), source=path)
+    return Deployment(env_settings, tuple(pools), str(default_name), source=path)
 
 
 def _pools(tables: Any, base: Settings, problems: _Problems) -> list[PoolSettings]:
@@ -292,7 +294,6 @@ def _check_distinct(pools: list[PoolSettings], problems: _Problems) -> None:
 
 
 _SPECS: dict[str, Spec] = dict(specs())
-_ALL_FIELDS = frozenset(f.name for f in fields(Settings))
 
 
 def _text(value: Any) -> str:
@@ -325,8 +326,8 @@ def _apply(
 
 
 def _unknown(key: str, name: str, allowed: frozenset[str]) -> str:
-    if name in _SPECS:
-        return f"{key} is shared by every pool: set it at the top level, not here"
+    if name in _SPECS and name not in PER_POOL:
+        return f"{key} is not a pool setting: set {_SPECS[name].env} in the environment"
     if key in POOL_ONLY:
         return f"{key} belongs in a [pools.NAME] table"
     known = sorted({*allowed, *(k for k, v in ALIASES.items() if v in allowed)})
