@@ -80,7 +80,7 @@ def _stats_since_last_report(rt: PoolRuntime, duration_s: float) -> dict[str, An
 
 
 @app.task(name=TASK_REFRESH, ignore_result=True)
-def refresh(group: Any = None, pool: Any = None) -> dict[str, Any]:
+def refresh(*, group: Any = None, pool: Any = None) -> dict[str, Any]:
     """Read the group from AWS and hand the snapshot (with call statistics) to the pool worker.
 
     One refresh at a time per group: when AWS answers slower than beat's
@@ -153,7 +153,9 @@ def _tag_items(items: Any) -> list[tuple[str, str, str]]:
 
 
 @app.task(name=TASK_AWS_TAG_ASSIGNMENTS, bind=True, ignore_result=True, max_retries=_RETRY["max_retries"])
-def tag_assignments(self: Task, items: Any, tagged: Any = None, group: Any = None, pool: Any = None) -> dict[str, Any]:
+def tag_assignments(
+    self: Task, items: Any, tagged: Any = None, *, group: Any = None, pool: Any = None
+) -> dict[str, Any]:
     """Tag a batch of assigned instances with their projects, then protect them from scale-in.
 
     Tags first, one call each, without waiting: after a state loss the tag is
@@ -189,7 +191,7 @@ def tag_assignments(self: Task, items: Any, tagged: Any = None, group: Any = Non
 
 
 @app.task(name=TASK_AWS_TAG_GROUP, **_RETRY)
-def tag_group(epoch: Any, group: Any = None, pool: Any = None) -> bool | dict[str, Any]:
+def tag_group(epoch: Any, *, group: Any = None, pool: Any = None) -> bool | dict[str, Any]:
     """Record on the group itself which pool state manages it (warmpool:epoch)."""
     if isinstance(rt := resolve(pool, group, task=TASK_AWS_TAG_GROUP, owner=False), dict):
         return rt
@@ -207,7 +209,7 @@ def terminate(instance_id: Any, *, decrement: Any = True, group: Any = None, poo
 
 
 @app.task(name=TASK_AWS_SET_DESIRED, **_RETRY)
-def set_desired(desired: Any, group: Any = None, pool: Any = None) -> bool | dict[str, Any]:
+def set_desired(desired: Any, *, group: Any = None, pool: Any = None) -> bool | dict[str, Any]:
     if isinstance(rt := resolve(pool, group, task=TASK_AWS_SET_DESIRED, owner=False), dict):
         return rt
     if not isinstance(desired, int) or isinstance(desired, bool) or desired < 0:
@@ -228,7 +230,7 @@ def set_desired(desired: Any, group: Any = None, pool: Any = None) -> bool | dic
 
 
 @app.task(name=TASK_AWS_PROBE, ignore_result=True)
-def probe(candidates: Any, group: Any = None, pool: Any = None) -> dict[str, Any]:
+def probe(candidates: Any, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
     """Run readiness checks in parallel (bounded timeout) and report the ready ones to the pool."""
     if isinstance(rt := resolve(pool, group, task=TASK_AWS_PROBE, owner=False), dict):
         return rt

@@ -119,14 +119,14 @@ def assign(
 
 
 @app.task(name=TASK_RELEASE)
-def release(project_id: Any, group: Any = None, pool: Any = None) -> dict[str, Any]:
+def release(project_id: Any, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
     if isinstance(rt := resolve(pool, group, task=TASK_RELEASE), dict):
         return rt
     return _guarded(rt, lambda: rt.service.release(project_id), project_id)
 
 
 @app.task(name=TASK_WITHDRAW)
-def withdraw(request_id: Any, project_id: Any, group: Any = None, pool: Any = None) -> dict[str, Any]:
+def withdraw(request_id: Any, project_id: Any, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
     """The caller of assign ``request_id`` left: take its place in the queue back, or release what it got."""
     if isinstance(rt := resolve(pool, group, task=TASK_WITHDRAW), dict):
         return rt
@@ -134,7 +134,7 @@ def withdraw(request_id: Any, project_id: Any, group: Any = None, pool: Any = No
 
 
 @app.task(name=TASK_TOUCH)
-def touch(project_id: Any, lease_s: Any = None, group: Any = None, pool: Any = None) -> dict[str, Any]:
+def touch(project_id: Any, lease_s: Any = None, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
     if isinstance(rt := resolve(pool, group, task=TASK_TOUCH), dict):
         return rt
     return _guarded(rt, lambda: rt.service.touch(project_id, lease_s=lease_s), project_id)
@@ -147,14 +147,14 @@ def ping() -> str:
 
 
 @app.task(name=TASK_STATUS)
-def status(group: Any = None, pool: Any = None) -> dict[str, Any]:
+def status(*, group: Any = None, pool: Any = None) -> dict[str, Any]:
     if isinstance(rt := resolve(pool, group, task=TASK_STATUS), dict):
         return rt
     return {**rt.service.status(), "pool": rt.name}
 
 
 @app.task(name=TASK_TOP_UP, ignore_result=True)
-def top_up(group: Any = None, pool: Any = None) -> dict[str, Any]:
+def top_up(*, group: Any = None, pool: Any = None) -> dict[str, Any]:
     if isinstance(rt := resolve(pool, group, task=TASK_TOP_UP), dict):
         return rt
     return rt.service.top_up()
@@ -170,14 +170,14 @@ def _instance_ids(value: Any, job: str) -> list[str]:
 
 
 @app.task(name=TASK_MARK_READY, ignore_result=True)
-def mark_ready(instance_ids: Any, group: Any = None, pool: Any = None) -> dict[str, Any]:
+def mark_ready(instance_ids: Any, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
     if isinstance(rt := resolve(pool, group, task=TASK_MARK_READY), dict):
         return rt
     return _guarded(rt, lambda: rt.service.mark_ready(_instance_ids(instance_ids, "mark_ready")), None)
 
 
 @app.task(name=TASK_RELEASE_QUARANTINED)
-def release_quarantined(instance_ids: Any = None, group: Any = None, pool: Any = None) -> dict[str, Any]:
+def release_quarantined(instance_ids: Any = None, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
     """An operator's word that quarantined machines (None: all) are in nobody's use."""
     if isinstance(rt := resolve(pool, group, task=TASK_RELEASE_QUARANTINED), dict):
         return rt
@@ -191,7 +191,7 @@ def release_quarantined(instance_ids: Any = None, group: Any = None, pool: Any =
 
 
 @app.task(name=TASK_APPLY_SNAPSHOT, ignore_result=True)
-def apply_snapshot(payload: Any, pool: Any = None) -> dict[str, Any]:
+def apply_snapshot(payload: Any, *, pool: Any = None) -> dict[str, Any]:
     """Fold a refresh in; the snapshot names its group (``name``), which PoolService checks."""
     group = payload.get("name") if isinstance(payload, dict) else None
     if isinstance(rt := resolve(pool, group if isinstance(group, str) else None, task=TASK_APPLY_SNAPSHOT), dict):
