@@ -17,8 +17,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from tasks.cloud.boto3_cloud import Boto3Cloud
-from tasks.cloud.sessions import pool_session
+from tasks.cloud.boto3_cloud import Boto3Cloud, pool_session
 from tasks.contract import (
     CODE_BAD_REQUEST,
     CODE_UNKNOWN_POOL,
