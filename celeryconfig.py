@@ -51,6 +51,11 @@ broker_transport_options = {
     # five minutes. Let it expire after one restore interval.
     "unacked_mutex_expire": max(1, _settings.visibility_timeout_s // 4),
 }
+# A sentinel:// broker or result backend (Redis with Sentinel failover) names the master the Sentinels watch.
+if _settings.broker_url.startswith("sentinel://"):
+    broker_transport_options["master_name"] = _settings.sentinel_master
+if _settings.result_backend.startswith("sentinel://"):
+    result_backend_transport_options = {"master_name": _settings.sentinel_master}
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # keep reconnecting after a broker restart
 result_expires = 3600

@@ -31,6 +31,7 @@ from tasks.errors import InvalidRequest, UnknownPool
 from tasks.pool.ports import Cloud
 from tasks.pool.service import PoolConfig, PoolService
 from tasks.pools import POOL_QUEUE_PREFIX, Deployment, PoolSettings
+from tasks.state.connect import state_client
 from tasks.state.keys import PoolKeys
 from tasks.state.redis_store import RedisStore
 from tasks.worker.side_effects import CelerySideEffects
@@ -57,7 +58,7 @@ class PoolRuntime:
     def service(self) -> PoolService:
         s = self.settings
         return PoolService(
-            RedisStore.from_url(s.redis_url, self.pool.namespace),
+            RedisStore.from_url(s.redis_url, self.pool.namespace, sentinel_master=s.sentinel_master),
             self.side_effects,
             config=PoolConfig(
                 asg_name=s.asg_name,
@@ -91,8 +92,9 @@ class Runtimes:
         self.app = app
         self.deployment = deployment
         self.owned: frozenset[str] | None = None  # None: not a pool worker yet (tests, eager calls): all
-        self._state_redis = redis.Redis.from_url(
-            deployment.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        shared = deployment.settings
+        self._state_redis = state_client(
+            shared.redis_url, master_name=shared.sentinel_master, socket_timeout=5, socket_connect_timeout=5
         )
         self._runtimes: dict[str, PoolRuntime] = {}
 
