@@ -50,6 +50,6 @@ def state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> 
         return client
     hosts, db, password = sentinel_hosts(url)
     timeouts = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
-    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)
-    master: redis.Redis = sentinel.master_for(master_name, db=db, password=password, **options)
+    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinel.master_for(master_name, db=db, password=password, **options)  # type: ignore[no-untyped-call]
     return master
