@@ -11,8 +11,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
 from producer.client import check_lease, check_wait
+from producer.gateway.access import Access, AccessControl, authorize, redact_status
 from producer.gateway.asgi import ErrorShield
-from producer.gateway.auth import BearerAuth
 from producer.gateway.clients import GatewayClient, default_client
 from producer.gateway.constants import (
     CODE_NOT_ASSIGNED,
@@ -41,6 +41,10 @@ from producer.gateway.models import (
 )
 from producer.gateway.parsing import checked, fields_from_body, merged, read_body
 from producer.gateway.service import Gateway, HealthProbe, disconnect_of, status_within
+from producer.gateway.sse import EventFeed, add_event_routes
+from producer.gateway.ui import add_ui_routes
+from producer.tokens import Right
+from tasks.config import Settings
 from tasks.contract import CODE_NO_CAPACITY, MAX_LEASE_S, MAX_WAIT_S, STATUS_NOT_ASSIGNED
 
 FLOWER_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
@@ -54,19 +58,27 @@ def create_app(
     retry_after_s: int = 5,
     health_timeout_s: float = 2.0,
     health_cache_s: float = 1.0,
+    access: Access | None = None,
+    pool_name: str | None = None,
+    events: EventFeed | None = None,
 ) -> FastAPI:
     """The gateway app. ``token`` None means no authentication (serve() then binds loopback only).
 
     ``client`` defaults to producer.aio.AsyncPoolClient (configured from the
     environment); ``flower`` enables the authenticated /flower proxy.
+    ``access`` (producer.gateway.access) adds scoped tokens and rate limits to
+    ``token``; ``pool_name`` is the pool of these routes (default: WARMPOOL_ASG_NAME);
+    ``events`` serves /v1/events and the dashboard's live feed.
     """
     pool = client if client is not None else default_client()
+    access = access if access is not None else Access(api_token=token)
     gw = Gateway(
         client=pool,
         metrics=GatewayMetrics(),
         health=HealthProbe(pool, timeout_s=health_timeout_s, cache_s=health_cache_s),
         flower=flower,
         retry_after_s=retry_after_s,
+        pool_name=pool_name or Settings.from_env().asg_name,
     )
 
     @asynccontextmanager
@@ -77,6 +89,9 @@ def create_app(
             if gw.flower is not None:
                 await gw.flower.aclose()
             await gw.client.aclose()
+            await access.aclose()
+            if events is not None:
+                await events.aclose()
 
     app = FastAPI(
         title="warmpool gateway",
@@ -94,9 +109,9 @@ def create_app(
     )
     app.state.gateway = gw
     install_error_handlers(app)
-    add_routes(app, gw)
-    install_openapi(app, secured=token is not None)
-    app.add_middleware(BearerAuth, token=token)
+    add_routes(app, gw, events=events, access=access)
+    install_openapi(app, secured=token is not None or access.client is not None)
+    app.add_middleware(AccessControl, access=access)
     app.add_middleware(ErrorShield)
     return app
 
@@ -124,9 +139,11 @@ def install_openapi(app: FastAPI, *, secured: bool) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def add_routes(app: FastAPI, gw: Gateway) -> None:
+def add_routes(app: FastAPI, gw: Gateway, *, events: EventFeed | None = None, access: Access | None = None) -> None:
     """Every route, in matching order: the catch-all GET /{project_id} comes last."""
     _add_operations_routes(app, gw)
+    add_event_routes(app, gw, events)
+    add_ui_routes(app, gw, access or Access(api_token=None))
     _add_pool_route(app, gw)
     _add_assign_route(app, gw)
     _add_touch_route(app, gw)
@@ -171,6 +188,7 @@ def _add_operations_routes(app: FastAPI, gw: Gateway) -> None:
     )
     async def metrics(request: Request) -> Response:
         """Prometheus metrics: gateway counters plus pool gauges read at scrape time."""
+        authorize(request, pool=gw.pool_name, right=Right.READ)
         status = await status_within(gw.client, gw.health.timeout_s)
         data, content_type = gw.metrics.render(status, request.headers.get("accept", ""))
         return Response(data, media_type=content_type)
@@ -178,9 +196,10 @@ def _add_operations_routes(app: FastAPI, gw: Gateway) -> None:
 
 def _add_pool_route(app: FastAPI, gw: Gateway) -> None:
     @app.get("/v1/pool", tags=["v1"], responses=error_responses(401, 504))
-    async def pool_status() -> JSONResponse:
+    async def pool_status(request: Request) -> JSONResponse:
         """The pool snapshot: counts by state, machines, desired/min/max, lost machines."""
-        return JSONResponse(await gw.status())
+        who = authorize(request, pool=gw.pool_name, right=Right.READ)
+        return JSONResponse(redact_status(await gw.status(), who.scope))
 
 
 def _add_assign_route(app: FastAPI, gw: Gateway) -> None:
@@ -210,6 +229,7 @@ def _add_assign_route(app: FastAPI, gw: Gateway) -> None:
 
         503 `no_capacity` with Retry-After when no machine became idle within `wait`.
         """
+        authorize(request, pool=gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         body = fields_from_body(await read_body(request), frozenset({"wait", "lease"}))
         wait_value = merged("wait", wait, body)
@@ -238,6 +258,7 @@ def _add_touch_route(app: FastAPI, gw: Gateway) -> None:
         lease: float | None = Query(None, ge=0, le=MAX_LEASE_S, description="new lease length in seconds"),
     ) -> JSONResponse:
         """Renew the lease of the project's machine; 404 `not_assigned` if it holds none."""
+        authorize(request, pool=gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         body = fields_from_body(await read_body(request), frozenset({"lease"}))
         lease_value = merged("lease", lease, body)
@@ -255,8 +276,9 @@ def _add_release_route(app: FastAPI, gw: Gateway) -> None:
         response_model=ReleaseResult,
         responses=error_responses(400, 401, 404, 500, 504),
     )
-    async def release(project_id: str = PROJECT_ID_PARAM) -> JSONResponse:
+    async def release(request: Request, project_id: str = PROJECT_ID_PARAM) -> JSONResponse:
         """Release the project's machine; 404 `not_assigned` if it holds none."""
+        authorize(request, pool=gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         result = await gw.release(project_id)
         if result.get("status") == STATUS_NOT_ASSIGNED:
@@ -301,6 +323,7 @@ def _add_legacy_routes(app: FastAPI, gw: Gateway) -> None:
             raise ApiError(405, "method_not_allowed", "use GET", headers={"Allow": "GET"})
         if project_id.lower() in RESERVED_LEGACY_IDS:
             raise ApiError(404, CODE_NOT_FOUND, "not found")
+        authorize(request, pool=gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         try:
             result = await gw.assign(project_id, 0.0, gone=disconnect_of(request.receive))

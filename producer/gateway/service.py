@@ -92,6 +92,7 @@ class Gateway:
     health: HealthProbe
     flower: FlowerProxy | None
     retry_after_s: int
+    pool_name: str = ""  # the pool of the routes without one in their path (token scopes name it)
 
     async def assign(
         self, project_id: str, wait: float, lease: float | None = None, *, gone: Gone | None = None
