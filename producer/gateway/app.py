@@ -108,6 +108,7 @@ def create_app(
         redirect_slashes=False,
     )
     app.state.gateway = gw
+    app.state.events = events
     install_error_handlers(app)
     add_routes(app, gw, events=events, access=access)
     install_openapi(app, secured=token is not None or access.client is not None)
