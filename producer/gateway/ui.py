@@ -41,6 +41,7 @@ from producer.gateway.access import (
 )
 from producer.gateway.errors import ApiError
 from producer.gateway.parsing import read_body
+from producer.gateway.service import Gateway
 from producer.tokens import Right
 from tasks.state.keys import UI_SESSION_TTL_S
 
@@ -97,7 +98,7 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "") == "https"
 
 
-def add_ui_routes(app: FastAPI, gw: Any, access: Access) -> None:
+def add_ui_routes(app: FastAPI, gw: Gateway, access: Access) -> None:
     """``/ui`` (the page or its login form), ``/ui/session``, ``/ui/logout``, ``/ui/data``, ``/ui/static/*``."""
     history = CountsHistory()
 
