@@ -191,6 +191,8 @@ def _add_operations_routes(app: FastAPI, gw: Gateway) -> None:
         """Prometheus metrics: gateway counters plus pool gauges read at scrape time."""
         authorize(request, pool=gw.pool_name, right=Right.READ)
         status = await status_within(gw.client, gw.health.timeout_s)
+        if status is not None:
+            gw.history.record(status)
         data, content_type = gw.metrics.render(status, request.headers.get("accept", ""))
         return Response(data, media_type=content_type)
 

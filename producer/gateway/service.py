@@ -7,7 +7,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from producer.client import raise_for_failure
@@ -16,6 +16,7 @@ from producer.gateway.clients import GatewayClient
 from producer.gateway.constants import CODE_CALLER_GONE
 from producer.gateway.errors import ApiError, error_for, outcome_of
 from producer.gateway.flower_proxy import FlowerProxy
+from producer.gateway.history import CountsHistory
 from producer.gateway.logs import log
 from producer.gateway.metrics import GatewayMetrics
 from tasks.contract import (
@@ -93,6 +94,7 @@ class Gateway:
     flower: FlowerProxy | None
     retry_after_s: int
     pool_name: str = ""  # the pool of the routes without one in their path (token scopes name it)
+    history: CountsHistory = field(default_factory=CountsHistory)  # the dashboard's chart
 
     async def assign(
         self, project_id: str, wait: float, lease: float | None = None, *, gone: Gone | None = None
@@ -247,9 +249,11 @@ class Gateway:
             self.metrics.observe_touch(outcome)
 
     async def status(self) -> dict[str, Any]:
-        """The pool snapshot; ApiError for every failure."""
+        """The pool snapshot (a sample of the counts history); ApiError for every failure."""
         try:
-            return await self.client.status()
+            status = await self.client.status()
+            self.history.record(status)
+            return status
         except Exception as exc:
             if not isinstance(exc, WarmpoolError):
                 log.exception("status failed")

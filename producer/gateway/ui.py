@@ -12,17 +12,14 @@ dashboard can never assign or release, whatever a forged request tries.
 
 The page polls ``GET /ui/data`` (the status, its scope applied, and the counts
 history the gateway kept) and follows ``GET /v1/events`` with EventSource.
-The history (idle / assigned / pending / waiting, one sample per SAMPLE_S, one
-hour) is kept in this gateway process from the status reads of its dashboards.
+The history (idle / assigned / pending / waiting over an hour) is the
+gateway's own (producer/gateway/history.py), sampled from every status it reads.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
-from collections import deque
 from importlib import resources
-from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
@@ -40,13 +37,12 @@ from producer.gateway.access import (
     session_cookie,
 )
 from producer.gateway.errors import ApiError
+from producer.gateway.history import HISTORY_S
 from producer.gateway.parsing import read_body
 from producer.gateway.service import Gateway
 from producer.tokens import Right
 from tasks.state.keys import UI_SESSION_TTL_S
 
-SAMPLE_S = 5.0
-HISTORY_S = 3_600.0
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -57,36 +53,6 @@ CSP = (
 def asset(name: str) -> str:
     """A file of producer/gateway/static (package data)."""
     return resources.files("producer.gateway").joinpath("static", name).read_text(encoding="utf-8")
-
-
-class CountsHistory:
-    """Idle / assigned / pending / waiting over the last hour, one sample per ``sample_s`` at most."""
-
-    def __init__(self, *, sample_s: float = SAMPLE_S, keep_s: float = HISTORY_S) -> None:
-        self.sample_s = sample_s
-        self.keep_s = keep_s
-        self.samples: deque[dict[str, float]] = deque(maxlen=int(keep_s / sample_s) + 2)
-
-    def record(self, status: dict[str, Any], *, now: float | None = None) -> None:
-        """Add a sample of ``status`` unless the last one is younger than ``sample_s``."""
-        now = time.time() if now is None else now
-        if self.samples and now - self.samples[-1]["t"] < self.sample_s:
-            return
-        counts = status.get("counts") or {}
-        self.samples.append(
-            {
-                "t": now,
-                "idle": counts.get("idle", 0),
-                "assigned": counts.get("assigned", 0),
-                "pending": counts.get("pending", 0),
-                "waiting": len(status.get("waiting") or []),
-            }
-        )
-
-    def last_hour(self, *, now: float | None = None) -> list[dict[str, float]]:
-        """The samples of the last ``keep_s``, oldest first."""
-        now = time.time() if now is None else now
-        return [s for s in self.samples if now - s["t"] <= self.keep_s]
 
 
 def _page(name: str, *, status: int = 200, message: str = "") -> HTMLResponse:
@@ -100,7 +66,6 @@ def _secure(request: Request) -> bool:
 
 def add_ui_routes(app: FastAPI, gw: Gateway, access: Access) -> None:
     """``/ui`` (the page or its login form), ``/ui/session``, ``/ui/logout``, ``/ui/data``, ``/ui/static/*``."""
-    history = CountsHistory()
 
     @app.get("/ui", include_in_schema=False)
     async def dashboard(request: Request) -> Response:
@@ -143,18 +108,11 @@ def add_ui_routes(app: FastAPI, gw: Gateway, access: Access) -> None:
     @app.get("/ui/data", include_in_schema=False)
     async def data(request: Request) -> JSONResponse:
         who: Principal = authorize(request, pool=gw.pool_name, right=Right.READ)
-        status = await gw.status()
-        history.record(status)
-        return JSONResponse(
-            {
-                "pool": gw.pool_name,
-                "who": "" if who == ANONYMOUS else who.name,
-                "status": redact_status(status, who.scope),
-                "history": history.last_hour(),
-                "history_window_s": HISTORY_S,
-            },
-            headers={"Cache-Control": "no-store"},
-        )
+        status = await gw.status()  # sampled into gw.history
+        # One entry per pool the gateway serves (this gateway: the pool of its routes).
+        pool = {"pool": gw.pool_name, "status": redact_status(status, who.scope), "history": gw.history.last_hour()}
+        body = {"who": "" if who == ANONYMOUS else who.name, "history_window_s": HISTORY_S, "pools": [pool]}
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     @app.get("/ui/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from producer.gateway import create_app
-from producer.gateway.ui import CountsHistory
+from producer.gateway.history import CountsHistory
 from tests.gateway.gwfakes import TOKEN, FakePool, call
 
 
@@ -14,9 +14,9 @@ def test_without_any_token_configured_the_dashboard_is_served_as_every_route_is(
     page = call(app, "GET", "/ui")
     assert page.status_code == 200 and '<script src="/ui/static/dashboard.js">' in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]  # no inline script, nothing foreign
-    data = call(app, "GET", "/ui/data").json()
-    assert data["pool"] == "pool-a" and data["status"]["counts"]["idle"] == 2
-    assert [set(s) for s in data["history"]] == [{"t", "idle", "assigned", "pending", "waiting"}]
+    (pool,) = call(app, "GET", "/ui/data").json()["pools"]
+    assert pool["pool"] == "pool-a" and pool["status"]["counts"]["idle"] == 2
+    assert [set(s) for s in pool["history"]] == [{"t", "idle", "assigned", "pending", "waiting"}]
 
 
 def test_with_a_token_the_page_is_a_login_form_and_the_data_is_refused() -> None:

@@ -9,6 +9,7 @@ under CI. The screenshot is saved under the test's tmp dir; its path is printed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,8 @@ def test_the_dashboard_shows_a_machine_get_assigned_live(
         browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            script_errors: list[str] = []
+            page.on("pageerror", lambda error: script_errors.append(str(error)))
             # given the login form: the page itself carries no data without a token
             first = page.goto(url + "/ui")
             assert first is not None and first.status == 401
@@ -69,8 +72,9 @@ def test_the_dashboard_shows_a_machine_get_assigned_live(
             page.click("button[type=submit]")
 
             # expect the pool with its idle machines, and the live event stream connected
-            expect(page.locator("#pool")).to_have_text(ASG, timeout=WAIT_MS)
-            expect(page.locator(".count.idle b")).to_have_text(str(IDLE_TARGET), timeout=WAIT_MS)
+            section = page.locator(f"section.pool[data-pool='{ASG}']")
+            expect(section.locator(".pool-name")).to_have_text(ASG, timeout=WAIT_MS)
+            expect(section.locator(".count.idle b")).to_have_text(str(IDLE_TARGET), timeout=WAIT_MS)
             expect(page.locator("#live")).to_have_text("live", timeout=WAIT_MS)
             assert page.context.cookies()[0]["httpOnly"]
 
@@ -87,14 +91,17 @@ def test_the_dashboard_shows_a_machine_get_assigned_live(
                 state.close()
 
             # expect the page to show it: counts, the machine row, the event, the chart
-            expect(page.locator(".count.assigned b")).to_have_text("1", timeout=WAIT_MS)
-            row = page.locator("#machines tbody tr", has_text=instance)
+            expect(section.locator(".count.assigned b")).to_have_text("1", timeout=WAIT_MS)
+            row = section.locator(".machines tbody tr", has_text=instance)
             expect(row).to_contain_text("dash-1", timeout=WAIT_MS)
             expect(row).to_contain_text("assigned")
             expect(page.locator("#events li[data-type=target_changed]")).to_contain_text(
                 "dashboard-test", timeout=WAIT_MS
             )
-            assert page.locator("#chart polyline[data-series=assigned]").count() == 1
+            assigned_line = section.locator(".chart polyline[data-series=assigned]")
+            expect(assigned_line).to_have_attribute("points", re.compile(r"\d"), timeout=WAIT_MS)
+            expect(page.locator("#foot")).to_contain_text("updated")  # not "cannot read the pool status"
+            assert script_errors == []
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

@@ -27,8 +27,18 @@ function svg(tag, attrs) {
   return node;
 }
 
-function renderCounts(status) {
-  const box = $("counts");
+function poolSection(name) {
+  const box = $("pools");
+  for (const section of box.children) if (section.dataset.pool === name) return section;
+  const section = $("pool-template").content.firstElementChild.cloneNode(true);
+  section.dataset.pool = name;
+  section.querySelector(".pool-name").textContent = name;
+  box.append(section);
+  return section;
+}
+
+function renderCounts(section, status) {
+  const box = section.querySelector(".counts");
   box.replaceChildren();
   const counts = status.counts || {};
   for (const state of STATES) {
@@ -42,12 +52,10 @@ function renderCounts(status) {
   card.dataset.state = "waiting";
   card.append(el("b", waiting), el("span", "waiting callers"));
   box.append(card);
-  document.body.dataset.assigned = String(counts.assigned || 0);
-  document.body.dataset.idle = String(counts.idle || 0);
 }
 
-function renderTable(id, rows) {
-  const body = $(id).querySelector("tbody");
+function renderTable(table, rows) {
+  const body = table.querySelector("tbody");
   body.replaceChildren();
   for (const cells of rows) {
     const tr = el("tr");
@@ -56,23 +64,22 @@ function renderTable(id, rows) {
   }
 }
 
-function renderMachines(status) {
-  renderTable("machines", (status.machines || []).map((m) => [
+function renderMachines(section, status) {
+  renderTable(section.querySelector(".machines"), (status.machines || []).map((m) => [
     [m.instance_id], [m.state, "state-" + m.state], [m.hidden ? "(another team)" : m.project_id], [m.ip], [m.since],
   ]));
   const waiting = status.waiting || [];
-  $("waiting-count").textContent = "(" + waiting.length + ")";
-  renderTable("waiting", waiting.map((w) => [[w.project_id], [w.since], [w.deadline]]));
+  section.querySelector(".waiting-count").textContent = "(" + waiting.length + ")";
+  renderTable(section.querySelector(".waiting-callers"), waiting.map((w) => [[w.project_id], [w.since], [w.deadline]]));
 }
 
-function renderChart(history) {
-  const chart = $("chart");
+function renderChart(chart, history) {
   chart.replaceChildren();
   const W = 720, H = 220, L = 34, R = 8, T = 10, B = 22;
   const now = Date.now() / 1000;
   const start = now - windowS;
   const top = Math.max(2, ...history.flatMap((s) => SERIES.map((k) => s[k] || 0)));
-  const x = (t) => L + ((t - start) / windowS) * (W - L - R);
+  const x = (t) => L + ((Math.max(t, start) - start) / windowS) * (W - L - R);
   const y = (v) => H - B - (v / top) * (H - T - B);
   for (let i = 0; i <= 4; i++) {
     const v = Math.round((top * i) / 4);
@@ -86,9 +93,15 @@ function renderChart(history) {
     label.textContent = m ? "-" + m + "m" : "now";
     chart.append(label);
   }
+  const shown = history.filter((s) => s.t >= start);
   for (const key of SERIES) {
-    const points = history.filter((s) => s.t >= start).map((s) => x(s.t).toFixed(1) + "," + y(s[key] || 0).toFixed(1));
-    if (points.length === 1) points.push((W - R) + "," + points[0].split(",")[1]);
+    // A step line: each sample holds until the next one, the last one until now.
+    const points = [];
+    shown.forEach((s, i) => {
+      const until = i + 1 < shown.length ? shown[i + 1].t : now;
+      points.push(x(s.t).toFixed(1) + "," + y(s[key] || 0).toFixed(1));
+      points.push(x(until).toFixed(1) + "," + y(s[key] || 0).toFixed(1));
+    });
     chart.append(svg("polyline", { points: points.join(" "), class: key, "data-series": key }));
   }
 }
@@ -101,13 +114,17 @@ async function refresh() {
     if (!answer.ok) throw new Error("status " + answer.status);
     const data = await answer.json();
     windowS = data.history_window_s || windowS;
-    $("pool").textContent = data.pool;
     $("who").textContent = data.who ? "token: " + data.who : "";
-    renderCounts(data.status);
-    renderMachines(data.status);
-    renderChart(data.history || []);
-    $("foot").textContent = "updated " + new Date().toLocaleTimeString() +
-      (data.status.refreshed_at ? "; pool refreshed from AWS at " + data.status.refreshed_at : "");
+    const refreshed = [];
+    for (const pool of data.pools || []) {
+      const section = poolSection(pool.pool);
+      renderCounts(section, pool.status);
+      renderMachines(section, pool.status);
+      renderChart(section.querySelector(".chart"), pool.history || []);
+      section.dataset.assigned = String((pool.status.counts || {}).assigned || 0);
+      if (pool.status.refreshed_at) refreshed.push(pool.pool + " refreshed from AWS at " + pool.status.refreshed_at);
+    }
+    $("foot").textContent = "updated " + new Date().toLocaleTimeString() + (refreshed.length ? "; " + refreshed.join("; ") : "");
   } catch (err) {
     $("foot").textContent = "cannot read the pool status (" + err.message + "): retrying";
   }
@@ -123,6 +140,7 @@ function addEvent(event, notice) {
   item.dataset.type = event.type || "";
   if (event.id) item.dataset.id = event.id;
   item.append(el("span", event.type, "type"));
+  if (event.pool) item.append(el("span", event.pool, "pool"));
   const detail = ["project_id", "instance_id", "reason"].filter((k) => event[k]).map((k) => k.replace("_id", "") + "=" + event[k]);
   item.append(el("span", (event.at || "") + " " + detail.join(" ") + (event.message ? " " + event.message : "")));
   list.prepend(item);
