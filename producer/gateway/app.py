@@ -98,8 +98,10 @@ def create_app(
         version="1",
         summary="Warm EC2 machines for projects, in milliseconds",
         description=(
-            "Assign and release machines of the warm pool. With WARMPOOL_API_TOKEN set, every route "
-            "except /livez, /healthz and this documentation needs `Authorization: Bearer <token>`."
+            "Assign and release machines of the warm pool. With WARMPOOL_API_TOKEN set or a scoped token "
+            "(`warmpool token create`), every route except /livez, /healthz and this documentation needs "
+            "`Authorization: Bearer <token>`; a request outside the token's scope (pools, project-id prefix, "
+            "right read < assign < admin) is 403, one over its rate limit 429 with Retry-After."
         ),
         lifespan=lifespan,
         # No trailing-slash redirects: "/proj-1/" is not found rather than a 307

@@ -367,3 +367,55 @@ def test_a_prefix_scope_covers_exactly_the_projects_starting_with_it(prefix: str
     scope = make_scope("assign", prefix=prefix)
     assert scope.allows_project(project) == project.startswith(prefix)
     assert scope.allows_project(None)  # a pool-wide event has no project
+
+
+# -- serving, and a state Redis that does not answer ------------------------------------
+def test_serve_may_bind_every_address_once_a_scoped_token_exists(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from producer import gateway
+    from tasks.state.keys import TOKENS_KEY
+    from tests.gateway.gwfakes import call
+
+    db_url = redis_url.rsplit("/", 1)[0] + "/12"  # the database of the token CLI tests (global token key)
+    store = TokenStore(redis.Redis.from_url(db_url))
+    store.client.delete(TOKENS_KEY)
+    monkeypatch.delenv("WARMPOOL_API_TOKEN", raising=False)
+    monkeypatch.setenv("WARMPOOL_REDIS_URL", db_url)
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: captured.update(kw, app=app))
+    monkeypatch.setattr(gateway.app, "default_client", FakePool)
+    monkeypatch.setattr(gateway.server, "configure_logging", lambda level: None)
+    try:
+        with pytest.raises(SystemExit, match="or a scoped token"):
+            gateway.serve(host="0.0.0.0", port=8000, token=None)
+        _, secret = store.create("edge", make_scope("read"))
+        gateway.serve(host="0.0.0.0", port=8000, token=None)
+        assert captured["host"] == "0.0.0.0"
+        assert call(captured["app"], "GET", "/v1/pool").status_code == 401
+        assert call(captured["app"], "GET", "/v1/pool", headers=bearer(secret)).status_code == 200
+    finally:
+        store.client.delete(TOKENS_KEY)
+        store.close()
+
+
+def test_with_the_state_redis_down_the_admin_token_works_and_others_are_refused() -> None:
+    from sandbox import free_port
+
+    pool = FakePool()
+
+    async def go() -> list[int]:
+        # nothing listens on this port: every token read fails at once
+        client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+        access = Access(api_token=ADMIN_TOKEN, client=client, token_cache_s=0.0)
+        app = create_app(pool, token=ADMIN_TOKEN, access=access, pool_name=POOL)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+                return [
+                    (await http.post("/v1/projects/p1/machine", headers=bearer(ADMIN_TOKEN))).status_code,
+                    (await http.post("/v1/projects/p2/machine", headers=bearer("wp_unknown"))).status_code,
+                ]
+
+    assert asyncio.run(go()) == [200, 401]
+    assert [c[1] for c in pool.assigns] == ["p1"]
