@@ -64,6 +64,7 @@ class Principal:
     name: str
     scope: TokenScope
     via_cookie: bool = False
+    digest: str = ""  # the SHA-256 of the token it authenticated with (a dashboard session keeps it)
 
 
 ANONYMOUS = Principal("anonymous", ADMIN_EVERYWHERE)  # no authentication configured (loopback only)
@@ -123,13 +124,6 @@ class TokenCache:
         self._by_hash = index_by_hash(raw)
         self._loaded_at = time.monotonic()
         self.seen_any = self.seen_any or bool(self._by_hash)
-
-    async def by_name(self, name: str) -> TokenRecord | None:
-        """The record named ``name`` (a dashboard session's token), None once revoked."""
-        for record in (await self.records()).values():
-            if record.name == name:
-                return record
-        return None
 
 
 @dataclass
@@ -191,33 +185,36 @@ class Access:
     async def from_bearer(self, credential: bytes) -> Principal | None:
         """The principal of a bearer token, None when it is no valid token."""
         if self.api_token is not None and hmac.compare_digest(credential, self.api_token):
-            return Principal(API_TOKEN_NAME, ADMIN_EVERYWHERE)
+            return Principal(API_TOKEN_NAME, ADMIN_EVERYWHERE, digest=hash_secret(self.api_token))
         record = match(await self.tokens.records(), credential)
         if record is None:
             record = match(await self.tokens.records(missed=True), credential)
-        return None if record is None else Principal(record.name, record.scope)
+        return None if record is None else Principal(record.name, record.scope, digest=record.sha256)
 
     async def from_session(self, cookie: str) -> Principal | None:
         """The (read-only) principal of a dashboard session cookie, None when it is no live session."""
         if self.client is None or not cookie:
             return None
         try:
-            name = await self.client.get(ui_session_key(hash_secret(cookie)))
+            raw = await self.client.get(ui_session_key(hash_secret(cookie)))
         except redis.RedisError:
             raise ApiError(503, CODE_POOL_UNAVAILABLE, "the session store (state Redis) did not answer") from None
-        if name is None:
+        if raw is None:
             return None
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        if name == API_TOKEN_NAME:
-            return Principal(name, ADMIN_EVERYWHERE, via_cookie=True) if self.api_token is not None else None
-        record = await self.tokens.by_name(name)
-        return None if record is None else Principal(record.name, record.scope, via_cookie=True)
+        # The session holds the SHA-256 of its token: a revoked (or replaced) token ends it.
+        digest = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if self.api_token is not None and hmac.compare_digest(digest, hash_secret(self.api_token)):
+            return Principal(API_TOKEN_NAME, ADMIN_EVERYWHERE, via_cookie=True, digest=digest)
+        record = (await self.tokens.records()).get(digest)
+        if record is None:
+            return None
+        return Principal(record.name, record.scope, via_cookie=True, digest=digest)
 
     async def open_session(self, principal: Principal, session: str) -> None:
         """Remember the dashboard session ``session`` (its SHA-256 only) for UI_SESSION_TTL_S."""
         if self.client is None:
             raise ApiError(503, CODE_POOL_UNAVAILABLE, "dashboard sessions need the state Redis")
-        await self.client.set(ui_session_key(hash_secret(session)), principal.name, ex=UI_SESSION_TTL_S)
+        await self.client.set(ui_session_key(hash_secret(session)), principal.digest, ex=UI_SESSION_TTL_S)
 
     async def close_session(self, session: str) -> None:
         """Forget a dashboard session."""

@@ -5,7 +5,7 @@ has its own session: the login form (served to GET /ui without credentials)
 POSTs the token to ``/ui/session``, which checks it like any bearer token and
 answers with a session cookie: random, ``HttpOnly`` (no script reads it),
 ``SameSite=Strict`` (no other site's page sends it), ``Secure`` behind HTTPS,
-one hour long. Redis keeps only its SHA-256 and the token's name
+one hour long. Redis keeps only its SHA-256 and the token's SHA-256
 (``warmpool:ui_session:*``), so revoking the token ends its sessions too. A
 session may only read (authorize() refuses it anything above ``read``): the
 dashboard can never assign or release, whatever a forged request tries.

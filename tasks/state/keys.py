@@ -94,7 +94,7 @@ key                             type    meaning
                                         (producer/tokens.py). Only the SHA-256 of a
                                         secret is stored, never the secret.
 ``warmpool:ui_session:<sha>``   string  a dashboard session (the SHA-256 of its cookie) ->
-                                        the token name it was opened with; TTL
+                                        the SHA-256 of the token it was opened with; TTL
                                         UI_SESSION_TTL_S (producer/gateway/access.py)
 ==============================  ======  ===================================================
 """

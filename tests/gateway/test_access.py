@@ -419,3 +419,22 @@ def test_with_the_state_redis_down_the_admin_token_works_and_others_are_refused(
 
     assert asyncio.run(go()) == [200, 401]
     assert [c[1] for c in pool.assigns] == ["p1"]
+
+
+def test_revoking_the_token_ends_its_dashboard_sessions_even_if_the_name_is_reused(tokens: TokenStore) -> None:
+    _, secret = tokens.create("ops", make_scope("read"))
+    pool = FakePool()
+
+    async def steps(http: httpx.AsyncClient) -> list[int]:
+        await http.post("/ui/session", data={"token": secret})
+        session = http.cookies[SESSION_COOKIE]
+        try:
+            before = (await http.get("/v1/pool")).status_code
+            tokens.revoke("ops")
+            tokens.create("ops", make_scope("admin"))  # a new token of the same name
+            after = (await http.get("/v1/pool")).status_code
+            return [before, after]
+        finally:
+            redis.Redis.from_url(REDIS_URL).delete(ui_session_key(hash_secret(session)))
+
+    assert scenario(tokens, pool, steps) == [200, 401]
