@@ -78,7 +78,7 @@ def create_app(
         health=HealthProbe(pool, timeout_s=health_timeout_s, cache_s=health_cache_s),
         flower=flower,
         retry_after_s=retry_after_s,
-        pool_name=pool_name or Settings.from_env().asg_name,
+        pool_name=pool_name or _pool_of(pool),
     )
 
     @asynccontextmanager
@@ -117,6 +117,12 @@ def create_app(
     app.add_middleware(AccessControl, access=access)
     app.add_middleware(ErrorShield)
     return app
+
+
+def _pool_of(client: GatewayClient) -> str:
+    """The pool a client serves: its ``group`` (producer.calls), else WARMPOOL_ASG_NAME."""
+    group = getattr(client, "group", None)
+    return group if isinstance(group, str) and group else Settings.from_env().asg_name
 
 
 def install_openapi(app: FastAPI, *, secured: bool) -> None:
