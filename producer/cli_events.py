@@ -1,4 +1,4 @@
-"""``warmpool events [--follow] [--since ID] [--json]``: the pool's events (producer/events.py)."""
+"""``warmpool events [--pool P] [--follow] [--since ID] [--json]``: the pool's events (producer/events.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 
 import redis
 
+from producer.cli_pools import add_pool_option
 from producer.events import FROM_OLDEST, EventReader, Notice, check_since
-from tasks.config import Settings
 from tasks.errors import PoolUnavailable
+from tasks.pools import load_deployment
+from tasks.state.connect import state_client
 from tasks.state.keys import PoolKeys
 
 EXIT_OK = 0
@@ -31,11 +33,13 @@ def line_of(event: dict[str, Any]) -> str:
 def cmd_events(args: argparse.Namespace) -> int:
     """Print the kept events after --since (all kept ones by default); --follow keeps printing."""
     since = check_since(args.since)
-    settings = Settings.from_env()
+    pool = load_deployment().pool(args.pool)  # unknown or malformed --pool: exit 2
+    settings = pool.settings
     # No socket timeout shorter than the blocking read: XREAD BLOCK waits up to block_ms.
-    client: redis.Redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
-    pool = settings.asg_name
-    reader = EventReader(client, pool=pool, key=PoolKeys.for_group(pool).events)
+    client = state_client(
+        settings.redis_url, master_name=settings.sentinel_master, socket_timeout=30, socket_connect_timeout=5
+    )
+    reader = EventReader(client, pool=pool.name, key=PoolKeys.for_group(pool.namespace).events)
     try:
         for item in reader.read(since, follow=args.follow):
             if isinstance(item, Notice):
@@ -62,4 +66,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="the events after this event id; 0: every kept event [0]; $: new ones only",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_pool_option(p)
     p.set_defaults(func=cmd_events)

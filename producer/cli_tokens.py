@@ -13,6 +13,7 @@ import redis
 from producer.tokens import TokenStore, make_scope
 from tasks.config import Settings
 from tasks.errors import PoolUnavailable
+from tasks.state.connect import state_client
 
 EXIT_OK, EXIT_OTHER = 0, 1
 
@@ -20,7 +21,8 @@ EXIT_OK, EXIT_OTHER = 0, 1
 @contextmanager
 def _store() -> Iterator[TokenStore]:
     """The token store of WARMPOOL_REDIS_URL; PoolUnavailable (exit 4) when that Redis does not answer."""
-    store = TokenStore.from_url(Settings.from_env().redis_url)
+    settings = Settings.from_env()
+    store = TokenStore(state_client(settings.redis_url, master_name=settings.sentinel_master, socket_timeout=5))
     try:
         yield store
     except redis.RedisError as exc:

@@ -28,11 +28,11 @@ from typing import Any
 import redis
 
 from tasks.errors import InvalidRequest
+from tasks.pools import POOL_NAME_PATTERN
 from tasks.state.keys import TOKENS_KEY
 
 TOKEN_PREFIX = "wp_"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-POOL_PATTERN = re.compile(r"[^{}\s]{1,255}")
 PREFIX_PATTERN = re.compile(r"[A-Za-z0-9._-]{0,127}")
 
 
@@ -145,8 +145,8 @@ def make_scope(right: str, *, pools: Iterable[str] = (), prefix: str = "") -> Sc
     chosen = Right.parse(right)
     names = list(pools)
     for pool in names:
-        if POOL_PATTERN.fullmatch(pool) is None:
-            raise InvalidRequest(f"pool {pool!r}: expected 1-255 characters without spaces, {{ or }}")
+        if POOL_NAME_PATTERN.fullmatch(pool) is None:
+            raise InvalidRequest(f"pool {pool!r}: expected a pool name, ^[a-z0-9][a-z0-9-]{{0,31}}$")
     if PREFIX_PATTERN.fullmatch(prefix) is None:
         raise InvalidRequest(f"prefix {prefix!r}: use at most 127 characters from A-Z a-z 0-9 . _ -")
     return Scope(right=chosen, pools=frozenset(names) if names else None, prefix=prefix)

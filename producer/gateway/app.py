@@ -6,14 +6,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
+from producer.cli_pools import pool_rows
 from producer.client import check_lease, check_wait
-from producer.gateway.access import Access, AccessControl, authorize, redact_status
+from producer.gateway.access import Access, AccessControl, authorize, principal_of, redact_status
 from producer.gateway.asgi import ErrorShield
-from producer.gateway.clients import GatewayClient, default_client
+from producer.gateway.clients import GatewayClient
+from producer.gateway.clients import default_client as default_client  # re-exported: serve() and tests look it up here
 from producer.gateway.constants import (
     CODE_NOT_ASSIGNED,
     CODE_NOT_FOUND,
@@ -40,13 +42,15 @@ from producer.gateway.models import (
     error_responses,
 )
 from producer.gateway.parsing import checked, fields_from_body, merged, read_body
-from producer.gateway.service import Gateway, HealthProbe, disconnect_of, status_within
+from producer.gateway.service import Gateway, HealthProbe, disconnect_of, statuses_within
 from producer.gateway.sse import EventFeed, add_event_routes
 from producer.gateway.ui import add_ui_routes
 from producer.tokens import Right
-from tasks.config import Settings
 from tasks.contract import CODE_NO_CAPACITY, MAX_LEASE_S, MAX_WAIT_S, STATUS_NOT_ASSIGNED
 
+POOL_PREFIX = "/v1/pools/{pool}"
+# Checked by Gateway.check_pool (400 malformed, 404 unknown_pool), not by a pattern (422).
+POOL_PARAM = Path(description="a configured pool's name (GET /v1/pools lists them)")
 FLOWER_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
@@ -59,7 +63,6 @@ def create_app(
     health_timeout_s: float = 2.0,
     health_cache_s: float = 1.0,
     access: Access | None = None,
-    pool_name: str | None = None,
     events: EventFeed | None = None,
 ) -> FastAPI:
     """The gateway app. ``token`` None means no authentication (serve() then binds loopback only).
@@ -67,8 +70,8 @@ def create_app(
     ``client`` defaults to producer.aio.AsyncPoolClient (configured from the
     environment); ``flower`` enables the authenticated /flower proxy.
     ``access`` (producer.gateway.access) adds scoped tokens and rate limits to
-    ``token``; ``pool_name`` is the pool of these routes (default: WARMPOOL_ASG_NAME);
-    ``events`` serves /v1/events and the dashboard's live feed.
+    ``token``; ``events`` serves /v1/events, /v1/pools/{pool}/events and the
+    dashboard's live feed.
     """
     pool = client if client is not None else default_client()
     access = access if access is not None else Access(api_token=token)
@@ -78,7 +81,6 @@ def create_app(
         health=HealthProbe(pool, timeout_s=health_timeout_s, cache_s=health_cache_s),
         flower=flower,
         retry_after_s=retry_after_s,
-        pool_name=pool_name or _pool_of(pool),
     )
 
     @asynccontextmanager
@@ -119,12 +121,6 @@ def create_app(
     return app
 
 
-def _pool_of(client: GatewayClient) -> str:
-    """The pool a client serves: its ``group`` (producer.calls), else WARMPOOL_ASG_NAME."""
-    group = getattr(client, "group", None)
-    return group if isinstance(group, str) and group else Settings.from_env().asg_name
-
-
 def install_openapi(app: FastAPI, *, secured: bool) -> None:
     """Declare the bearer scheme in the OpenAPI document so /docs can send the token."""
 
@@ -154,9 +150,10 @@ def add_routes(app: FastAPI, gw: Gateway, *, events: EventFeed | None = None, ac
     add_event_routes(app, gw, events)
     add_ui_routes(app, gw, access or Access(api_token=None))
     _add_pool_route(app, gw)
-    _add_assign_route(app, gw)
-    _add_touch_route(app, gw)
-    _add_release_route(app, gw)
+    for prefix in ("/v1", POOL_PREFIX):  # the default pool's routes, and every pool's
+        _add_assign_route(app, gw, prefix)
+        _add_touch_route(app, gw, prefix)
+        _add_release_route(app, gw, prefix)
     _add_flower_route(app, gw)
     _add_legacy_routes(app, gw)
 
@@ -182,11 +179,20 @@ def _add_operations_routes(app: FastAPI, gw: Gateway) -> None:
 
     @app.get("/healthz", tags=["operations"], response_model=Health, responses=error_responses(503))
     async def healthz() -> Response:
-        """200 when a pool worker answers a status job within a couple of seconds, else 503 (readiness)."""
-        if await gw.health.check():
-            return JSONResponse({"status": "ok"})
+        """200 when a pool worker answers a status job within a couple of seconds, else 503 (readiness).
+
+        One pool whose worker is down does not make the gateway unready for the
+        others: 200 while any pool answers; ``pools`` says which do.
+        """
+        answered = await gw.health.check()
+        pools = {name: "ok" if ok else "unavailable" for name, ok in answered.items()}
+        if any(answered.values()):
+            return JSONResponse({"status": "ok", "pools": pools})
         return ApiError(
-            503, CODE_POOL_UNAVAILABLE, f"no pool worker answered a status job within {gw.health.timeout_s:g}s"
+            503,
+            CODE_POOL_UNAVAILABLE,
+            f"no pool worker answered a status job within {gw.health.timeout_s:g}s",
+            extra={"pools": pools},
         ).response()
 
     @app.get(
@@ -197,28 +203,50 @@ def _add_operations_routes(app: FastAPI, gw: Gateway) -> None:
     )
     async def metrics(request: Request) -> Response:
         """Prometheus metrics: gateway counters plus pool gauges read at scrape time."""
-        authorize(request, pool=gw.pool_name, right=Right.READ)
-        status = await status_within(gw.client, gw.health.timeout_s)
-        if status is not None:
-            gw.history.record(status)
-        data, content_type = gw.metrics.render(status, request.headers.get("accept", ""))
+        for name in gw.client.pool_names():  # the gauges of every pool: read on every pool
+            authorize(request, pool=name, right=Right.READ)
+        statuses = await statuses_within(gw.client, gw.health.timeout_s)
+        for name, status in statuses.items():
+            if status is not None:
+                gw.history_of(name).record(status)
+        data, content_type = gw.metrics.render(statuses, request.headers.get("accept", ""))
         return Response(data, media_type=content_type)
 
 
 def _add_pool_route(app: FastAPI, gw: Gateway) -> None:
     @app.get("/v1/pool", tags=["v1"], responses=error_responses(401, 504))
     async def pool_status(request: Request) -> JSONResponse:
-        """The pool snapshot: counts by state, machines, desired/min/max, lost machines."""
+        """The default pool's snapshot: counts by state, machines, desired/min/max, lost machines."""
         who = authorize(request, pool=gw.pool_name, right=Right.READ)
         return JSONResponse(redact_status(await gw.status(), who.scope))
 
+    @app.get("/v1/pools", tags=["v1"], responses=error_responses(401))
+    async def pools(request: Request) -> JSONResponse:
+        """Every configured pool the token may read: its group, queue and region (the gateway's configuration)."""
+        scope = principal_of(request).scope
+        rows = [r for r in pool_rows(gw.client.deployment) if scope.allows_pool(r["name"])]
+        return JSONResponse({"default_pool": gw.client.pool, "pools": rows})
 
-def _add_assign_route(app: FastAPI, gw: Gateway) -> None:
+    @app.get("/v1/pools/{pool}", tags=["v1"], responses=error_responses(400, 401, 404, 504))
+    async def one_pool_status(request: Request, pool: str = POOL_PARAM) -> JSONResponse:
+        """That pool's snapshot (as /v1/pool); 404 `unknown_pool` for a pool the configuration does not name."""
+        name = gw.check_pool(pool)
+        who = authorize(request, pool=name, right=Right.READ)
+        return JSONResponse(redact_status(await gw.status(pool=name), who.scope))
+
+
+def _pool_of(request: Request, gw: Gateway) -> str | None:
+    """The pool a /v1/pools/{pool}/... route names (checked: 400 malformed, 404 unknown), None elsewhere."""
+    pool = request.path_params.get("pool")
+    return None if pool is None else gw.check_pool(pool)
+
+
+def _add_assign_route(app: FastAPI, gw: Gateway, prefix: str) -> None:
     @app.post(
-        "/v1/projects/{project_id}/machine",
+        prefix + "/projects/{project_id}/machine",
         tags=["v1"],
         response_model=AssignResult,
-        responses=error_responses(400, 401, 413, 500, 503, 504),
+        responses=error_responses(400, 401, 404, 413, 500, 503, 504),
         openapi_extra={
             "requestBody": {
                 "required": False,
@@ -236,23 +264,26 @@ def _add_assign_route(app: FastAPI, gw: Gateway) -> None:
             None, ge=0, le=MAX_LEASE_S, description="lease length in seconds (also accepted in the body)"
         ),
     ) -> JSONResponse:
-        """Assign a machine to the project (the one it holds, if any).
+        """Assign a machine of the pool to the project (the one it holds, if any).
 
         503 `no_capacity` with Retry-After when no machine became idle within `wait`.
         """
-        authorize(request, pool=gw.pool_name, right=Right.ASSIGN, project_id=project_id)
+        pool = _pool_of(request, gw)
+        authorize(request, pool=pool or gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         body = fields_from_body(await read_body(request), frozenset({"wait", "lease"}))
         wait_value = merged("wait", wait, body)
         wait_s = checked(check_wait, 0.0 if wait_value is None else wait_value)
         lease_value = merged("lease", lease, body)
         lease_s = None if lease_value is None else checked(check_lease, lease_value)
-        return JSONResponse(await gw.assign(project_id, wait_s, lease_s, gone=disconnect_of(request.receive)))
+        return JSONResponse(
+            await gw.assign(project_id, wait_s, lease_s, gone=disconnect_of(request.receive), pool=pool)
+        )
 
 
-def _add_touch_route(app: FastAPI, gw: Gateway) -> None:
+def _add_touch_route(app: FastAPI, gw: Gateway, prefix: str) -> None:
     @app.post(
-        "/v1/projects/{project_id}/touch",
+        prefix + "/projects/{project_id}/touch",
         tags=["v1"],
         response_model=TouchResult,
         responses=error_responses(400, 401, 404, 413, 500, 504),
@@ -269,29 +300,31 @@ def _add_touch_route(app: FastAPI, gw: Gateway) -> None:
         lease: float | None = Query(None, ge=0, le=MAX_LEASE_S, description="new lease length in seconds"),
     ) -> JSONResponse:
         """Renew the lease of the project's machine; 404 `not_assigned` if it holds none."""
-        authorize(request, pool=gw.pool_name, right=Right.ASSIGN, project_id=project_id)
+        pool = _pool_of(request, gw)
+        authorize(request, pool=pool or gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         body = fields_from_body(await read_body(request), frozenset({"lease"}))
         lease_value = merged("lease", lease, body)
         lease_s = None if lease_value is None else checked(check_lease, lease_value)
-        result = await gw.touch(project_id, lease_s)
+        result = await gw.touch(project_id, lease_s, pool=pool)
         if result.get("status") == STATUS_NOT_ASSIGNED:
             return _not_assigned(project_id)
         return JSONResponse(result)
 
 
-def _add_release_route(app: FastAPI, gw: Gateway) -> None:
+def _add_release_route(app: FastAPI, gw: Gateway, prefix: str) -> None:
     @app.delete(
-        "/v1/projects/{project_id}/machine",
+        prefix + "/projects/{project_id}/machine",
         tags=["v1"],
         response_model=ReleaseResult,
         responses=error_responses(400, 401, 404, 500, 504),
     )
     async def release(request: Request, project_id: str = PROJECT_ID_PARAM) -> JSONResponse:
         """Release the project's machine; 404 `not_assigned` if it holds none."""
-        authorize(request, pool=gw.pool_name, right=Right.ASSIGN, project_id=project_id)
+        pool = _pool_of(request, gw)
+        authorize(request, pool=pool or gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
-        result = await gw.release(project_id)
+        result = await gw.release(project_id, pool=pool)
         if result.get("status") == STATUS_NOT_ASSIGNED:
             return _not_assigned(project_id)
         return JSONResponse(result)

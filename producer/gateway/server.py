@@ -7,8 +7,8 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 
 import redis
-import redis.asyncio as aioredis
 
+from producer.gateway import app as app_module
 from producer.gateway.access import Access, RateLimiter
 from producer.gateway.app import create_app
 from producer.gateway.connections import ConnectionLimits, guarded_protocol, warn_if_above_file_limit
@@ -25,6 +25,7 @@ from producer.gateway.flower_proxy import FlowerProxy
 from producer.gateway.logs import configure_logging, log
 from producer.gateway.sse import EventFeed
 from tasks.config import Settings, settings_or_exit
+from tasks.state.connect import async_state_client, state_client
 from tasks.state.keys import TOKENS_KEY
 
 
@@ -43,9 +44,11 @@ def env_port(env: Mapping[str, str] | None = None) -> int:
     return settings_or_exit(env).gateway_port
 
 
-def scoped_tokens(redis_url: str) -> int:
+def scoped_tokens(settings: Settings) -> int:
     """How many scoped tokens the state Redis holds (0 when it does not answer: loopback rules apply)."""
-    client: redis.Redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = state_client(
+        settings.redis_url, master_name=settings.sentinel_master, socket_timeout=2, socket_connect_timeout=2
+    )
     try:
         return int(client.hlen(TOKENS_KEY))
     except redis.RedisError as exc:
@@ -78,7 +81,7 @@ def serve(
     if token is None:
         token = settings.api_token or None
     configure_logging(log_level)
-    scoped = scoped_tokens(settings.redis_url)
+    scoped = scoped_tokens(settings)
     if token is None and not scoped:
         if not is_loopback(host):
             raise SystemExit(
@@ -94,14 +97,15 @@ def serve(
     warn_if_above_file_limit(limits)
     access = Access(
         api_token=token,
-        client=aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+        client=async_state_client(
+            settings.redis_url, master_name=settings.sentinel_master, socket_timeout=2, socket_connect_timeout=2
+        ),
         token_cache_s=settings.gateway_token_cache_s,
         limiter=RateLimiter(settings.gateway_rate_per_s, settings.gateway_rate_burst),
     )
-    events = EventFeed.for_pools(settings.redis_url, [settings.asg_name])
-    app = create_app(
-        token=token, flower=FlowerProxy.from_env(), access=access, events=events, pool_name=settings.asg_name
-    )
+    client = app_module.default_client()  # looked up at call time: tests replace it
+    events = EventFeed.for_deployment(client.deployment)
+    app = create_app(client, token=token, flower=FlowerProxy.from_env(), access=access, events=events)
     log.info(
         "gateway listening on http://%s:%d (auth: %s; header timeout %gs, idle timeout %ds, max connections %d)",
         host,

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
 from producer.events import NEW_ONLY, AsyncEventReader, Notice, check_since
@@ -38,6 +38,8 @@ from producer.tokens import Right
 from producer.tokens import Scope as TokenScope
 from tasks.contract import CODE_BAD_REQUEST
 from tasks.errors import InvalidRequest
+from tasks.pools import Deployment
+from tasks.state.connect import async_state_client
 from tasks.state.keys import PoolKeys
 
 HEARTBEAT_S = 15.0
@@ -48,39 +50,50 @@ RETRY_MS = 3_000
 
 
 class EventFeed:
-    """The event streams the gateway serves: pool name -> stream key, on one redis.asyncio client."""
+    """The event streams the gateway serves: pool name -> (redis.asyncio client, stream key)."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
-        streams: Mapping[str, str],
+        sources: Mapping[str, tuple[aioredis.Redis, str]],
         *,
         heartbeat_s: float = HEARTBEAT_S,
         max_streams: int = MAX_STREAMS,
     ) -> None:
-        self.client = client
-        self.streams = dict(streams)
+        self.sources = dict(sources)
         self.heartbeat_s = heartbeat_s
         self.max_streams = max_streams
         self.open = 0
 
     @classmethod
-    def for_pools(cls, url: str, pools: list[str], *, heartbeat_s: float = HEARTBEAT_S) -> EventFeed:
-        """A feed of ``pools`` (each its PoolKeys.events) on the Redis at ``url``."""
-        # The socket timeout outlasts the blocking read (XREAD BLOCK heartbeat_s).
-        client: aioredis.Redis = aioredis.Redis.from_url(url, socket_timeout=heartbeat_s + 10, socket_connect_timeout=5)
-        return cls(client, {p: PoolKeys.for_group(p).events for p in pools}, heartbeat_s=heartbeat_s)
+    def for_deployment(cls, deployment: Deployment, *, heartbeat_s: float = HEARTBEAT_S) -> EventFeed:
+        """A feed of every pool of ``deployment`` (its state Redis, its PoolKeys.events); one client per URL."""
+        clients: dict[str, aioredis.Redis] = {}
+        sources: dict[str, tuple[aioredis.Redis, str]] = {}
+        for pool in deployment:
+            url = pool.settings.redis_url
+            if url not in clients:
+                # The socket timeout outlasts the blocking read (XREAD BLOCK heartbeat_s).
+                clients[url] = async_state_client(
+                    url,
+                    master_name=pool.settings.sentinel_master,
+                    socket_timeout=heartbeat_s + 10,
+                    socket_connect_timeout=5,
+                )
+            sources[pool.name] = (clients[url], PoolKeys.for_group(pool.namespace).events)
+        return cls(sources, heartbeat_s=heartbeat_s)
 
     def reader(self, pool: str) -> AsyncEventReader:
         """The reader of ``pool``'s stream (ApiError 404 for a pool this gateway does not serve)."""
-        key = self.streams.get(pool)
-        if key is None:
+        source = self.sources.get(pool)
+        if source is None:
             raise ApiError(404, "not_found", f"no event stream for pool {pool}")
-        return AsyncEventReader(self.client, pool=pool, key=key, count=READ_COUNT)
+        client, key = source
+        return AsyncEventReader(client, pool=pool, key=key, count=READ_COUNT)
 
     async def aclose(self) -> None:
         """Close the Redis connections."""
-        await self.client.aclose()
+        for client in {id(c): c for c, _ in self.sources.values()}.values():
+            await client.aclose()
 
 
 def frame(event: Mapping[str, Any]) -> bytes:
@@ -153,18 +166,22 @@ def event_stream(request: Request, feed: EventFeed | None, *, pool: str, since: 
 
 
 def add_event_routes(app: FastAPI, gw: Gateway, feed: EventFeed | None) -> None:
-    """``GET /v1/events`` (the pool of the routes without a pool in their path)."""
+    """``GET /v1/events`` (the default pool) and ``GET /v1/pools/{pool}/events``."""
+    responses: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+    since_query = Query(None, description="the events after this id (0: every kept one)")
+    last_query = Query(0, ge=0, le=MAX_LAST, description="start with the newest N kept events")
 
-    @app.get(
-        "/v1/events",
-        tags=["v1"],
-        response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}}},
-    )
-    async def events(
-        request: Request,
-        since: str | None = Query(None, description="the events after this id (0: every kept one)"),
-        last: int = Query(0, ge=0, le=MAX_LAST, description="start with the newest N kept events"),
-    ) -> Any:
-        """The pool's events as Server-Sent Events; resumable with `Last-Event-ID`."""
+    @app.get("/v1/events", tags=["v1"], response_class=StreamingResponse, responses=responses)
+    async def events(request: Request, since: str | None = since_query, last: int = last_query) -> Any:
+        """The default pool's events as Server-Sent Events; resumable with `Last-Event-ID`."""
         return event_stream(request, feed, pool=gw.pool_name, since=since, last=last)
+
+    @app.get("/v1/pools/{pool}/events", tags=["v1"], response_class=StreamingResponse, responses=responses)
+    async def pool_events(
+        request: Request,
+        pool: str = Path(description="a configured pool's name"),
+        since: str | None = since_query,
+        last: int = last_query,
+    ) -> Any:
+        """That pool's events as Server-Sent Events (as /v1/events); 404 `unknown_pool`."""
+        return event_stream(request, feed, pool=gw.check_pool(pool), since=since, last=last)

@@ -18,8 +18,10 @@ gateway's own (producer/gateway/history.py), sampled from every status it reads.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from importlib import resources
+from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
@@ -30,7 +32,6 @@ from producer.gateway.access import (
     NOBODY,
     SESSION_COOKIE,
     Access,
-    Principal,
     authorize,
     principal_of,
     redact_status,
@@ -41,6 +42,7 @@ from producer.gateway.history import HISTORY_S
 from producer.gateway.parsing import read_body
 from producer.gateway.service import Gateway
 from producer.tokens import Right
+from producer.tokens import Scope as TokenScope
 from tasks.state.keys import UI_SESSION_TTL_S
 
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
@@ -64,6 +66,29 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "") == "https"
 
 
+def readable(request: Request, gw: Gateway) -> list[str]:
+    """The pools the caller may read, default first; ApiError 403 when there is none."""
+    pools = [gw.pool_name, *(n for n in gw.client.pool_names() if n != gw.pool_name)]
+    who = principal_of(request)
+    names = [n for n in pools if who.scope.allows_pool(n)]
+    if not names:
+        authorize(request, pool=gw.pool_name, right=Right.READ)  # raises, naming the token's scope
+    for name in names:
+        authorize(request, pool=name, right=Right.READ)
+    return names
+
+
+async def pool_view(gw: Gateway, name: str, scope: TokenScope) -> dict[str, Any]:
+    """One pool on the dashboard: its status (scope applied) and history; a pool that does not answer says so."""
+    entry: dict[str, Any] = {"pool": name}
+    try:
+        entry["status"] = redact_status(await gw.status(pool=name), scope)  # also a sample of the history
+    except ApiError as exc:
+        entry.update(status=None, error=exc.message)
+    entry["history"] = gw.history_of(name).last_hour()
+    return entry
+
+
 def add_ui_routes(app: FastAPI, gw: Gateway, access: Access) -> None:
     """``/ui`` (the page or its login form), ``/ui/session``, ``/ui/logout``, ``/ui/data``, ``/ui/static/*``."""
 
@@ -72,7 +97,7 @@ def add_ui_routes(app: FastAPI, gw: Gateway, access: Access) -> None:
         who = principal_of(request)
         if who == NOBODY:
             return _page("login.html", status=401)
-        authorize(request, pool=gw.pool_name, right=Right.READ)
+        readable(request, gw)  # 403 for a token that may read no pool
         return _page("dashboard.html")
 
     @app.post("/ui/session", include_in_schema=False)
@@ -82,8 +107,8 @@ def add_ui_routes(app: FastAPI, gw: Gateway, access: Access) -> None:
         who = await access.from_bearer(token.encode()) if token else None
         if who is None:
             return _page("login.html", status=401, message="That token is not valid.")
-        if not (who.scope.allows_pool(gw.pool_name) and who.scope.right >= Right.READ):
-            return _page("login.html", status=403, message="That token may not read this pool.")
+        if not any(who.scope.allows_pool(name) for name in gw.client.pool_names()):
+            return _page("login.html", status=403, message="That token may not read any pool of this gateway.")
         session = secrets.token_urlsafe(32)
         await access.open_session(who, session)
         answer = RedirectResponse("/ui", status_code=303)
@@ -107,11 +132,10 @@ def add_ui_routes(app: FastAPI, gw: Gateway, access: Access) -> None:
 
     @app.get("/ui/data", include_in_schema=False)
     async def data(request: Request) -> JSONResponse:
-        who: Principal = authorize(request, pool=gw.pool_name, right=Right.READ)
-        status = await gw.status()  # sampled into gw.history
-        # One entry per pool the gateway serves (this gateway: the pool of its routes).
-        pool = {"pool": gw.pool_name, "status": redact_status(status, who.scope), "history": gw.history.last_hour()}
-        body = {"who": "" if who == ANONYMOUS else who.name, "history_window_s": HISTORY_S, "pools": [pool]}
+        names = readable(request, gw)
+        who = principal_of(request)
+        pools = await asyncio.gather(*(pool_view(gw, name, who.scope) for name in names))
+        body = {"who": "" if who == ANONYMOUS else who.name, "history_window_s": HISTORY_S, "pools": pools}
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     @app.get("/ui/static/{name}", include_in_schema=False)

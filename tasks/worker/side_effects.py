@@ -60,11 +60,20 @@ class CelerySideEffects:
     it never competes with an assign for the GIL.
     """
 
-    def __init__(self, app: Celery, *, group: str | None = None, tag_linger_s: float = TAG_LINGER_S) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        job_kwargs: dict[str, Any] | None = None,
+        pool_queue: str = POOL_QUEUE,
+        tag_linger_s: float = TAG_LINGER_S,
+    ) -> None:
         self._app = app
-        # Every message names the group it is for: a worker of another group
-        # sharing the broker refuses it instead of acting on this group's machines.
-        self._group_kwargs = {"group": group} if group else {}
+        # Every message names the pool (and group) it is for: the aws workers act
+        # on that pool's group, and a worker of another group sharing the broker
+        # refuses it instead of acting on this group's machines.
+        self._group_kwargs = dict(job_kwargs or {})
+        self._pool_queue = pool_queue
         self._local = threading.local()
         self._tag_linger_s = tag_linger_s
         self._tags: list[Machine] = []  # lingering, across jobs
@@ -155,7 +164,7 @@ class CelerySideEffects:
 
     def top_up(self) -> None:
         # A short delay coalesces a burst of assigns into one top-up.
-        self._send(_Message(TASK_TOP_UP, POOL_QUEUE, options={"countdown": REBALANCE_DELAY_S, "expires": 60}))
+        self._send(_Message(TASK_TOP_UP, self._pool_queue, options={"countdown": REBALANCE_DELAY_S, "expires": 60}))
 
     def refresh(self, *, delay_s: float) -> None:
         options = {"countdown": delay_s, "expires": delay_s + 10}

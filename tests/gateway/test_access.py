@@ -73,7 +73,7 @@ def scenario(
             tokens_key=tokens.key,
             miss_reload_s=miss_reload_s,
         )
-        app = create_app(pool, token=api_token, access=access, pool_name=POOL)
+        app = create_app(pool, token=api_token, access=access)
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
@@ -104,7 +104,7 @@ def assert_forbidden(response: httpx.Response, *words: str) -> None:
 def test_two_teams_cannot_touch_each_others_projects(tokens: TokenStore) -> None:
     # given team A's and team B's assign tokens, each for its own project prefix
     a, b = team_tokens(tokens)
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> list[httpx.Response]:
         # when team A assigns, touches and releases team B's project (and team B team A's), by every route
@@ -125,7 +125,7 @@ def test_two_teams_cannot_touch_each_others_projects(tokens: TokenStore) -> None
 
 def test_each_team_uses_its_own_projects(tokens: TokenStore) -> None:
     a, b = team_tokens(tokens)
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> list[httpx.Response]:
         return [
@@ -143,7 +143,7 @@ def test_each_team_uses_its_own_projects(tokens: TokenStore) -> None:
 
 def test_a_read_token_reads_but_cannot_assign(tokens: TokenStore) -> None:
     _, secret = tokens.create("viewer", make_scope("read"))
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
         return await http.get("/v1/pool", headers=bearer(secret)), await http.post(
@@ -158,7 +158,7 @@ def test_a_read_token_reads_but_cannot_assign(tokens: TokenStore) -> None:
 
 def test_a_token_for_another_pool_may_not_use_this_one(tokens: TokenStore) -> None:
     _, secret = tokens.create("other-pool", make_scope("admin", pools=["gpu-pool"]))
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> list[httpx.Response]:
         return [
@@ -173,7 +173,7 @@ def test_a_token_for_another_pool_may_not_use_this_one(tokens: TokenStore) -> No
 
 def test_a_prefix_token_sees_no_other_teams_project_in_the_status(tokens: TokenStore) -> None:
     a, _ = team_tokens(tokens)
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def status_with(machines: list[dict[str, Any]]) -> dict[str, Any]:
         return {"counts": {"assigned": 2}, "machines": machines, "waiting": [{"project_id": "team-b-9"}], "lost": []}
@@ -182,7 +182,7 @@ def test_a_prefix_token_sees_no_other_teams_project_in_the_status(tokens: TokenS
         {"instance_id": "i-1", "state": "assigned", "project_id": "team-a-1"},
         {"instance_id": "i-2", "state": "assigned", "project_id": "team-b-1"},
     ]
-    pool.status = lambda: status_with(machines)  # type: ignore[method-assign]
+    pool.status = lambda **_: status_with(machines)  # type: ignore[method-assign]
 
     async def steps(http: httpx.AsyncClient) -> dict[str, Any]:
         return dict((await http.get("/v1/pool", headers=bearer(a))).json())
@@ -196,7 +196,7 @@ def test_a_prefix_token_sees_no_other_teams_project_in_the_status(tokens: TokenS
 # -- the admin token, revocation, hashing ----------------------------------------------
 def test_the_single_api_token_stays_an_admin_beside_scoped_tokens(tokens: TokenStore) -> None:
     team_tokens(tokens)
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> list[httpx.Response]:
         return [
@@ -213,7 +213,7 @@ def test_the_single_api_token_stays_an_admin_beside_scoped_tokens(tokens: TokenS
 def test_scoped_tokens_alone_turn_authentication_on(tokens: TokenStore) -> None:
     # given no WARMPOOL_API_TOKEN but one scoped token: anonymous callers are refused
     team_tokens(tokens)
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> list[httpx.Response]:
         return [await http.post("/v1/projects/team-a-1/machine"), await http.get("/team-a-1")]
@@ -225,7 +225,7 @@ def test_scoped_tokens_alone_turn_authentication_on(tokens: TokenStore) -> None:
 
 def test_a_revoked_token_is_refused_with_401(tokens: TokenStore) -> None:
     a, _ = team_tokens(tokens)
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> tuple[int, int]:
         before = (await http.get("/v1/pool", headers=bearer(a))).status_code
@@ -241,7 +241,7 @@ def test_a_revoked_token_is_refused_with_401(tokens: TokenStore) -> None:
 
 def test_an_unknown_token_rereads_the_tokens_although_the_cache_is_fresh(tokens: TokenStore) -> None:
     team_tokens(tokens)
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> int:
         await http.get("/v1/pool")  # the cache is loaded
@@ -278,7 +278,7 @@ def test_a_token_name_is_taken_once(tokens: TokenStore) -> None:
 # -- rate limits ------------------------------------------------------------------------
 def test_a_token_over_its_rate_gets_429_with_retry_after(tokens: TokenStore) -> None:
     a, b = team_tokens(tokens)
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
     limiter = RateLimiter(rate_per_s=0.01, burst=2)  # two at once, then one per 100 s
 
     async def steps(http: httpx.AsyncClient) -> list[httpx.Response]:
@@ -306,7 +306,7 @@ def test_the_bucket_refills_at_its_rate() -> None:
 # -- the dashboard session -----------------------------------------------------------
 def test_a_dashboard_session_reads_but_never_assigns(tokens: TokenStore) -> None:
     _, secret = tokens.create("ops", make_scope("admin"))
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> list[httpx.Response]:
         login = await http.post("/ui/session", data={"token": secret})
@@ -339,7 +339,7 @@ def test_the_dashboard_asks_for_a_token_and_refuses_a_bad_one(tokens: TokenStore
     async def steps(http: httpx.AsyncClient) -> list[httpx.Response]:
         return [await http.get("/ui"), await http.post("/ui/session", data={"token": "wp_wrong"})]
 
-    form, refused = scenario(tokens, FakePool(), steps)
+    form, refused = scenario(tokens, FakePool(pools=(POOL,)), steps)
     assert form.status_code == 401 and 'action="/ui/session"' in form.text
     assert refused.status_code == 401 and "not valid" in refused.text
     assert "set-cookie" not in refused.headers
@@ -402,13 +402,13 @@ def test_serve_may_bind_every_address_once_a_scoped_token_exists(
 def test_with_the_state_redis_down_the_admin_token_works_and_others_are_refused() -> None:
     from sandbox import free_port
 
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def go() -> list[int]:
         # nothing listens on this port: every token read fails at once
         client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
         access = Access(api_token=ADMIN_TOKEN, client=client, token_cache_s=0.0)
-        app = create_app(pool, token=ADMIN_TOKEN, access=access, pool_name=POOL)
+        app = create_app(pool, token=ADMIN_TOKEN, access=access)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
@@ -423,7 +423,7 @@ def test_with_the_state_redis_down_the_admin_token_works_and_others_are_refused(
 
 def test_revoking_the_token_ends_its_dashboard_sessions_even_if_the_name_is_reused(tokens: TokenStore) -> None:
     _, secret = tokens.create("ops", make_scope("read"))
-    pool = FakePool()
+    pool = FakePool(pools=(POOL,))
 
     async def steps(http: httpx.AsyncClient) -> list[int]:
         await http.post("/ui/session", data={"token": secret})
@@ -438,3 +438,26 @@ def test_revoking_the_token_ends_its_dashboard_sessions_even_if_the_name_is_reus
             redis.Redis.from_url(REDIS_URL).delete(ui_session_key(hash_secret(session)))
 
     assert scenario(tokens, pool, steps) == [200, 401]
+
+
+def test_a_token_of_one_pool_uses_that_pools_routes_only(tokens: TokenStore) -> None:
+    # given two pools, alpha (the default) and beta, and a token that may assign in beta only
+    _, secret = tokens.create("beta-team", make_scope("assign", pools=["beta"]))
+    pool = FakePool(pools=("alpha", "beta"))
+
+    async def steps(http: httpx.AsyncClient) -> list[httpx.Response]:
+        return [
+            await http.post("/v1/pools/beta/projects/p1/machine", headers=bearer(secret)),
+            await http.post("/v1/pools/alpha/projects/p1/machine", headers=bearer(secret)),
+            await http.post("/v1/projects/p1/machine", headers=bearer(secret)),  # the default pool: alpha
+            await http.get("/v1/pools/alpha", headers=bearer(secret)),
+            await http.get("/v1/pools", headers=bearer(secret)),
+            await http.get("/metrics", headers=bearer(secret)),  # every pool's gauges
+        ]
+
+    beta, alpha, default, alpha_status, listing, metrics = scenario(tokens, pool, steps)
+    assert beta.status_code == 200 and beta.json()["project_id"] == "p1"
+    for refused in (alpha, default, alpha_status, metrics):
+        assert_forbidden(refused, "pool alpha")
+    assert [p["name"] for p in listing.json()["pools"]] == ["beta"]
+    assert pool.pools_called == ["beta"]  # nothing reached alpha

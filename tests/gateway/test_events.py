@@ -178,7 +178,7 @@ def test_warmpool_events_says_once_on_stderr_that_the_stream_was_trimmed(
 
     assert main(["events", "--since", old, "--json"]) == 0
     out, err = capsys.readouterr()
-    assert len(out.splitlines()) == 1 and err.count("trimmed") == 1
+    assert len(out.splitlines()) == 1 and err.count("trimmed") == 1, (out, err)
 
 
 def test_warmpool_events_refuses_a_bad_since_with_exit_2(
@@ -218,9 +218,9 @@ def test_warmpool_events_follow_prints_until_interrupted(state: redis.Redis, poo
 # -- GET /v1/events (Server-Sent Events) ---------------------------------------------------
 def sse_app(pool_name: str, tokens_key: str, *, heartbeat_s: float = 15.0) -> Any:
     client = aioredis.Redis.from_url(REDIS_URL)
-    feed = EventFeed(aioredis.Redis.from_url(REDIS_URL), {pool_name: key_of(pool_name)}, heartbeat_s=heartbeat_s)
+    feed = EventFeed({pool_name: (aioredis.Redis.from_url(REDIS_URL), key_of(pool_name))}, heartbeat_s=heartbeat_s)
     access = Access(api_token="admin-secret", client=client, token_cache_s=0.0, tokens_key=tokens_key)
-    return create_app(FakePool(), token="admin-secret", access=access, events=feed, pool_name=pool_name)
+    return create_app(FakePool(pools=(pool_name,)), token="admin-secret", access=access, events=feed)
 
 
 def read_frames(response: httpx.Response, *, until: int) -> list[dict[str, str]]:

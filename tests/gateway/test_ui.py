@@ -10,7 +10,7 @@ from tests.gateway.gwfakes import TOKEN, FakePool, call
 
 
 def test_without_any_token_configured_the_dashboard_is_served_as_every_route_is() -> None:
-    app = create_app(FakePool(), pool_name="pool-a")
+    app = create_app(FakePool(pools=("pool-a",)))
     page = call(app, "GET", "/ui")
     assert page.status_code == 200 and '<script src="/ui/static/dashboard.js">' in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]  # no inline script, nothing foreign

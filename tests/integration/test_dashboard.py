@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from producer.tokens import TokenStore, make_scope
+from tasks.pools import DEFAULT_POOL
 from tasks.state.keys import PoolKeys
 from tests.gateway.live import write_event
 from tests.integration.conftest import ASG, IDLE_TARGET, Stack
@@ -72,8 +73,8 @@ def test_the_dashboard_shows_a_machine_get_assigned_live(
             page.click("button[type=submit]")
 
             # expect the pool with its idle machines, and the live event stream connected
-            section = page.locator(f"section.pool[data-pool='{ASG}']")
-            expect(section.locator(".pool-name")).to_have_text(ASG, timeout=WAIT_MS)
+            section = page.locator(f"section.pool[data-pool='{DEFAULT_POOL}']")
+            expect(section.locator(".pool-name")).to_have_text(DEFAULT_POOL, timeout=WAIT_MS)
             expect(section.locator(".count.idle b")).to_have_text(str(IDLE_TARGET), timeout=WAIT_MS)
             expect(page.locator("#live")).to_have_text("live", timeout=WAIT_MS)
             assert page.context.cookies()[0]["httpOnly"]
@@ -83,7 +84,8 @@ def test_the_dashboard_shows_a_machine_get_assigned_live(
                 assigned = http.post("/v1/projects/dash-1/machine", params={"wait": 10})
             assert assigned.status_code == 200, assigned.text
             instance = assigned.json()["instance_id"]
-            # and an event arrives on the pool's stream (written here as the pool worker writes them)
+            # and an event arrives on the pool's stream (written here as the pool worker writes them;
+            # the default pool's state namespace is its group's name)
             state = redis.Redis.from_url(pool.env["WARMPOOL_REDIS_URL"])
             try:
                 write_event(state, PoolKeys.for_group(ASG).events, "target_changed", reason="dashboard-test", target=3)

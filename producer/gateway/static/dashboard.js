@@ -118,6 +118,9 @@ async function refresh() {
     const refreshed = [];
     for (const pool of data.pools || []) {
       const section = poolSection(pool.pool);
+      follow(pool.pool);
+      section.querySelector(".pool-error").textContent = pool.error ? "this pool did not answer: " + pool.error : "";
+      if (!pool.status) continue;
       renderCounts(section, pool.status);
       renderMachines(section, pool.status);
       renderChart(section.querySelector(".chart"), pool.history || []);
@@ -147,11 +150,21 @@ function addEvent(event, notice) {
   while (list.children.length > MAX_EVENTS) list.lastChild.remove();
 }
 
-function follow() {
-  const source = new EventSource("/v1/events?last=50");
+const sources = new Map();  // pool -> its EventSource
+
+function showLive() {
   const live = $("live");
-  source.onopen = () => { live.textContent = "live"; live.className = "badge on"; };
-  source.onerror = () => { live.textContent = "reconnecting"; live.className = "badge off"; };
+  const open = [...sources.values()].every((s) => s.readyState === EventSource.OPEN);
+  live.textContent = open ? "live" : "reconnecting";
+  live.className = open ? "badge on" : "badge off";
+}
+
+function follow(pool) {
+  if (sources.has(pool)) return;
+  const source = new EventSource("/v1/pools/" + encodeURIComponent(pool) + "/events?last=50");
+  sources.set(pool, source);
+  source.onopen = showLive;
+  source.onerror = showLive;
   const onEvent = (message) => {
     try { addEvent(JSON.parse(message.data), false); } catch (err) { return; }
     soon();
@@ -163,4 +176,3 @@ function follow() {
 
 refresh();
 setInterval(refresh, POLL_MS);
-follow();
