@@ -47,3 +47,21 @@ def test_the_history_keeps_one_sample_per_interval_for_an_hour() -> None:
     samples = history.last_hour(now=4000.0)
     assert len(samples) == 720 and samples[0]["t"] >= 400.0
     assert samples[-1] == {"t": 3995.0, "idle": 2, "assigned": 1, "pending": 0, "waiting": 1}
+
+
+def test_the_dashboard_data_has_every_pool_and_says_which_did_not_answer() -> None:
+    from tasks.errors import PoolUnavailable
+
+    pool = FakePool(pools=("alpha", "beta"))
+    status = pool.status
+
+    async def beta_down(*, pool: str | None = None) -> dict[str, object]:
+        if pool == "beta":
+            raise PoolUnavailable("no pool worker answered")
+        return await status(pool=pool)
+
+    pool.status = beta_down  # type: ignore[method-assign]
+    body = call(create_app(pool), "GET", "/ui/data").json()
+    alpha, beta = body["pools"]
+    assert alpha["pool"] == "alpha" and alpha["status"]["counts"]["idle"] == 2 and len(alpha["history"]) == 1
+    assert beta["pool"] == "beta" and beta["status"] is None and "answer" in beta["error"]
