@@ -28,7 +28,7 @@ result_accept_content = ["json"]
 # single serialized worker; AWS side effects (and the refresh, which reads AWS)
 # go to "aws", where any number of workers serve every pool (tasks/routing.py).
 task_default_queue = "pool"
-task_routes = (job_router(_deployment.default_pool),)
+task_routes = (job_router(_deployment),)
 
 # A job is acknowledged only after it ran: a killed worker's job is delivered
 # again (every job is idempotent), never lost.
@@ -76,7 +76,7 @@ beat_schedule = {
         "schedule": pool.settings.refresh_seconds,
         "kwargs": pool.job_kwargs(),
         # A refresh that waited longer than one interval is superseded by the next.
-        "options": {"queue": "aws", "expires": max(1.0, pool.settings.refresh_seconds)},
+        "options": {"queue": pool.aws_queue, "expires": max(1.0, pool.settings.refresh_seconds)},
     }
     for pool in _deployment
 }

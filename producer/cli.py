@@ -140,7 +140,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # The pool worker is one serialized process: the solo pool (docs/design.md); it owns every pool.
         base = ["worker", "-Q", "pool", "-P", "solo", "-n", "pool@%h"]
     else:
-        base = ["worker", "-Q", "aws", "-P", "threads", "-c", str(args.concurrency), "-n", "aws@%h"]
+        # Every AWS queue of the configuration ("aws", and any pool's own "aws.<name>").
+        from producer.calls import configured_deployment
+
+        aws_queues = ",".join(configured_deployment().aws_queues())
+        base = ["worker", "-Q", aws_queues, "-P", "threads", "-c", str(args.concurrency), "-n", "aws@%h"]
     return _celery([*base, "--without-gossip", "--without-mingle", "-l", args.loglevel, *args.celery_args])
 
 

@@ -27,6 +27,7 @@ def pool_rows(deployment: Deployment) -> list[dict[str, Any]]:
             "default": p.name == deployment.default_pool,
             "asg": p.asg_name,
             "queue": p.queue,
+            "aws_queue": p.aws_queue,
             "region": p.settings.region,
             "endpoint_url": p.settings.aws_endpoint_url or None,
             "role_arn": p.role_arn or None,

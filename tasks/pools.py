@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tasks.config import Settings, Spec, load, specs
+from tasks.contract import AWS_QUEUE
 from tasks.errors import ConfigError, InvalidRequest, UnknownPool
 
 CONFIG_ENV = "WARMPOOL_CONFIG"
@@ -72,10 +73,11 @@ PER_POOL = frozenset(
 )
 ALIASES = {"asg": "asg_name", "endpoint_url": "aws_endpoint_url"}
 # Keys only a pool's table has (not settings of their own).
-POOL_ONLY = ("namespace", "role_arn", "role_external_id")
+POOL_ONLY = ("namespace", "role_arn", "role_external_id", "aws_queue")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 _EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
 _NAMESPACE = re.compile(r"[^{}\s]{1,255}")
+_AWS_QUEUE = re.compile(r"aws(\.[a-z0-9][a-z0-9-]{0,62})?")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class PoolSettings:
     # The group jobs name (a worker of another group refuses them): None when
     # nothing named it explicitly (no file, no WARMPOOL_ASG_NAME), as before pools.
     job_group: str | None = None
+    # The queue of this pool's AWS work (refresh, side effects): the shared "aws", or one of
+    # its own ("aws.<region>") so that a region that hangs ties up only its own aws workers.
+    aws_queue: str = AWS_QUEUE
 
     @property
     def asg_name(self) -> str:
@@ -119,6 +124,10 @@ class Deployment:
 
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.pools)
+
+    def aws_queues(self) -> tuple[str, ...]:
+        """The queues of every pool's AWS work (``aws`` first when a pool uses it)."""
+        return tuple(dict.fromkeys(sorted({p.aws_queue for p in self.pools}, key=lambda q: (q != AWS_QUEUE, q))))
 
     def __iter__(self) -> Iterator[PoolSettings]:
         return iter(self.pools)
@@ -250,6 +259,7 @@ def _pool(name: str, table: dict[str, Any], base: Settings, *, where: str, probl
     namespace = _checked(extra.get("namespace", settings.asg_name), _NAMESPACE, "namespace", where, problems)
     role = _checked(extra.get("role_arn", ""), _ROLE_ARN, "role_arn", where, problems, empty_ok=True)
     external = _checked(extra.get("role_external_id", ""), _EXTERNAL_ID, "role_external_id", where, problems)
+    aws_queue = _checked(extra.get("aws_queue", AWS_QUEUE), _AWS_QUEUE, "aws_queue", where, problems)
     if len(problems.lines) > before:
         return None
     return PoolSettings(
@@ -259,6 +269,7 @@ def _pool(name: str, table: dict[str, Any], base: Settings, *, where: str, probl
         role_arn=role,
         role_external_id=external,
         job_group=settings.asg_name,
+        aws_queue=aws_queue,
     )
 
 
@@ -277,6 +288,7 @@ _EXPECTED = {
     "namespace": "1-255 characters without braces or spaces",
     "role_arn": "an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)",
     "role_external_id": "2-1224 characters of [A-Za-z0-9+=,.@:/_-]",
+    "aws_queue": 'aws, or aws.<name> (e.g. "aws.us-east-1"): lowercase letters, digits and -',
 }
 
 

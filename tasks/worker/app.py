@@ -106,7 +106,7 @@ def _side_effects_yield_the_cpu(instance: Any = None, **_: Any) -> None:
     # worker starts later inherit the lower priority.
     queues = _consumed(instance)
     increment = settings().aws_worker_nice
-    if increment and queues and all(q == "aws" or q.endswith(".dq2") for q in queues):
+    if increment and queues and all(q == "aws" or q.startswith("aws.") or q.endswith(".dq2") for q in queues):
         lower_cpu_priority(increment)
         logging.getLogger("warmpool.aws").info("aws worker: CPU priority lowered", extra={"nice": increment})
 

@@ -52,7 +52,9 @@ class PoolRuntime:
 
     @functools.cached_property
     def side_effects(self) -> CelerySideEffects:
-        return CelerySideEffects(self.app, job_kwargs=self.pool.job_kwargs(), pool_queue=self.pool.queue)
+        return CelerySideEffects(
+            self.app, job_kwargs=self.pool.job_kwargs(), pool_queue=self.pool.queue, aws_queue=self.pool.aws_queue
+        )
 
     @functools.cached_property
     def service(self) -> PoolService:

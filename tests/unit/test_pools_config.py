@@ -153,14 +153,25 @@ def test_a_malformed_pool_name_is_invalid_and_an_unknown_one_unknown(tmp_path: P
         d.pool("cpu")
 
 
-def test_jobs_are_routed_to_their_pools_queue_and_aws_work_to_aws() -> None:
-    route = job_router("small")
+def test_jobs_are_routed_to_their_pools_queue_and_aws_work_to_the_pools_aws_queue(tmp_path: Path) -> None:
+    # given a gpu pool with an AWS queue of its own
+    d = load_deployment(config(tmp_path, ISSUE_EXAMPLE + 'aws_queue = "aws.us-east-1"\n'))
+    assert d.aws_queues() == ("aws", "aws.us-east-1")
+    route = job_router(d)
+    # expect pool jobs on their pool's queue, AWS work on the pool's AWS queue, other tasks left alone
     assert route("warmpool.assign", [], {"pool": "gpu"}, {}) == {"queue": "pool.gpu"}
     assert route("warmpool.assign", [], {}, {}) == {"queue": "pool.small"}
     assert route("warmpool.assign", [], {"pool": "../x"}, {}) == {"queue": "pool.small"}
-    assert route("warmpool.refresh", [], {"pool": "gpu"}, {}) == {"queue": "aws"}
-    assert route("warmpool.aws.terminate", [], {"pool": "gpu"}, {}) == {"queue": "aws"}
+    assert route("warmpool.refresh", [], {"pool": "gpu"}, {}) == {"queue": "aws.us-east-1"}
+    assert route("warmpool.aws.terminate", [], {"pool": "gpu"}, {}) == {"queue": "aws.us-east-1"}
+    assert route("warmpool.aws.terminate", [], {"pool": "small"}, {}) == {"queue": "aws"}
     assert route("celery.chord_unlock", [], {}, {}) is None
+
+
+def test_an_aws_queue_must_be_aws_or_aws_dot_a_name(tmp_path: Path) -> None:
+    assert "aws_queue = 'pool.gpu': expected aws, or aws.<name>" in problems(
+        tmp_path, "[pools.gpu]\nasg = 'x'\naws_queue = 'pool.gpu'\n"
+    )
 
 
 def test_a_worker_owns_the_pools_whose_queues_it_consumes_and_pool_means_all(tmp_path: Path) -> None:
