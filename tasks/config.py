@@ -148,6 +148,15 @@ class Settings:
     gateway_max_connections: int = setting(
         "WARMPOOL_GATEWAY_MAX_CONNECTIONS", 1000, kind.integer(1, 1_000_000), "open connections at most"
     )
+    gateway_token_cache_s: float = setting(
+        "WARMPOOL_GATEWAY_TOKEN_CACHE_S", 2.0, kind.number(0.0, 300), "scoped tokens re-read (revocation delay)"
+    )
+    gateway_rate_per_s: float = setting(
+        "WARMPOOL_GATEWAY_RATE_PER_S", 0.0, kind.number(0.0, 1_000_000), "requests per second per token (0: no limit)"
+    )
+    gateway_rate_burst: int = setting(
+        "WARMPOOL_GATEWAY_RATE_BURST", 20, kind.integer(1, 1_000_000), "requests a token may send at once"
+    )
     flower_url: str = setting("WARMPOOL_FLOWER_URL", "", _HTTP, "where Flower listens (turns on /flower)")
     flower_user: str = setting("WARMPOOL_FLOWER_USER", "", _USER, "Flower user")
     flower_password: str = setting("WARMPOOL_FLOWER_PASSWORD", "", _PASSWORD, "Flower password", mask=_secret)
