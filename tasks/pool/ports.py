@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
+from tasks.pool.events import Event, StoredEvent
 from tasks.pool.model import (
     AddressKind,
     GroupSnapshot,
@@ -162,6 +163,7 @@ class GroupInfo:
     epoch_confirmed: bool = False
     lost_at: float = 0.0  # when the state was last found lost (0: never)
     applied_seq: int = 0  # seq of the newest applied snapshot
+    idle_target: int = -1  # the idle target the last plan was made with (-1: none yet)
 
     @property
     def known(self) -> bool:
@@ -190,7 +192,11 @@ class StateStore(Protocol):
         request_id: str = "",
     ) -> AssignOutcome: ...
 
-    def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome: ...
+    def release(
+        self, project_id: str, *, now: float, lease_expired_before: float | None = None, reason: str = "release"
+    ) -> ReleaseOutcome:
+        """Release what ``project_id`` holds; records ``released`` with ``reason`` (or ``lease_expired``)."""
+        ...
 
     def withdraw(self, request_id: str, project_id: str, *, now: float) -> WithdrawOutcome: ...
 
@@ -245,9 +251,20 @@ class StateStore(Protocol):
         detail: str,
         expected: MachineState = MachineState.IDLE,
         decrement: bool = True,
-    ) -> list[Machine]: ...
+        reason: str = "surplus",
+    ) -> list[Machine]:
+        """Claim machines still in ``expected`` for termination; records ``terminated`` with ``reason`` each."""
+        ...
 
-    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None, held_other: int) -> None: ...
+    def record_plan(
+        self,
+        *,
+        wanted: int,
+        capped: bool,
+        desired_capacity: int | None,
+        held_other: int,
+        idle_target: int | None = None,
+    ) -> None: ...
 
     def record_refresh_error(self, message: str, *, now: float) -> None: ...
 
@@ -266,6 +283,14 @@ class StateStore(Protocol):
     def dead_letter_counts(self) -> dict[str, int]: ...
 
     def reset(self) -> None: ...
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        """Record events of changes that are not a store transition of their own (pause, capped, ...)."""
+        ...
+
+    def events(self, *, after: str = "0-0", count: int = 100) -> list[StoredEvent]:
+        """Up to ``count`` events with ids above ``after``, oldest first ("0-0": from the oldest kept)."""
+        ...
 
 
 # -- cloud ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from tasks.contract import (
     validate_project_id,
 )
 from tasks.errors import InvalidRequest
+from tasks.pool import events
 from tasks.pool.model import (
     AWAITING_READY,
     UNASSIGNABLE_HELD,
@@ -219,7 +220,7 @@ class PoolService:
         outcome = self.store.release(project_id, now=self._clock())
         if outcome.machine is None:
             return {"status": STATUS_NOT_ASSIGNED, "project_id": project_id}
-        self.effects.terminate(outcome.machine.instance_id, decrement=outcome.decrement)
+        self._terminate(outcome.machine, decrement=outcome.decrement, reason=events.REASON_RELEASE)
         if outcome.top_up:
             self.effects.top_up()
         return {"status": STATUS_RELEASED, "project_id": project_id, "instance_id": outcome.machine.instance_id}
@@ -242,7 +243,7 @@ class PoolService:
         if outcome.machine is not None:
             released = outcome.machine.instance_id
             log.info("withdrawn assign released", extra={"project_id": project_id, "instance_id": released})
-            self.effects.terminate(released, decrement=outcome.decrement)
+            self._terminate(outcome.machine, decrement=outcome.decrement, reason=events.REASON_WITHDRAWN)
             if outcome.top_up:
                 self.effects.top_up()
         return {
@@ -432,8 +433,14 @@ class PoolService:
         target = clamp(wanted, group.min_size, max(group.min_size, group.max_size))
         if target > group.desired_capacity:
             return self.rebalance()
+        capped = wanted > group.max_size
+        self._record_plan_events(group, wanted=wanted, capped=capped, now=self._clock())
         self.store.record_plan(
-            wanted=wanted, capped=wanted > group.max_size, desired_capacity=None, held_other=group.held_other
+            wanted=wanted,
+            capped=capped,
+            desired_capacity=None,
+            held_other=group.held_other,
+            idle_target=self.config.idle_target,
         )
         return {"rebalanced": False, "reason": "capacity suffices", "target": target, "wanted": wanted}
 
@@ -457,12 +464,19 @@ class PoolService:
             set_desired = None
         if set_desired is not None:
             self.effects.set_desired(set_desired)
-        claimed = self.store.claim_for_termination([m.instance_id for m in plan.terminate], now=now, detail="scale-in")
+        claimed = self.store.claim_for_termination(
+            [m.instance_id for m in plan.terminate], now=now, detail="scale-in", reason=events.REASON_SURPLUS
+        )
         for m in claimed:
             self.effects.terminate(m.instance_id, decrement=True)
         held_other = sum(1 for m in view.machines.values() if m.state in UNASSIGNABLE_HELD)
+        self._record_plan_events(group, wanted=plan.wanted, capped=plan.capped, now=now)
         self.store.record_plan(
-            wanted=plan.wanted, capped=plan.capped, desired_capacity=set_desired, held_other=held_other
+            wanted=plan.wanted,
+            capped=plan.capped,
+            desired_capacity=set_desired,
+            held_other=held_other,
+            idle_target=self.config.idle_target,
         )
         if plan.capped:
             log.warning("pool capped by MaxSize", extra={"wanted": plan.wanted, "max_size": group.max_size})
@@ -490,7 +504,7 @@ class PoolService:
             log.warning(
                 "lease expired: machine released", extra={"project_id": m.project_id, "instance_id": m.instance_id}
             )
-            self.effects.terminate(outcome.machine.instance_id, decrement=outcome.decrement)
+            self._terminate(outcome.machine, decrement=outcome.decrement, reason=events.REASON_LEASE_EXPIRED)
             released.append(m.project_id)
         return released
 
@@ -509,6 +523,7 @@ class PoolService:
             detail=detail,
             expected=MachineState.PENDING,
             decrement=decrement,
+            reason=events.REASON_UNREADY,
         )
         for m in claimed:
             log.warning(
@@ -521,7 +536,25 @@ class PoolService:
             reason = f"{recent} machines never became ready within {self.config.ready_timeout_s:.0f}s in the last hour"
             self.store.record_backoff(until=now + pause, reason=reason)
             log.error("launches keep failing: scale-up paused", extra={"pause_s": pause, "reason": reason})
+            backoff = events.Event(events.LAUNCH_FAILED, now, reason=reason, extra={"backoff_s": pause})
+            self.store.append_events([backoff])
         return [m.instance_id for m in claimed]
+
+    def _terminate(self, machine: Machine, *, decrement: bool, reason: str) -> None:
+        """Ask AWS to terminate a released machine, and record it (``terminated``, with ``reason``)."""
+        self.effects.terminate(machine.instance_id, decrement=decrement)
+        self.store.append_events([events.terminated(machine, now=self._clock(), reason=reason)])
+
+    def _record_plan_events(self, group: GroupInfo, *, wanted: int, capped: bool, now: float) -> None:
+        """``capped`` when MaxSize starts holding the pool below what is wanted; ``target_changed`` (idle target)."""
+        found: list[events.Event] = []
+        if capped and not group.capped:
+            extra = {"wanted": wanted, "max_size": group.max_size}
+            found.append(events.Event(events.CAPPED, now, reason=f"capped by MaxSize={group.max_size}", extra=extra))
+        if group.idle_target >= 0 and group.idle_target != self.config.idle_target:
+            extra = {"from": group.idle_target, "to": self.config.idle_target, "wanted": wanted}
+            found.append(events.Event(events.TARGET_CHANGED, now, reason="idle target", extra=extra))
+        self.store.append_events(found)
 
     def _converge(self, machines: Iterable[Machine], *, now: float) -> int:
         """Re-issue side effects AWS does not reflect yet (lost jobs, exhausted retries); probe readiness."""
