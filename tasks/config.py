@@ -149,6 +149,9 @@ class Settings:
         "WARMPOOL_WEBHOOK_SECRET", "", _WEBHOOK_SECRET, "HMAC secret of WARMPOOL_WEBHOOK_URL", mask=_secret
     )
     dry_run: int = setting("WARMPOOL_DRY_RUN", 0, kind.integer(0, 1), "1: plan and log, change nothing in AWS")
+    adopt_hold: int = setting(
+        "WARMPOOL_ADOPT_HOLD", 1, kind.integer(0, 1), "1: first start keeps found machines until adopt"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

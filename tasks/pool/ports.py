@@ -18,7 +18,7 @@ Pure: standard library and the pool model only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
@@ -164,6 +164,14 @@ class GroupInfo:
     lost_at: float = 0.0  # when the state was last found lost (0: never)
     applied_seq: int = 0  # seq of the newest applied snapshot
     idle_target: int = -1  # the idle target the last plan was made with (-1: none yet)
+    paused_at: float = 0.0  # an operator paused AWS changes (warmpool pause) at this time; 0: not paused
+    unadopted: tuple[str, ...] = ()  # found at the first start, not launched by warmpool: never terminated
+    recycle_before: float = 0.0  # warmpool recycle --older-than: idle machines launched before this go
+    recycle_version: str = ""  # warmpool recycle --not-template-version: idle machines of another version go
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at > 0
 
     @property
     def known(self) -> bool:
@@ -286,6 +294,16 @@ class StateStore(Protocol):
 
     def append_events(self, events: Sequence[Event]) -> None:
         """Record events of changes that are not a store transition of their own (pause, capped, ...)."""
+        ...
+
+    def update_group(self, fields: Mapping[str, str], events: Sequence[Event] = ()) -> None:
+        """Set operator fields of the group record (``paused_at``, ``unadopted`` as JSON) with their events."""
+        ...
+
+    def adopt(
+        self, assignments: Mapping[str, str], *, now: float, assigned_at: str, dry_run: bool = False
+    ) -> tuple[list[Machine], str | None]:
+        """Make these machines the projects' (project -> instance), all or none: (records, None) or ([], why)."""
         ...
 
     def events(self, *, after: str = "0-0", count: int = 100) -> list[StoredEvent]:

@@ -45,6 +45,7 @@ from tasks.pool.model import (
     leases_expired,
     unready_overdue,
 )
+from tasks.pool.operations import hold_unadopted, operator_status, recycle_step
 from tasks.pool.planner import clamp, decrement_allowed, plan_capacity
 from tasks.pool.ports import GroupInfo, RefreshStats, SideEffects, SnapshotRefused, StateStore
 from tasks.pool.reconcile import Reconciliation
@@ -79,6 +80,10 @@ class PoolConfig:
     lease_s: float = 0.0  # default lease of an assignment; 0 = none
     require_ready_check: bool = False  # WARMPOOL_READY_URL is set
     ready_timeout_s: float = 600.0
+    dry_run: bool = False  # WARMPOOL_DRY_RUN: AWS changes are planned and logged only (tasks.worker.dry_run)
+    # WARMPOOL_ADOPT_HOLD: at the first start on a group, the machines found are never terminated
+    # until adopted or confirmed (tasks.pool.operations.hold_unadopted)
+    hold_unadopted: bool = False
 
 
 def assigned_result(machine: Machine) -> dict[str, Any]:
@@ -187,7 +192,8 @@ class PoolService:
         # A project asking again for a machine AWS does not show as tagged yet
         # may be the redelivery of an assign whose worker died before sending
         # the tag: send it again (tagging is idempotent).
-        if new or not (machine.tagged and machine.protected):
+        if (new or not (machine.tagged and machine.protected)) and not self.store.group().paused:
+            # Paused: no AWS change; the first converge after resume tags it (CONVERGE_AFTER_S).
             self.effects.tag_assignments([machine])
 
     def _capacity_note(self) -> dict[str, Any]:
@@ -322,6 +328,7 @@ class PoolService:
             return {"applied": False, "reason": absurd}
         if stats is not None:
             self.store.record_refresh_stats(stats)
+        before = self.store.group()
         rec = self.store.apply_snapshot(
             snapshot,
             kind=self.config.address,
@@ -338,6 +345,8 @@ class PoolService:
         if not snapshot.seq:
             log.warning("snapshot without a sequence number applied in arrival order (an aws worker older than this)")
         self._log_changes(rec)
+        if self.config.hold_unadopted and not before.known and not snapshot.epoch_tag:
+            hold_unadopted(self, rec)  # first start on this group (tasks.pool.operations)
         self._keep_continuity(rec, snapshot)
         served = self.serve_waiters()
         summary = self.rebalance(converge=True)
@@ -352,7 +361,7 @@ class PoolService:
 
     def _keep_continuity(self, rec: Reconciliation, snapshot: GroupSnapshot) -> None:
         recovery = rec.recovery
-        if not recovery.confirmed:
+        if not recovery.confirmed and not self.store.group().paused:
             # Until AWS carries the epoch, a loss of this state could not be told
             # from a first start: nothing untagged is handed out meanwhile.
             self.effects.tag_group(recovery.epoch)
@@ -428,6 +437,8 @@ class PoolService:
         group = self.store.group()
         if not group.known:
             return {"rebalanced": False, "reason": "group not observed yet"}
+        if group.paused:
+            return {"rebalanced": False, "reason": "paused by an operator"}
         held = self.store.assigned_count() + group.held_other
         wanted = held + self.config.idle_target + self._waiting_count()
         target = clamp(wanted, group.min_size, max(group.min_size, group.max_size))
@@ -450,12 +461,15 @@ class PoolService:
         group = self.store.group()
         if not group.known:
             return {"rebalanced": False, "reason": "group not observed yet"}
+        if group.paused:  # no launch, termination or capacity change until resume (tasks.pool.operations)
+            return {"rebalanced": False, "reason": "paused by an operator"}
         now = self._clock()
         # One read of the pool serves every step; read again only if a step changed it.
         view = self.store.view()
         expired = self._expire_leases(now, view.machines.values())
         replaced = self._replace_unready(now, view.machines.values(), group)
-        if expired or replaced:
+        recycled = recycle_step(self, view, group, now=now)
+        if expired or replaced or recycled:
             view, group = self.store.view(), self.store.group()
         plan = plan_capacity(view, group.bounds, idle_target=self.config.idle_target, waiting=self._waiting_count())
         set_desired = plan.set_desired
@@ -464,9 +478,8 @@ class PoolService:
             set_desired = None
         if set_desired is not None:
             self.effects.set_desired(set_desired)
-        claimed = self.store.claim_for_termination(
-            [m.instance_id for m in plan.terminate], now=now, detail="scale-in", reason=events.REASON_SURPLUS
-        )
+        surplus = [m.instance_id for m in plan.terminate if m.instance_id not in group.unadopted]
+        claimed = self.store.claim_for_termination(surplus, now=now, detail="scale-in", reason=events.REASON_SURPLUS)
         for m in claimed:
             self.effects.terminate(m.instance_id, decrement=True)
         held_other = sum(1 for m in view.machines.values() if m.state in UNASSIGNABLE_HELD)
@@ -490,6 +503,7 @@ class PoolService:
             "terminated": [m.instance_id for m in claimed],
             "leases_expired": expired,
             "unready_replaced": replaced,
+            "recycled": recycled,
             "converged": converged,
         }
 
@@ -511,6 +525,7 @@ class PoolService:
     def _replace_unready(self, now: float, machines: Iterable[Machine], group: GroupInfo) -> list[str]:
         """Terminate machines that never became ready; pause scale-up when launches keep failing."""
         overdue = unready_overdue(machines, now=now, timeout_s=self.config.ready_timeout_s)
+        overdue = [m for m in overdue if m.instance_id not in group.unadopted]  # not launched by warmpool
         if not overdue:
             return []
         backing_off = group.backoff_until > now
@@ -541,7 +556,13 @@ class PoolService:
         return [m.instance_id for m in claimed]
 
     def _terminate(self, machine: Machine, *, decrement: bool, reason: str) -> None:
-        """Ask AWS to terminate a released machine, and record it (``terminated``, with ``reason``)."""
+        """Ask AWS to terminate a released machine, and record it (``terminated``, with ``reason``).
+
+        Paused: the machine stays releasing, and resume terminates it (tasks.pool.operations.resume).
+        """
+        if self.store.group().paused:
+            log.info("paused: termination deferred until resume", extra={"instance_id": machine.instance_id})
+            return
         self.effects.terminate(machine.instance_id, decrement=decrement)
         self.store.append_events([events.terminated(machine, now=self._clock(), reason=reason)])
 
@@ -581,10 +602,11 @@ class PoolService:
     # -- status -----------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """A pool snapshot: counts by state, machines, group bounds, waiting callers, lost machines."""
-        return build_status(
+        status = build_status(
             self.store,
             asg_name=self.config.asg_name,
             idle_target=self.config.idle_target,
             address=self.config.address,
             now=self._clock(),
         )
+        return {**status, **operator_status(self, status)}

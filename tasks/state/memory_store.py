@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from tasks.pool.events import (
+    ADOPTED,
     ASSIGNED,
     LEASE_EXPIRED,
     READY,
@@ -54,6 +57,8 @@ from tasks.state.keys import (
     UNREADY_WINDOW_S,
     WITHDRAWN_KEEP_S,
 )
+
+_ADOPTABLE = frozenset({MachineState.PENDING, MachineState.IDLE, MachineState.FOREIGN, MachineState.QUARANTINED})
 
 
 class InMemoryStore:
@@ -436,6 +441,64 @@ class InMemoryStore:
         with self._lock:
             for event in events:
                 self._emit(event)
+
+    def update_group(self, fields: Mapping[str, str], events: Sequence[Event] = ()) -> None:
+        with self._lock:
+            changes: dict[str, Any] = {}
+            if "paused_at" in fields:
+                changes["paused_at"] = float(fields["paused_at"])
+            if "unadopted" in fields:
+                changes["unadopted"] = tuple(json.loads(fields["unadopted"]))
+            if "recycle_before" in fields:
+                changes["recycle_before"] = float(fields["recycle_before"])
+            if "recycle_version" in fields:
+                changes["recycle_version"] = fields["recycle_version"]
+            self._group = replace(self._group, **changes)
+            for event in events:
+                self._emit(event)
+
+    def adopt(
+        self, assignments: Mapping[str, str], *, now: float, assigned_at: str, dry_run: bool = False
+    ) -> tuple[list[Machine], str | None]:
+        with self._lock:  # adopt.lua's logic: check every pair, then apply all or none
+            chosen: list[tuple[str, Machine]] = []
+            for project, iid in assignments.items():
+                m = self._machines.get(iid)
+                held = self._projects.get(project)
+                if m is None:
+                    return [], f"{iid} is not in the group (as of the last refresh)"
+                if m.state is MachineState.ASSIGNED:
+                    if m.project_id != project:
+                        return [], f"{iid} is assigned to another project"
+                elif m.state not in _ADOPTABLE:
+                    return [], f"{iid} is {m.state.value}: it cannot be adopted"
+                elif held and held != iid:
+                    return [], f"project {project} already holds {held}"
+                chosen.append((project, m))
+            if dry_run:
+                return [m for _, m in chosen], None
+            out: list[Machine] = []
+            for project, m in chosen:
+                if m.state is not MachineState.ASSIGNED:
+                    m = replace(
+                        m,
+                        state=MachineState.ASSIGNED,
+                        project_id=project,
+                        assigned_at=assigned_at,
+                        since=now,
+                        tagged=False,
+                        protected=False,
+                        detail="adopted",
+                        suspect=False,
+                        request_id="",
+                        lease_s=0.0,
+                        lease_expires_at=0.0,
+                    )
+                    self._machines[m.instance_id] = m
+                    self._projects[project] = m.instance_id
+                    self._emit(Event(ADOPTED, now, project, m.instance_id, "adopt"))
+                out.append(m)
+            return out, None
 
     def events(self, *, after: str = "0-0", count: int = 100) -> list[StoredEvent]:
         """Up to ``count`` events with ids above ``after`` (oldest first), as RedisStore.events."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -97,6 +97,10 @@ def _group_from_hash(raw: dict[str, str]) -> GroupInfo:
         lost_at=num("lost_at"),
         applied_seq=int(num("applied_seq")),
         idle_target=int(num("idle_target")) if "idle_target" in raw else -1,
+        paused_at=num("paused_at"),
+        unadopted=tuple(json.loads(raw.get("unadopted") or "[]")),
+        recycle_before=num("recycle_before"),
+        recycle_version=raw.get("recycle_version", ""),
     )
 
 
@@ -114,6 +118,7 @@ class RedisStore:
         self._add_waiter = client.register_script(_load_script("add_waiter.lua"))
         self._release_quarantine = client.register_script(_load_script("release_quarantine.lua"))
         self._withdraw = client.register_script(_load_script("withdraw.lua"))
+        self._adopt = client.register_script(_load_script("adopt.lua"))
 
     @classmethod
     def from_url(cls, url: str, asg_name: str) -> RedisStore:
@@ -474,6 +479,27 @@ class RedisStore:
         for event in events:
             _xadd(pipe, self.keys, event)
         self._call(pipe.execute)
+
+    def update_group(self, fields: Mapping[str, str], events: Sequence[Event] = ()) -> None:
+        """Set operator fields of the group record (paused_at, unadopted) and record their events, in one MULTI."""
+        pipe = self._r.pipeline(transaction=True)
+        if fields:
+            mapping: dict[Any, Any] = dict(fields)
+            pipe.hset(self.keys.group, mapping=mapping)
+        for event in events:
+            _xadd(pipe, self.keys, event)
+        self._call(pipe.execute)
+
+    def adopt(
+        self, assignments: Mapping[str, str], *, now: float, assigned_at: str, dry_run: bool = False
+    ) -> tuple[list[Machine], str | None]:
+        k = self.keys
+        pairs = [x for project, iid in assignments.items() for x in (project, iid)]
+        args = [repr(now), assigned_at, iso_utc(now), EVENTS_KEEP, "1" if dry_run else "0", *pairs]
+        reply = self._call(self._adopt, keys=[k.machines, k.idle, k.projects, k.events], args=args)
+        if reply[0] == "refused":
+            return [], str(reply[1])
+        return [Machine.from_json(json.loads(r)) for r in reply[1:]], None
 
     def events(self, *, after: str = "0-0", count: int = 100) -> list[StoredEvent]:
         """Up to ``count`` events with ids above ``after`` (oldest first); "0-0": from the oldest kept."""

@@ -19,6 +19,7 @@ from tasks.pool.ports import Cloud
 from tasks.pool.service import PoolConfig, PoolService
 from tasks.state.keys import PoolKeys
 from tasks.state.redis_store import RedisStore
+from tasks.worker.dry_run import DryRunEffects
 from tasks.worker.redelivery import restore_orphaned_jobs
 from tasks.worker.side_effects import CelerySideEffects
 
@@ -27,7 +28,7 @@ PROCESS_STARTED_AT = time.time()
 
 app = Celery("warmpool")
 app.config_from_object("celeryconfig")
-app.conf.include = ["tasks.worker.pool_jobs", "tasks.worker.aws_jobs", "tasks.worker.logs"]
+app.conf.include = ["tasks.worker.pool_jobs", "tasks.worker.ops_jobs", "tasks.worker.aws_jobs", "tasks.worker.logs"]
 # Every message is screened before Celery builds a job of it; one no job can be made
 # of is set aside (dead-letter list, counted in status) instead of ending the worker.
 app.conf.worker_consumer = "tasks.worker.screening:ScreeningConsumer"
@@ -64,9 +65,10 @@ def refuse_other_group(group: Any, *, task: str) -> dict[str, Any] | None:
 def service() -> PoolService:
     """The pool service of this worker process, built on first use."""
     s = settings()
+    effects = side_effects()
     return PoolService(
         RedisStore.from_url(s.redis_url, s.asg_name),
-        side_effects(),
+        DryRunEffects(effects) if s.dry_run else effects,
         config=PoolConfig(
             asg_name=s.asg_name,
             idle_target=s.idle_target,
@@ -74,6 +76,8 @@ def service() -> PoolService:
             lease_s=s.lease_seconds,
             require_ready_check=bool(s.ready_url),
             ready_timeout_s=s.ready_timeout_seconds,
+            dry_run=bool(s.dry_run),
+            hold_unadopted=bool(s.adopt_hold),
         ),
     )
 

@@ -52,6 +52,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "WARMPOOL_WEBHOOK_URL": ["ftp://hooks.example/", "hooks.example/x"],
     "WARMPOOL_WEBHOOK_SECRET": ["two words"],
     "WARMPOOL_DRY_RUN": ["yes", "2"],
+    "WARMPOOL_ADOPT_HOLD": ["on", "-1"],
 }
 CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]
 SPECS = {spec.env: spec for _, spec in config.specs()}
