@@ -181,3 +181,48 @@ def test_both_stores_record_the_same_events(redis_store_factory: Callable[[str |
     key = sorted  # dict order is not part of the contract; compare canonical items
     assert [key(e.items()) for e in mem[7 : len(EXPECTED)]] == [key(e.items()) for e in red[7 : len(EXPECTED)]]
     assert sorted(str(sorted(e.items())) for e in mem) == sorted(str(sorted(e.items())) for e in red)
+
+
+class TestAdoptAndGroupFields:
+    def test_adopt_all_or_none_with_its_events(self, store: StateStore) -> None:
+        load(store, snapshot([ready(0), ready(1), ready(2)], observed_at=T0))
+        taken = assign(store, "p1").machine
+        assert taken is not None
+        free = [i for i in (iid(0), iid(1), iid(2)) if i != taken.instance_id]
+        after = store.events(count=1000)[-1].id
+        # a bad pair (another project's machine, an unknown one, a project holding another) refuses all
+        for bad in ({"old-1": free[0], "old-2": taken.instance_id}, {"old-1": "i-0000000000000dead"}):
+            machines, why = store.adopt(bad, now=T0 + 1, assigned_at="x")
+            assert machines == [] and why
+        assert (
+            store.adopt({"p1": free[0]}, now=T0 + 1, assigned_at="x")[1]
+            == f"project p1 already holds {taken.instance_id}"
+        )
+        # a dry run changes nothing
+        machines, why = store.adopt({"old-1": free[0]}, now=T0 + 1, assigned_at="x", dry_run=True)
+        assert why is None and [m.state for m in machines] == [MachineState.IDLE]
+        assert store.events(after=after) == [] and store.view().projects == {"p1": taken.instance_id}
+        # the real one assigns, takes the machine out of the idle set, and records it
+        machines, why = store.adopt({"old-1": free[0], "p1": taken.instance_id}, now=T0 + 2, assigned_at="x")
+        assert why is None
+        assert {m.instance_id: (m.state, m.project_id, m.detail) for m in machines}[free[0]] == (
+            MachineState.ASSIGNED,
+            "old-1",
+            "adopted",
+        )
+        assert store.view().projects == {"p1": taken.instance_id, "old-1": free[0]}
+        assert summary(store.events(after=after)) == [("adopted", "old-1", free[0], "adopt")]
+        assert assign(store, "p9").machine is not None and assign(store, "p10").machine is None
+
+    def test_operator_fields_of_the_group_record(self, store: StateStore) -> None:
+        load(store, snapshot([ready(0)], observed_at=T0))
+        assert not store.group().paused and store.group().unadopted == ()
+        store.update_group(
+            {"paused_at": repr(T0), "unadopted": '["i-00000000000000001"]', "recycle_version": "7"},
+            [Event("paused", T0, reason="operator")],
+        )
+        g = store.group()
+        assert g.paused and g.paused_at == T0 and g.unadopted == ("i-00000000000000001",) and g.recycle_version == "7"
+        assert summary(store.events())[-1] == ("paused", None, None, "operator")
+        load(store, snapshot([ready(0)]), now=T0 + 5)  # a refresh keeps them
+        assert store.group().paused and store.group().recycle_version == "7"
