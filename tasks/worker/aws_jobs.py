@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 from tasks.cloud.readiness import probe_all
 from tasks.contract import (
@@ -65,6 +65,27 @@ def _instance_id(value: Any) -> str:
 
 _reported: dict[str, dict[str, int]] = {"calls": {}, "errors": {}}
 _reported_lock = threading.Lock()
+
+
+def _held_back(task: str) -> dict[str, Any] | None:
+    """Why this AWS change is not made now (paused by an operator, or a dry run), or None.
+
+    The pool worker sends no change while paused, but one queued (or retrying through an
+    AWS outage) from before the pause must not land either: it is dropped, and what it
+    would have done is redone after resume (releasing machines terminated, tags converged,
+    capacity rebalanced: tasks.pool.operations.resume).
+    """
+    if settings().dry_run:
+        log.info("dry run: AWS change not made", extra={"task": task})
+        return {"skipped": "dry_run"}
+    try:
+        paused_at = float(state_redis().hget(pool_keys().group, "paused_at") or 0)
+    except (RedisError, ValueError):
+        return None  # cannot tell: as before pausing existed
+    if paused_at > 0:
+        log.info("paused: AWS change dropped (redone after resume)", extra={"task": task})
+        return {"skipped": "paused"}
+    return None
 
 
 def _stats_since_last_report(duration_s: float) -> dict[str, Any]:
@@ -158,6 +179,8 @@ def tag_assignments(self: Task, items: Any, tagged: Any = None, group: Any = Non
     """
     if (refused := refuse_other_group(group, task=TASK_AWS_TAG_ASSIGNMENTS)) is not None:
         return refused
+    if (held := _held_back(TASK_AWS_TAG_ASSIGNMENTS)) is not None:
+        return held
     todo = _tag_items(items)
     done = {i for i in tagged if isinstance(i, str)} if isinstance(tagged, list) else set()
     present: set[str] = set()
@@ -186,6 +209,8 @@ def tag_group(epoch: Any, group: Any = None) -> bool | dict[str, Any]:
     """Record on the group itself which pool state manages it (warmpool:epoch)."""
     if (refused := refuse_other_group(group, task=TASK_AWS_TAG_GROUP)) is not None:
         return refused
+    if (held := _held_back(TASK_AWS_TAG_GROUP)) is not None:
+        return held
     if not isinstance(epoch, str) or not epoch.isalnum() or len(epoch) > 64:
         raise ValueError(f"not an epoch: {epoch!r:.80}")
     cloud().tag_group(epoch)
@@ -196,6 +221,8 @@ def tag_group(epoch: Any, group: Any = None) -> bool | dict[str, Any]:
 def terminate(instance_id: Any, *, decrement: Any = True, group: Any = None) -> bool | dict[str, Any]:
     if (refused := refuse_other_group(group, task=TASK_AWS_TERMINATE)) is not None:
         return refused
+    if (held := _held_back(TASK_AWS_TERMINATE)) is not None:
+        return held
     return cloud().terminate_instance(_instance_id(instance_id), decrement=bool(decrement))
 
 
@@ -203,6 +230,8 @@ def terminate(instance_id: Any, *, decrement: Any = True, group: Any = None) -> 
 def set_desired(desired: Any, group: Any = None) -> bool | dict[str, Any]:
     if (refused := refuse_other_group(group, task=TASK_AWS_SET_DESIRED)) is not None:
         return refused
+    if (held := _held_back(TASK_AWS_SET_DESIRED)) is not None:
+        return held
     if not isinstance(desired, int) or isinstance(desired, bool) or desired < 0:
         raise ValueError(f"not a capacity: {desired!r}")
     try:
