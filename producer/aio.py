@@ -41,6 +41,7 @@ from producer.calls import (
     Assign,
     BaseClient,
     Job,
+    Operator,
     Release,
     Reply,
     Touch,
@@ -345,6 +346,10 @@ class AsyncPoolClient(BaseClient):
     async def release_quarantined(self, instance_ids: Sequence[str] | None = None) -> dict[str, Any]:
         """An operator's word that these quarantined machines (None: all) are in nobody's use."""
         call = self._release_quarantined(instance_ids)
+        return call.result(await self._send(call.job))
+
+    async def operate(self, call: Operator) -> dict[str, Any]:
+        """Send one operator command (producer.calls.Operator: pause, resume, force_release, recycle, adopt)."""
         return call.result(await self._send(call.job))
 
     async def assign(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> AssignedMachine:
