@@ -8,7 +8,9 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -255,3 +257,17 @@ def test_signature_is_hmac_over_timestamp_dot_body() -> None:
     assert not verify(SECRET, body + b" ", header, now=1_700_000_100)
     assert not verify(SECRET, body, header, now=1_700_001_000)  # too old: a replay
     assert not verify(SECRET, body, "garbage", now=1_700_000_000)
+
+
+def test_the_verification_snippet_in_the_docs_accepts_our_signatures() -> None:
+    # given the Python snippet docs/operations.md gives receivers
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    snippet = doc.split("Verifying a request", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)  # noqa: S102 (our own documentation)
+    body = b'{"id":"1-0","type":"assigned"}'
+    header = signature(SECRET, body, timestamp=int(time.time()))
+    # expect it to accept a signature warmpool made, and to refuse a tampered body or another secret
+    assert namespace["verify"](SECRET, body, header) is True
+    assert namespace["verify"](SECRET, body + b"x", header) is False
+    assert namespace["verify"]("other", body, header) is False
