@@ -68,10 +68,11 @@ def resume(svc: PoolService) -> dict[str, Any]:
     svc.store.update_group(
         {"paused_at": "0"}, [events.Event(events.RESUMED, now, reason="operator", extra={"paused_s": paused_s})]
     )
-    deferred = svc.store.view().by_state(MachineState.RELEASING)
+    # Released while paused (their termination was never sent); older ones are converge's (re-sent if due).
+    deferred = [m for m in svc.store.view().by_state(MachineState.RELEASING) if m.since >= group.paused_at]
     bounds = svc.store.group().bounds
     for m in deferred:
-        svc._terminate(m, decrement=decrement_allowed(bounds), reason=events.REASON_RELEASE)
+        svc._terminate(m, decrement=decrement_allowed(bounds), reason=events.REASON_RELEASE, paused=False)
     log.warning("pool resumed by an operator", extra={"paused_s": paused_s, "terminating": len(deferred)})
     summary = svc.rebalance()
     return {
@@ -93,7 +94,9 @@ def force_release(svc: PoolService, project_id: Any) -> dict[str, Any]:
         return {"status": STATUS_NOT_ASSIGNED, "project_id": project_id}
     iid = outcome.machine.instance_id
     log.warning("machine force-released by an operator", extra={"project_id": project_id, "instance_id": iid})
-    svc._terminate(outcome.machine, decrement=outcome.decrement, reason=events.REASON_FORCE_RELEASE)
+    svc._terminate(
+        outcome.machine, decrement=outcome.decrement, reason=events.REASON_FORCE_RELEASE, paused=outcome.paused
+    )
     if outcome.top_up:
         svc.effects.top_up()
     return {"status": STATUS_RELEASED, "project_id": project_id, "instance_id": iid, "forced": True}

@@ -45,6 +45,7 @@ class AssignOutcome:
     new: bool  # False when the project already held ``machine``
     top_up: bool  # this caller should enqueue a top-up (warmpool.rebalance)
     withdrawn: bool = False  # the request was withdrawn (its caller left): nothing was assigned
+    paused: bool = False  # an operator paused the pool: tag the machine only after resume
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ReleaseOutcome:
     machine: Machine | None  # None: the project held nothing
     decrement: bool  # terminate with ShouldDecrementDesiredCapacity
     top_up: bool  # this caller should enqueue a top-up
+    paused: bool = False  # an operator paused the pool: terminate only after resume
 
 
 @dataclass(frozen=True)

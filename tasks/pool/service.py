@@ -168,7 +168,7 @@ class PoolService:
         if outcome.top_up:
             self.effects.top_up()
         if outcome.machine is not None:
-            self._tag_if_needed(outcome.machine, new=outcome.new)
+            self._tag_if_needed(outcome.machine, new=outcome.new, paused=outcome.paused)
             return assigned_result(outcome.machine)
         margin = min(DEADLINE_MARGIN_S, wait / 10)
         serve_by = now + wait - margin
@@ -188,11 +188,11 @@ class PoolService:
             }
         return self._no_capacity(project_id)
 
-    def _tag_if_needed(self, machine: Machine, *, new: bool) -> None:
+    def _tag_if_needed(self, machine: Machine, *, new: bool, paused: bool) -> None:
         # A project asking again for a machine AWS does not show as tagged yet
         # may be the redelivery of an assign whose worker died before sending
         # the tag: send it again (tagging is idempotent).
-        if (new or not (machine.tagged and machine.protected)) and not self.store.group().paused:
+        if (new or not (machine.tagged and machine.protected)) and not paused:
             # Paused: no AWS change; the first converge after resume tags it (CONVERGE_AFTER_S).
             self.effects.tag_assignments([machine])
 
@@ -226,7 +226,9 @@ class PoolService:
         outcome = self.store.release(project_id, now=self._clock())
         if outcome.machine is None:
             return {"status": STATUS_NOT_ASSIGNED, "project_id": project_id}
-        self._terminate(outcome.machine, decrement=outcome.decrement, reason=events.REASON_RELEASE)
+        self._terminate(
+            outcome.machine, decrement=outcome.decrement, reason=events.REASON_RELEASE, paused=outcome.paused
+        )
         if outcome.top_up:
             self.effects.top_up()
         return {"status": STATUS_RELEASED, "project_id": project_id, "instance_id": outcome.machine.instance_id}
@@ -298,7 +300,7 @@ class PoolService:
             if outcome.machine is None:
                 left_waiting = True  # this caller and the ones behind it still wait
                 break
-            self._tag_if_needed(outcome.machine, new=outcome.new)
+            self._tag_if_needed(outcome.machine, new=outcome.new, paused=outcome.paused)
             self.effects.deliver(waiter.request_id, assigned_result(outcome.machine))
             self.store.remove_waiter(waiter.request_id)
             served += 1
@@ -518,7 +520,9 @@ class PoolService:
             log.warning(
                 "lease expired: machine released", extra={"project_id": m.project_id, "instance_id": m.instance_id}
             )
-            self._terminate(outcome.machine, decrement=outcome.decrement, reason=events.REASON_LEASE_EXPIRED)
+            self._terminate(
+                outcome.machine, decrement=outcome.decrement, reason=events.REASON_LEASE_EXPIRED, paused=False
+            )  # rebalance, which expires leases, does not run while paused
             released.append(m.project_id)
         return released
 
@@ -555,12 +559,12 @@ class PoolService:
             self.store.append_events([backoff])
         return [m.instance_id for m in claimed]
 
-    def _terminate(self, machine: Machine, *, decrement: bool, reason: str) -> None:
+    def _terminate(self, machine: Machine, *, decrement: bool, reason: str, paused: bool | None = None) -> None:
         """Ask AWS to terminate a released machine, and record it (``terminated``, with ``reason``).
 
         Paused: the machine stays releasing, and resume terminates it (tasks.pool.operations.resume).
         """
-        if self.store.group().paused:
+        if self.store.group().paused if paused is None else paused:
             log.info("paused: termination deferred until resume", extra={"instance_id": machine.instance_id})
             return
         self.effects.terminate(machine.instance_id, decrement=decrement)

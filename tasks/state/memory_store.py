@@ -134,7 +134,7 @@ class InMemoryStore:
                 if request_id and current.request_id not in ("", request_id):
                     current = replace(current, request_id="")  # told to a second request: no one may withdraw it
                 self._machines[current.instance_id] = current
-                return AssignOutcome(machine=current, new=False, top_up=False)
+                return AssignOutcome(machine=current, new=False, top_up=False, paused=self._group.paused)
             self._projects.pop(project_id, None)
             idle = [m for m in self._machines.values() if m.state is MachineState.IDLE]
             chosen = choose_for_assignment(idle)
@@ -156,7 +156,7 @@ class InMemoryStore:
             self._projects[project_id] = machine.instance_id
             self._emit(Event(ASSIGNED, now, project_id=project_id, instance_id=machine.instance_id))
             top_up = self._idle_count() < idle_target and self._flag()
-            return AssignOutcome(machine=machine, new=True, top_up=top_up)
+            return AssignOutcome(machine=machine, new=True, top_up=top_up, paused=self._group.paused)
 
     def release(
         self,
@@ -196,7 +196,7 @@ class InMemoryStore:
         decrement = g.known and g.desired_capacity - 1 >= g.min_size
         if decrement:
             self._group = replace(g, desired_capacity=g.desired_capacity - 1)
-        return ReleaseOutcome(machine=machine, decrement=decrement, top_up=self._flag())
+        return ReleaseOutcome(machine=machine, decrement=decrement, top_up=self._flag(), paused=self._group.paused)
 
     def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]:
         with self._lock:

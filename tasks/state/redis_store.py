@@ -148,9 +148,9 @@ class RedisStore:
         request_id: str = "",
     ) -> AssignOutcome:
         k = self.keys
-        kind, raw, flag = self._call(
+        kind, raw, flag, *rest = self._call(
             self._assign,
-            keys=[k.machines, k.idle, k.projects, k.top_up, k.leases, k.withdrawn, k.events],
+            keys=[k.machines, k.idle, k.projects, k.top_up, k.leases, k.withdrawn, k.events, k.group],
             args=[
                 project_id,
                 repr(now),
@@ -164,7 +164,13 @@ class RedisStore:
             ],
         )
         machine = Machine.from_json(json.loads(raw)) if raw else None
-        return AssignOutcome(machine=machine, new=kind == "new", top_up=bool(flag), withdrawn=kind == "withdrawn")
+        return AssignOutcome(
+            machine=machine,
+            new=kind == "new",
+            top_up=bool(flag),
+            withdrawn=kind == "withdrawn",
+            paused=bool(rest and rest[0]),
+        )
 
     def release(
         self,
@@ -191,7 +197,9 @@ class RedisStore:
         if reply[0] != "released":
             return ReleaseOutcome(machine=None, decrement=False, top_up=False)
         machine = Machine.from_json(json.loads(reply[1]))
-        return ReleaseOutcome(machine=machine, decrement=bool(reply[2]), top_up=bool(reply[3]))
+        return ReleaseOutcome(
+            machine=machine, decrement=bool(reply[2]), top_up=bool(reply[3]), paused=len(reply) > 4 and bool(reply[4])
+        )
 
     def withdraw(self, request_id: str, project_id: str, *, now: float) -> WithdrawOutcome:
         k = self.keys

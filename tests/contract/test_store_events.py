@@ -226,3 +226,15 @@ class TestAdoptAndGroupFields:
         assert summary(store.events())[-1] == ("paused", None, None, "operator")
         load(store, snapshot([ready(0)]), now=T0 + 5)  # a refresh keeps them
         assert store.group().paused and store.group().recycle_version == "7"
+
+    def test_assign_and_release_say_whether_the_pool_is_paused(self, store: StateStore) -> None:
+        load(store, snapshot([ready(0), ready(1)], observed_at=T0))
+        first = assign(store, "p1")
+        assert first.machine is not None and not first.paused
+        store.update_group({"paused_at": repr(T0 + 1)})
+        second = assign(store, "p2")
+        assert second.machine is not None and second.paused and assign(store, "p2").paused  # held again too
+        released = store.release("p1", now=T0 + 2)
+        assert released.machine is not None and released.paused
+        store.update_group({"paused_at": "0"})
+        assert not store.release("p2", now=T0 + 3).paused

@@ -12,15 +12,19 @@
 -- the request that got it.
 --
 -- KEYS: machines (hash), idle (zset), projects (hash), top_up (string), leases (zset), withdrawn (zset),
---       events (stream)
+--       events (stream), group (hash: only read, whether an operator paused the pool)
 -- ARGV: project id, now (epoch s), assigned_at (ISO 8601), idle target, coalesce ms, lease s (0: none),
 --       request id ("": none), event time (ISO 8601), events kept (MAXLEN ~)
--- Returns {"existing"|"new", record json, top_up 0|1}, {"none", "", top_up 0|1} or {"withdrawn", "", 0}
+-- Returns {"existing"|"new", record json, top_up 0|1, paused 0|1}, {"none", "", top_up 0|1} or {"withdrawn", "", 0}
+-- (paused: the caller must not tag the machine now; it is tagged after resume)
 local machines, idle, projects, flag, leases, withdrawn = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local project, now, assigned_at = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local idle_target, coalesce_ms, lease_s = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local request_id = ARGV[7] or ''
 local events, at, keep = KEYS[7], ARGV[8], ARGV[9]
+local function paused()
+  return (tonumber(redis.call('HGET', KEYS[8], 'paused_at')) or 0) > 0 and 1 or 0
+end
 
 local function emit(kind, project, iid, reason)
   -- The event of this transition, in the same atomic step (tasks.pool.events).
@@ -74,7 +78,7 @@ if held then
         raw = cjson.encode(m)
         redis.call('HSET', machines, held, raw)
       end
-      return {'existing', raw, 0}
+      return {'existing', raw, 0, paused()}
     end
   end
   -- Dangling index entry (record gone or reassigned): repair it.
@@ -109,7 +113,7 @@ while true do
       redis.call('HSET', machines, iid, encoded)
       redis.call('HSET', projects, project, iid)
       emit('assigned', project, iid, nil)
-      return {'new', encoded, want_top_up()}
+      return {'new', encoded, want_top_up(), paused()}
     end
   end
   -- Stale zset member (machine no longer idle): skip it.

@@ -15,7 +15,8 @@
 -- ARGV: project id, now (epoch s), coalesce ms, lease expired before (epoch s; "" = plain release),
 --       granted to request id ("" = any), event time (ISO 8601), events kept (MAXLEN ~),
 --       reason of the event (release, withdrawn, force_release)
--- Returns {"released", record json, decrement 0|1, top_up 0|1} or {"not_assigned"} or {"lease_valid"}
+-- Returns {"released", record json, decrement 0|1, top_up 0|1, paused 0|1} or {"not_assigned"} or {"lease_valid"}
+-- (paused: an operator paused the pool; the caller defers the termination until resume)
 --   or {"not_granted"}
 local machines, idle, projects, group, flag, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local project, now, coalesce_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -80,4 +81,5 @@ local top_up = 0
 if redis.call('SET', flag, '1', 'NX', 'PX', coalesce_ms) then
   top_up = 1
 end
-return {'released', encoded, decrement, top_up}
+local paused = (tonumber(redis.call('HGET', group, 'paused_at')) or 0) > 0 and 1 or 0
+return {'released', encoded, decrement, top_up, paused}
