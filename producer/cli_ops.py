@@ -20,7 +20,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from producer.cli_pools import add_pool_option
 from tasks.errors import ConfigError, InvalidRequest
+from tasks.state.keys import PoolKeys
 
 EXIT_OK = 0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -90,10 +92,11 @@ def _checked(mapping: dict[str, Any], path: str) -> dict[str, str]:
         raise InvalidRequest(f"adopt file {path}: {exc}") from None
 
 
-def _client() -> Any:
+def _client(args: argparse.Namespace) -> Any:
     from producer.client import PoolClient
 
-    return PoolClient()
+    # An unknown or malformed --pool is refused here, before anything is sent (exit 2).
+    return PoolClient(pool=getattr(args, "pool", None))
 
 
 def _print(args: argparse.Namespace, result: dict[str, Any], line: str) -> int:
@@ -102,20 +105,20 @@ def _print(args: argparse.Namespace, result: dict[str, Any], line: str) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    r = _client().pause()
+    r = _client(args).pause()
     state = "paused" if r["changed"] else "already paused"
     return _print(args, r, f"{state} since {r['since']}: no launch, termination or capacity change until resume")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    r = _client().resume()
+    r = _client(args).resume()
     if not r["changed"]:
         return _print(args, r, "not paused (nothing to resume)")
     return _print(args, r, f"resumed; terminating {len(r['terminated'])} machine(s) released while paused")
 
 
 def cmd_force_release(args: argparse.Namespace) -> int:
-    r = _client().force_release(args.project)
+    r = _client(args).force_release(args.project)
     if r["status"] != "released":
         return _print(args, r, f"{args.project}: held no machine (nothing to release)")
     return _print(args, r, f"{args.project}: force-released {r['instance_id']} (recorded; terminating)")
@@ -125,7 +128,7 @@ def cmd_recycle(args: argparse.Namespace) -> int:
     if (args.older_than is None) == (args.not_template_version is None):
         raise InvalidRequest("recycle takes one of --older-than DURATION and --not-template-version V")
     older = None if args.older_than is None else parse_duration(args.older_than)
-    r = _client().recycle(older_than_s=older, template_version=args.not_template_version)
+    r = _client(args).recycle(older_than_s=older, template_version=args.not_template_version)
     line = (
         f"recycling {len(r['idle_to_replace'])} idle machine(s), one at a time; "
         f"{len(r['assigned_after_release'])} assigned one(s) are replaced after their release"
@@ -139,7 +142,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     if args.none and args.dry_run:
         raise InvalidRequest("adopt --none has no dry run")
     assignments = None if args.none else read_assignments(args.file)
-    r = _client().adopt(assignments, dry_run=args.dry_run)
+    r = _client(args).adopt(assignments, dry_run=args.dry_run)
     if args.none:
         return _print(args, r, f"confirmed: nothing to adopt; {len(r['released_from_hold'])} machine(s) no longer held")
     pairs = ", ".join(f"{a['project_id']}={a['instance_id']}" for a in r["adopted"][:20])
@@ -152,24 +155,25 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 
 def cmd_webhooks_run(args: argparse.Namespace) -> int:
     """Deliver every event of the pool to the configured webhooks until SIGTERM / Ctrl-C."""
-    from tasks import config
-    from tasks.hooks.config import webhooks_from_settings
     from tasks.hooks.deliver import run_deliverers
-    from tasks.state.keys import PoolKeys
+    from tasks.pools import deployment_or_exit
+    from tasks.state.connect import state_client
 
-    settings = config.settings_or_exit()
-    hooks = webhooks_from_settings(settings)
-    if not hooks:
+    deployment = deployment_or_exit()
+    pools = {p.name: (PoolKeys.for_group(p.namespace), pool_webhooks(p)) for p in deployment}
+    pools = {name: (keys, hooks) for name, (keys, hooks) in pools.items() if hooks}
+    if not pools:
         raise ConfigError("no webhook configured: set WARMPOOL_WEBHOOK_URL and WARMPOOL_WEBHOOK_SECRET")
-    import redis
-
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=30)
+    shared = deployment.settings
+    client = state_client(
+        shared.redis_url, master_name=shared.sentinel_master, decode_responses=True, socket_timeout=30
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    pool = settings.asg_name
-    threads = run_deliverers(client, {pool: (PoolKeys.for_group(pool), hooks)}, stop=stop)
-    logging.getLogger("warmpool.webhooks").info("delivering", extra={"pool": pool, "webhooks": len(hooks)})
+    threads = run_deliverers(client, pools, stop=stop)
+    for name, (_, hooks) in pools.items():
+        logging.getLogger("warmpool.webhooks").info("delivering", extra={"pool": name, "webhooks": len(hooks)})
     try:
         while not stop.wait(1.0):
             pass
@@ -180,16 +184,28 @@ def cmd_webhooks_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def pool_webhooks(pool: Any) -> tuple[Any, ...]:
+    """The webhooks of one pool (tasks.pools.PoolSettings): its own list, or the environment's one."""
+    from tasks.hooks.config import webhooks_from_settings
+
+    own = tuple(getattr(pool, "webhooks", ()) or ())
+    return own or webhooks_from_settings(pool.settings)
+
+
 def cmd_webhooks_status(args: argparse.Namespace) -> int:
-    from tasks import config
     from tasks.hooks.deliver import webhook_health
-    from tasks.state.keys import PoolKeys
+    from tasks.pools import deployment_or_exit
+    from tasks.state.connect import state_client
 
-    settings = config.settings_or_exit()
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
-    health = webhook_health(client, PoolKeys.for_group(settings.asg_name))
+    deployment = deployment_or_exit()
+    shared = deployment.settings
+    client = state_client(shared.redis_url, master_name=shared.sentinel_master, decode_responses=True, socket_timeout=5)
+    health = {
+        f"{p.name}/{group}": {**h, "pool": p.name}
+        for p in deployment
+        if args.pool in (None, p.name)
+        for group, h in webhook_health(client, PoolKeys.for_group(p.namespace)).items()
+    }
     if args.json:
         print(json.dumps(health))
         return EXIT_OK
@@ -198,7 +214,8 @@ def cmd_webhooks_status(args: argparse.Namespace) -> int:
     for group, h in sorted(health.items()):
         state = "FAILING" if h.get("failing") else "ok"
         last = f", last error {h.get('last_error')}" if h.get("last_error") else ""
-        print(f"{h.get('url')} [{group}] {state}: delivered {h['delivered']}, given up {h['given_up']}{last}")
+        counts = f"delivered {h['delivered']}, given up {h['given_up']}{last}"
+        print(f"{h['pool']}: {h.get('url')} [{group.split('/', 1)[1]}] {state}: {counts}")
     return EXIT_OK
 
 
@@ -207,6 +224,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     def json_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print the result as JSON")
+        if p.prog.split()[-1] != "status":
+            add_pool_option(p)
 
     p = sub.add_parser("pause", help="stop every AWS change of the pool (assigns and releases keep working)")
     json_flag(p)
@@ -236,4 +255,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.set_defaults(func=cmd_webhooks_run)
     st = hooks.add_parser("status", help="each webhook's delivery health")
     json_flag(st)
+    add_pool_option(st, every=True)
     st.set_defaults(func=cmd_webhooks_status)

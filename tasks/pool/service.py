@@ -80,15 +80,17 @@ class PoolConfig:
     lease_s: float = 0.0  # default lease of an assignment; 0 = none
     require_ready_check: bool = False  # WARMPOOL_READY_URL is set
     ready_timeout_s: float = 600.0
+    pool: str = "default"  # the pool's name (tasks/pools.py): in every result and log line
     dry_run: bool = False  # WARMPOOL_DRY_RUN: AWS changes are planned and logged only (tasks.worker.dry_run)
     # WARMPOOL_ADOPT_HOLD: at the first start on a group, the machines found are never terminated
     # until adopted or confirmed (tasks.pool.operations.hold_unadopted)
     hold_unadopted: bool = False
 
 
-def assigned_result(machine: Machine) -> dict[str, Any]:
+def assigned_result(machine: Machine, *, pool: str | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "status": STATUS_ASSIGNED,
+        "pool": pool,
         "project_id": machine.project_id,
         "instance_id": machine.instance_id,
         "ip": machine.ip,
@@ -169,7 +171,7 @@ class PoolService:
             self.effects.top_up()
         if outcome.machine is not None:
             self._tag_if_needed(outcome.machine, new=outcome.new, paused=outcome.paused)
-            return assigned_result(outcome.machine)
+            return assigned_result(outcome.machine, pool=self.config.pool)
         margin = min(DEADLINE_MARGIN_S, wait / 10)
         serve_by = now + wait - margin
         if deadline is not None:
@@ -210,7 +212,7 @@ class PoolService:
     def _no_capacity(self, project_id: str) -> dict[str, Any]:
         note = self._capacity_note()
         message = f"no idle machine in {self.config.asg_name} ({note['reason']})"
-        return failure(CODE_NO_CAPACITY, message, project_id=project_id, **note)
+        return failure(CODE_NO_CAPACITY, message, project_id=project_id, pool=self.config.pool, **note)
 
     def _scale_for_waiters(self) -> None:
         # Desired counts waiting callers: scale up now, not at the next beat
@@ -301,7 +303,7 @@ class PoolService:
                 left_waiting = True  # this caller and the ones behind it still wait
                 break
             self._tag_if_needed(outcome.machine, new=outcome.new, paused=outcome.paused)
-            self.effects.deliver(waiter.request_id, assigned_result(outcome.machine))
+            self.effects.deliver(waiter.request_id, assigned_result(outcome.machine, pool=self.config.pool))
             self.store.remove_waiter(waiter.request_id)
             served += 1
         if left_waiting:
