@@ -51,7 +51,7 @@ def run(argv: list[str]) -> tuple[int, str, str, FakeClient]:
     fake = FakeClient()
     out, err = io.StringIO(), io.StringIO()
     with (
-        mock.patch.object(cli_ops, "_client", lambda: fake),
+        mock.patch.object(cli_ops, "_client", lambda *_: fake),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
