@@ -103,6 +103,7 @@ class WebhookDeliverer:
         self.stop = stop or threading.Event()
         self._clock = clock
         self._given_up_in_a_row = 0
+        self._trim_noticed = (0, 0)
         self._health: dict[str, Any] = {"url": webhook.url, "delivered": 0, "retried": 0, "given_up": 0}
 
     # -- the loop ---------------------------------------------------------
@@ -113,6 +114,33 @@ class WebhookDeliverer:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def trimmed_before_delivery(self) -> bool:
+        """Whether the stream dropped events this webhook had not been given (said once per gap, in the log).
+
+        Redis trims the oldest entries (``MAXLEN ~``); a webhook further behind resumes at the
+        oldest kept event: XREADGROUP does that by itself, this only makes it visible.
+        """
+        info: Any = self._r.xinfo_stream(self.keys.events)
+        first = info.get("first-entry")
+        if not first or int(info.get("entries-added") or 0) <= int(info.get("length") or 0):
+            return False  # nothing was ever trimmed
+        groups: Any = self._r.xinfo_groups(self.keys.events)
+        position = next((str(g["last-delivered-id"]) for g in groups if g["name"] == self.webhook.group), "0-0")
+        oldest = str(first[0])
+        # Trimming removes the oldest entries first: while one at or before this group's position
+        # is kept, nothing after it was lost; a position before every kept entry lost some.
+        if _entry_id(position) >= _entry_id(oldest) or _entry_id(oldest) <= self._trim_noticed:
+            return False
+        if self._r.xrange(self.keys.events, min="-", max=position, count=1):
+            return False
+        self._trim_noticed = _entry_id(oldest)
+        log.warning(
+            "events were trimmed before this webhook got them: resuming at the oldest kept event",
+            extra={"pool": self.pool, "url": self.webhook.url, "after": position, "oldest_kept": oldest},
+        )
+        self._health["trimmed_notice"] = oldest
+        return True
 
     def run(self) -> None:
         """Deliver until ``stop`` is set; a Redis outage is waited out, never fatal."""
@@ -128,6 +156,7 @@ class WebhookDeliverer:
         """Deliver what is pending (first) or new; returns how many entries were settled."""
         entries = self._read("0", block_ms=None)  # left pending by a delivery cut short (a restart)
         if not entries:
+            self.trimmed_before_delivery()
             entries = self._read(">", block_ms=self.policy.block_ms if block_ms is None else block_ms)
         settled = 0
         for entry_id, fields in entries:
@@ -207,6 +236,11 @@ class WebhookDeliverer:
             h.update(given_up=h["given_up"] + 1, last_error=error, last_error_at=self._clock())
         h.update(last_event_id=entry_id, failing=self._given_up_in_a_row >= self.policy.suspend_after)
         self._r.hset(self.keys.webhooks, self.webhook.group, json.dumps(h))
+
+
+def _entry_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms or 0), int(seq or 0)
 
 
 def webhook_health(client: redis.Redis, keys: PoolKeys) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from tasks.errors import ConfigError
 from tasks.hooks.config import Webhook, parse_webhooks, webhook, webhooks_from_settings
 from tasks.hooks.deliver import DeliveryPolicy, WebhookDeliverer, webhook_health
 from tasks.hooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature, verify
+from tasks.pool.events import Event
 from tasks.state.redis_store import RedisStore
 from tests.builders import ready, snapshot
 from tests.contract.test_store_contract import T0, assign, load
@@ -271,3 +272,17 @@ def test_the_verification_snippet_in_the_docs_accepts_our_signatures() -> None:
     assert namespace["verify"](SECRET, body, header) is True
     assert namespace["verify"](SECRET, body + b"x", header) is False
     assert namespace["verify"]("other", body, header) is False
+
+
+def test_a_webhook_behind_a_trimmed_stream_resumes_at_the_oldest_kept_event_with_a_notice(
+    rstore: RedisStore, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a webhook that has not been given the first events when the stream trims them
+    d = deliverer(rstore, receiver.url)
+    rstore.append_events([Event("paused", T0, reason=str(n)) for n in range(5)])
+    rstore._r.xtrim(rstore.keys.events, maxlen=2, approximate=False)
+    # when it delivers, expect the kept events delivered, and one notice (not an error loop)
+    assert drain(d) == 2
+    assert [e["reason"] for e in receiver.events()] == ["3", "4"]
+    assert caplog.text.count("events were trimmed before this webhook got them") == 1
+    assert not d.trimmed_before_delivery()  # said once per gap
