@@ -136,3 +136,26 @@ class TestCommands:
         for argv in (["adopt"], ["adopt", str(path), "--none"], ["adopt", "--none", "--dry-run"]):
             code, _, _, fake = run(argv)
             assert code == 2 and fake.sent == []
+
+
+def test_the_status_table_says_paused_unadopted_and_dry_run() -> None:
+    from rich.console import Console
+
+    from producer.render import status_renderable
+
+    status: dict[str, Any] = {"asg_name": "a", "counts": {}, "group": {}, "machines": [], "waiting": [], "lost": []}
+    console = Console(width=200, record=True)
+    console.print(status_renderable(status))
+    assert "PAUSED" not in console.export_text()
+    status.update(
+        paused=True,
+        paused_since="2026-12-01T12:00:00.000Z",
+        unadopted={"count": 2, "note": "not terminated until adopted"},
+        dry_run=True,
+        would_launch=1,
+        would_terminate=["i-0123456789abcdef0"],
+    )
+    console.print(status_renderable(status))
+    text = console.export_text()
+    assert "PAUSED since 2026-12-01T12:00:00.000Z" in text and "unadopted: 2 machines" in text
+    assert "DRY RUN: would launch 1, would terminate i-0123456789abcdef0" in text
