@@ -18,10 +18,12 @@ Pure: standard library and the pool model only.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.errors import InvalidRequest
 from tasks.pool.model import Machine, MachineState, PoolView, iso_utc
 from tasks.pool.reconcile import Reconciliation
 
@@ -105,6 +107,16 @@ class StoredEvent:
     def published(self, pool: str) -> dict[str, Any]:
         """The event as consumers get it: with ``id`` and ``pool`` (the contract's published object)."""
         return {"id": self.id, "pool": pool, **self.event}
+
+
+EVENT_ID_PATTERN = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+
+def check_event_id(value: Any) -> str:
+    """A stream entry id (``<ms>-<seq>``, or ``<ms>``) as given; InvalidRequest otherwise."""
+    if not isinstance(value, str) or EVENT_ID_PATTERN.fullmatch(value) is None:
+        raise InvalidRequest(f"event id {str(value)[:40]!r}: expected <milliseconds>-<sequence>, e.g. 1764590400123-0")
+    return value
 
 
 def decode(event_id: str, raw: str | None) -> StoredEvent:

@@ -23,6 +23,7 @@ from tasks.pool.events import (
     TERMINATED,
     Event,
     StoredEvent,
+    check_event_id,
     decode,
     snapshot_events,
 )
@@ -502,7 +503,7 @@ class InMemoryStore:
 
     def events(self, *, after: str = "0-0", count: int = 100) -> list[StoredEvent]:
         """Up to ``count`` events with ids above ``after`` (oldest first), as RedisStore.events."""
-        floor = _entry_id(after)
+        floor = _entry_id(check_event_id(after))
         with self._lock:
             newer = [(eid, raw) for eid, raw in self._events if _entry_id(eid) > floor]
         return [decode(eid, raw) for eid, raw in newer[: max(0, count)]]

@@ -27,6 +27,7 @@ from tasks.pool.events import (
     REASON_WITHDRAWN,
     Event,
     StoredEvent,
+    check_event_id,
     decode,
     snapshot_events,
 )
@@ -514,6 +515,7 @@ class RedisStore:
 
     def events(self, *, after: str = "0-0", count: int = 100) -> list[StoredEvent]:
         """Up to ``count`` events with ids above ``after`` (oldest first); "0-0": from the oldest kept."""
+        check_event_id(after)
         if count <= 0:
             return []
         entries = self._call(self._r.xrange, self.keys.events, min=f"({after}", max="+", count=count)

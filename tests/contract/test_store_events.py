@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tasks.errors import InvalidRequest
 from tasks.pool.events import EVENT_TYPES, Event, StoredEvent
 from tasks.pool.model import AWAITING_READY, AddressKind, MachineState
 from tasks.pool.ports import StateStore
@@ -116,6 +117,11 @@ class TestEvents:
         assert paged == everything
         assert store.events(after=ids[-1]) == []
         assert store.events(count=0) == []
+        ms = ids[0].split("-")[0]  # an id without its sequence means <ms>-0, as Redis reads it
+        assert store.events(after=ms, count=1000) == [e for e in everything if e.id != f"{ms}-0"]
+        for bad in ("abc", "1-2-3", "", "-1", "1-"):
+            with pytest.raises(InvalidRequest):
+                store.events(after=bad)
 
     def test_lost_machine(self, store: StateStore) -> None:
         load(store, snapshot([ready(0), ready(1)], observed_at=T0))
