@@ -157,3 +157,43 @@ def test_a_pool_whose_aws_is_down_does_not_slow_the_other(pools: TwoPools) -> No
     finally:
         pools.proxy.configure(refuse=False)
     pools.client.release("proj-g", pool="gpu")
+
+
+def test_the_gateway_serves_every_pool_with_its_status_metrics_and_routes(pools: TwoPools) -> None:
+    import asyncio
+
+    import httpx
+
+    from producer.aio import AsyncPoolClient
+    from producer.gateway import create_app
+
+    app = create_app(AsyncPoolClient(app=pools.local.app, deployment=pools.deployment))
+
+    async def session() -> dict[str, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        got: dict[str, httpx.Response] = {}
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+                got["pools"] = await http.get("/v1/pools")
+                got["assign"] = await http.post("/v1/pools/gpu/projects/proj-http/machine", params={"wait": 20})
+                got["status"] = await http.get("/v1/pools/gpu")
+                got["default"] = await http.get("/v1/pool")
+                got["metrics"] = await http.get("/metrics")
+                got["unknown"] = await http.post("/v1/pools/nope/projects/proj-http/machine")
+                got["release"] = await http.delete("/v1/pools/gpu/projects/proj-http/machine")
+        return got
+
+    got = asyncio.run(session())
+    # expect the pools listed, a gpu machine handed out through the pool's route, and each status its pool's
+    assert [p["name"] for p in got["pools"].json()["pools"]] == ["small", "gpu"]
+    assigned = got["assign"].json()
+    assert got["assign"].status_code == 200 and assigned["pool"] == "gpu"
+    assert assigned["instance_id"] in pools.group_instances(GPU)
+    assert got["status"].json()["pool"] == "gpu" and got["status"].json()["asg_name"] == GPU
+    assert got["default"].json()["pool"] == "small"
+    # metrics of both pools, from their own workers
+    text = got["metrics"].text
+    assert 'warmpool_pool_status_up{pool="small"} 1.0' in text and 'warmpool_pool_status_up{pool="gpu"} 1.0' in text
+    assert 'warmpool_assigns_total{outcome="assigned",pool="gpu"} 1.0' in text
+    assert got["unknown"].status_code == 404 and got["unknown"].json()["code"] == "unknown_pool"
+    assert got["release"].status_code == 200 and got["release"].json()["instance_id"] == assigned["instance_id"]
