@@ -68,10 +68,16 @@ key                  type    meaning
                              trimmed to DEAD_LETTER_KEEP entries; excerpts only, never whole bodies
 ``dead_reasons``     hash    refusal reason (tasks.contract REFUSED_*) -> messages set aside
                              for it, ever (status: ``dead_letters_total``, ``dead_letters_by_reason``)
-``events``           stream  the pool's events, oldest first, ``XADD ... MAXLEN ~ EVENTS_KEEP``;
-                             one field ``event`` = JSON ``{at, type, project_id, instance_id,
-                             reason, ...}``. Readers (producer/events.py) add ``id`` (the entry
-                             id) and ``pool``.
+``events``           stream  the pool's event stream (docs/operations.md "Events"): one field
+                             ``event`` = JSON ``{at, type, project_id, instance_id, reason,
+                             ...}`` (tasks.pool.events); entry id = event id. Written by the
+                             pool worker, in the same Lua script as the transition it records
+                             where that is one; bounded ``XADD MAXLEN ~ EVENTS_KEEP``. Each
+                             webhook reads it with its own consumer group ``webhook:<hash>``;
+                             other readers (producer/events.py) add ``id`` and ``pool``
+``webhooks``         hash    consumer group name (``webhook:<hash>``) -> JSON delivery health
+                             of that webhook (tasks.hooks.deliver): url, delivered, retried,
+                             given_up, last_error, last_error_at, last_event_id
 ===================  ======  ==============================================================
 
 One more key under the same prefix is written only by the local stack's demo,
@@ -105,6 +111,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 
 LOST_KEEP = 100
+EVENTS_KEEP = 10_000  # the event stream's bound (XADD MAXLEN ~): a reader further behind resumes at the oldest
 DEAD_LETTER_KEEP = 100
 TOP_UP_COALESCE_MS = 5_000
 REFRESH_SOON_MS = 1_000
@@ -144,6 +151,7 @@ class PoolKeys:
     dead_letters: str
     dead_reasons: str
     events: str
+    webhooks: str
 
     # Every pool's ``group`` hash, for finding pool state no configured pool uses.
     GROUP_PATTERN = "warmpool:{*}:group"
@@ -181,6 +189,7 @@ class PoolKeys:
             dead_letters=prefix + "dead_letters",
             dead_reasons=prefix + "dead_reasons",
             events=prefix + "events",
+            webhooks=prefix + "webhooks",
         )
 
     def all(self) -> tuple[str, ...]:

@@ -54,6 +54,10 @@ BAD_VALUES: dict[str, list[str]] = {
     "WARMPOOL_FLOWER_URL": ["127.0.0.1:5555"],
     "WARMPOOL_FLOWER_USER": ["ad:min"],
     "WARMPOOL_FLOWER_PASSWORD": ["bell\x07"],
+    "WARMPOOL_WEBHOOK_URL": ["ftp://hooks.example/", "hooks.example/x"],
+    "WARMPOOL_WEBHOOK_SECRET": ["two words"],
+    "WARMPOOL_DRY_RUN": ["yes", "2"],
+    "WARMPOOL_ADOPT_HOLD": ["on", "-1"],
 }
 CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]
 SPECS = {spec.env: spec for _, spec in config.specs()}
@@ -265,6 +269,7 @@ def test_only_secrets_have_files() -> None:
         "WARMPOOL_REDIS_URL_FILE",
         "WARMPOOL_API_TOKEN_FILE",
         "WARMPOOL_FLOWER_PASSWORD_FILE",
+        "WARMPOOL_WEBHOOK_SECRET_FILE",
     }
 
 
