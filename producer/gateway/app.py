@@ -41,6 +41,7 @@ from producer.gateway.models import (
     TouchResult,
     error_responses,
 )
+from producer.gateway.operator_routes import add_operator_routes
 from producer.gateway.parsing import checked, fields_from_body, merged, read_body
 from producer.gateway.service import Gateway, HealthProbe, disconnect_of, statuses_within
 from producer.gateway.sse import EventFeed, add_event_routes
@@ -148,6 +149,7 @@ def add_routes(app: FastAPI, gw: Gateway, *, events: EventFeed | None = None, ac
     """Every route, in matching order: the catch-all GET /{project_id} comes last."""
     _add_operations_routes(app, gw)
     add_event_routes(app, gw, events)
+    add_operator_routes(app, gw)
     add_ui_routes(app, gw, access or Access(api_token=None))
     _add_pool_route(app, gw)
     for prefix in ("/v1", POOL_PREFIX):  # the default pool's routes, and every pool's
