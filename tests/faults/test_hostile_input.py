@@ -191,19 +191,24 @@ class RecordingPool:
 
     def __init__(self, inner: AsyncPoolClient) -> None:
         self.inner = inner
+        self.pool = inner.pool
+        self.deployment = inner.deployment
         self.calls: list[tuple[str, Any]] = []
 
-    async def assign_result(self, project_id: str, *, wait: float) -> dict[str, Any]:
+    def pool_names(self) -> tuple[str, ...]:
+        return self.inner.pool_names()
+
+    async def assign_result(self, project_id: str, *, wait: float, **kw: Any) -> dict[str, Any]:
         self.calls.append(("assign", project_id))
-        return await self.inner.assign_result(project_id, wait=wait)
+        return await self.inner.assign_result(project_id, wait=wait, **kw)
 
-    async def release_result(self, project_id: str) -> dict[str, Any]:
+    async def release_result(self, project_id: str, **kw: Any) -> dict[str, Any]:
         self.calls.append(("release", project_id))
-        return await self.inner.release_result(project_id)
+        return await self.inner.release_result(project_id, **kw)
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, **kw: Any) -> dict[str, Any]:
         self.calls.append(("status", None))
-        return await self.inner.status()
+        return await self.inner.status(**kw)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -290,7 +290,7 @@ def test_sse_sends_one_notice_for_a_trimmed_stream_then_heartbeats_and_ends_on_d
         with httpx.Client(base_url=url, timeout=10) as http:
             with http.stream("GET", "/v1/events", headers={**auth, "Last-Event-ID": old}) as response:
                 frames = read_frames(response, until=5)
-                assert feed.open == 1
+                assert feed.open == 1, frames
         kinds = [f.get("event") or ("heartbeat" if f.get("comment") == "heartbeat" else "retry") for f in frames]
         assert kinds == ["retry", "notice", "ready", "ready", "heartbeat"]
         assert "trimmed" in json.loads(frames[1]["data"])["message"]
