@@ -8,8 +8,6 @@ deleted afterwards.
 
 from __future__ import annotations
 
-import functools
-import os
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -20,36 +18,7 @@ from tasks.pool.ports import StateStore
 from tasks.state.memory_store import InMemoryStore
 from tasks.state.redis_store import RedisStore
 from tests.builders import prime
-
-REDIS_URL = os.environ.get("WARMPOOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@functools.cache
-def _redis_problem() -> str | None:
-    """Why Redis cannot be used (None when it answers); asked once per session."""
-    client: redis.Redis[str] = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        return f"Redis not reachable at {REDIS_URL}: {exc}"
-    finally:
-        client.close()
-    return None
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The Redis the contract tests use; fails in CI, skips locally when it does not answer."""
-    problem = _redis_problem()
-    if problem is not None:
-        if _in_ci():
-            pytest.fail(problem + " (CI is set: Redis is required)")
-        pytest.skip(problem)
-    return REDIS_URL
+from tests.conftest import REDIS_URL, _in_ci, _redis_problem  # noqa: F401 - shared with the suites that import them here
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.contract.conftest import _in_ci
+from tests.conftest import _in_ci
 from tests.deploy.exported_metrics import families, names_in, sample_names
 
 ROOT = Path(__file__).resolve().parents[2]

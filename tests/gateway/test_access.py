@@ -24,21 +24,11 @@ from producer.gateway.access import SESSION_COOKIE, Access, RateLimiter
 from producer.tokens import Right, TokenStore, hash_secret, make_scope
 from tasks.errors import InvalidRequest
 from tasks.state.keys import ui_session_key
-from tests.contract.conftest import REDIS_URL, _in_ci, _redis_problem
+from tests.conftest import REDIS_URL
 from tests.gateway.gwfakes import FakePool
 
 POOL = "heavrdevs-asg"
 ADMIN_TOKEN = "legacy-admin-token"
-
-
-@pytest.fixture
-def redis_url() -> str:
-    problem = _redis_problem()
-    if problem is not None:
-        if _in_ci():
-            pytest.fail(problem + " (CI is set: Redis is required)")
-        pytest.skip(problem)
-    return REDIS_URL
 
 
 @pytest.fixture

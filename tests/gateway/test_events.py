@@ -30,7 +30,7 @@ from producer.gateway.sse import EventFeed
 from producer.tokens import TokenStore, make_scope
 from tasks.errors import InvalidRequest
 from tasks.state.keys import PoolKeys
-from tests.contract.conftest import REDIS_URL, _in_ci, _redis_problem
+from tests.conftest import REDIS_URL
 from tests.gateway.gwfakes import FakePool
 from tests.gateway.live import served, write_event
 from tests.stacks import wait_for
@@ -44,12 +44,7 @@ def pool_name() -> str:
 
 
 @pytest.fixture
-def state(pool_name: str) -> Iterator[redis.Redis]:
-    problem = _redis_problem()
-    if problem is not None:
-        if _in_ci():
-            pytest.fail(problem + " (CI is set: Redis is required)")
-        pytest.skip(problem)
+def state(redis_url: str, pool_name: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL)
     yield client
     client.delete(PoolKeys.for_group(pool_name).events)

@@ -9,7 +9,7 @@ import pytest
 
 from producer.tokens import TokenStore, make_scope
 from tests.gateway.gwfakes import FakePool
-from tests.gateway.test_access import bearer, redis_url, scenario, tokens  # noqa: F401 - the fixtures
+from tests.gateway.test_access import bearer, scenario, tokens  # noqa: F401 - the token store fixture
 
 ADMIN = "operator-admin-token"
 

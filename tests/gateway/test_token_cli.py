@@ -11,19 +11,14 @@ import redis
 from producer.cli import main
 from producer.tokens import hash_secret
 from tasks.state.keys import TOKENS_KEY
-from tests.contract.conftest import REDIS_URL, _in_ci, _redis_problem
+from tests.conftest import REDIS_URL
 
 # A database of its own: the token key is global, so no other test's tokens meet these.
 TOKEN_DB_URL = REDIS_URL.rsplit("/", 1)[0] + "/12"
 
 
 @pytest.fixture
-def state(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    problem = _redis_problem()
-    if problem is not None:
-        if _in_ci():
-            pytest.fail(problem + " (CI is set: Redis is required)")
-        pytest.skip(problem)
+def state(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
     for name in ("WARMPOOL_API_TOKEN", "WARMPOOL_API_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WARMPOOL_REDIS_URL", TOKEN_DB_URL)
