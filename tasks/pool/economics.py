@@ -227,9 +227,7 @@ class Economics:
         count = len(surplus)
         if self.config.scale_in_step > 0:
             count = min(count, self.config.scale_in_step)
-        candidates = sorted(
-            (m for m in idle if m.state is MachineState.IDLE), key=lambda m: (m.since, m.instance_id)
-        )
+        candidates = sorted((m for m in idle if m.state is MachineState.IDLE), key=lambda m: (m.since, m.instance_id))
         return candidates[:count], since
 
     def after_rebalance(self, *, now: float, idle: int, surplus_since: float) -> None:

@@ -512,9 +512,7 @@ class PoolService:
             self.economics.launched(set_desired - max(group.desired_capacity, self._occupying(view)))
         idle = view.by_state(MachineState.IDLE)
         # Surplus idle is kept for scale_in_delay_s, then retired longest-idle first, a bounded step at a time.
-        chosen, surplus_since = self.economics.scale_in(
-            plan.terminate, idle, now=now, surplus_since=read.surplus_since
-        )
+        chosen, surplus_since = self.economics.scale_in(plan.terminate, idle, now=now, surplus_since=read.surplus_since)
         claimed = self.store.claim_for_termination([m.instance_id for m in chosen], now=now, detail="scale-in")
         for m in claimed:
             self.effects.terminate(m.instance_id, decrement=True)

@@ -15,9 +15,11 @@ from celery.signals import celeryd_after_setup, worker_ready
 from tasks.cloud.boto3_cloud import Boto3Cloud
 from tasks.config import Settings
 from tasks.contract import CODE_WRONG_GROUP, failure, group_mismatch
+from tasks.pool.policy import parse_schedules
 from tasks.pool.ports import Cloud
 from tasks.pool.service import PoolConfig, PoolService
 from tasks.state.keys import PoolKeys
+from tasks.state.redis_ledger import RedisLedger
 from tasks.state.redis_store import RedisStore
 from tasks.worker.redelivery import restore_orphaned_jobs
 from tasks.worker.side_effects import CelerySideEffects
@@ -74,7 +76,15 @@ def service() -> PoolService:
             lease_s=s.lease_seconds,
             require_ready_check=bool(s.ready_url),
             ready_timeout_s=s.ready_timeout_seconds,
+            policy=s.policy,
+            warm_goal=s.warm_goal,
+            idle_max=s.idle_max,
+            schedules=parse_schedules(s.schedules),
+            scale_in_delay_s=s.scale_in_delay_s,
+            scale_in_step=s.scale_in_step,
+            pending_poll_s=s.pending_poll_s,
         ),
+        ledger=RedisLedger.from_url(s.redis_url, s.asg_name),
     )
 
 
