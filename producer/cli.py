@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from producer import cli_economics
 from producer.extras import missing_extra
 from tasks import config
 from tasks.contract import CODE_NO_CAPACITY, STATUS_FAILED, failure
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = config_sub.add_parser("check", help="print the effective settings (secrets masked); exit 2 if one is bad")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_config_check)
+    cli_economics.add_commands(sub)
     return parser
 
 

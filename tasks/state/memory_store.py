@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 
 from tasks.pool.model import (
@@ -36,7 +37,9 @@ from tasks.state.keys import DEAD_LETTER_KEEP, LOST_KEEP, TOP_UP_COALESCE_MS, UN
 class InMemoryStore:
     """A StateStore held in a dict, one lock standing in for Redis atomicity."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        # The coalescing flags' clock (Redis TTLs in RedisStore); the simulator passes its virtual one.
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self.reset()
 
@@ -57,7 +60,7 @@ class InMemoryStore:
         self._dead_reasons: dict[str, int] = {}
 
     def _flag(self) -> bool:
-        now = time.monotonic()
+        now = self._monotonic()
         if now < self._flag_until:
             return False
         self._flag_until = now + TOP_UP_COALESCE_MS / 1000
@@ -233,7 +236,7 @@ class InMemoryStore:
 
     def request_refresh_soon(self) -> bool:
         with self._lock:
-            now = time.monotonic()
+            now = self._monotonic()
             if now < self._refresh_until:
                 return False
             self._refresh_until = now + 1.0
