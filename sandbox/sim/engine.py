@@ -8,9 +8,10 @@ refreshes after the delay the service names). The cloud launches each machine in
 ``launch_seconds`` (fixed or uniform). Callers assign with ``wait``; a release of a project
 whose assign still waits withdraws it, as the gateway does for a caller that left.
 
-One shortcut, with no effect on what the service decides: an early (poll) refresh that would
-read exactly what the last one read (no instance changed at AWS) is not run; the next one
-runs at the first poll tick after an instance changes. Beat refreshes always run.
+Two shortcuts, with no effect on what the service decides: a refresh that would read exactly
+what the last one read (nothing changed at AWS) runs what apply_snapshot runs after folding in
+an unchanged snapshot (serve waiters, rebalance, converge) without re-reading; and an early
+(poll) refresh in that case is moved to the first poll tick after the next launch completes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -160,31 +162,45 @@ class Simulation:
     def _read(self) -> Any:
         return replace(self.cloud.describe_group(), seq=self.store.next_refresh_seq())
 
-    def beat(self) -> None:
+    def _unchanged(self) -> bool:
+        """Whether a refresh now would read exactly what the last one read."""
+        due = self.cloud.next_ready_at()
+        return self.cloud.version == self._last_read and (due is None or due > self.now)
+
+    def _refresh(self) -> None:
+        if self._unchanged():
+            # The same snapshot again: apply_snapshot would change nothing but refreshed_at, and
+            # then serve waiters and rebalance; run those (the product's code) without the re-read.
+            self.service.serve_waiters()
+            self.service.rebalance(converge=True)
+            return
+        snapshot = self._read()
         self._last_read = self.cloud.version
-        self.service.apply_snapshot(self._read())
+        self.service.apply_snapshot(snapshot)
+
+    def beat(self) -> None:
+        self._refresh()
         if self.now < self.end:
             self.at(self.now + self.settings.refresh_s, self.beat)
 
-    def early_refresh(self) -> None:
+    def early_refresh(self, token: float) -> None:
+        if token != self._poll_at:
+            return  # superseded by an earlier one
         self._poll_at = None
-        self.cloud.instances()  # settle launches that are due
-        if self.cloud.version == self._last_read:
-            ready_at = self.cloud.next_ready_at()
-            if ready_at is not None:  # nothing new at AWS: the next poll that can see something new
+        if self._unchanged():
+            due = self.cloud.next_ready_at()
+            if due is not None:  # nothing new at AWS: the first poll tick that can see something new
                 delay = self.service.config.pending_poll_s or 1.0
-                ticks = max(1, -int(-(ready_at - self.now) // delay))
-                self.refresh_after(ticks * delay)
+                self.refresh_after(max(1, math.ceil((due - self.now) / delay)) * delay)
             return
-        self._last_read = self.cloud.version
-        self.service.apply_snapshot(self._read())
+        self._refresh()
 
     def refresh_after(self, delay_s: float) -> None:
         when = self.now + max(0.0, delay_s)
         if self._poll_at is not None and self._poll_at <= when:
             return  # one already due sooner (the refresh_soon flag does this for the product)
         self._poll_at = when
-        self.at(when, self.early_refresh)
+        self.at(when, functools.partial(self.early_refresh, when))
 
     def top_up(self) -> None:
         self.service.top_up()

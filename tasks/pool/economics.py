@@ -19,6 +19,7 @@ from tasks.pool.ledger import (
     ASSIGNS_FAILED,
     ASSIGNS_WAITED,
     ASSIGNS_WARM,
+    DEMAND_BUCKET_S,
     IDLE_MACHINE_S,
     LAUNCH_READY_COUNT,
     LAUNCH_READY_SUM_S,
@@ -93,6 +94,22 @@ def _percentile(values: Sequence[float], q: float) -> float:
         return 0.0
     index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
     return ordered[index]
+
+
+def _busiest_window(demand: dict[int, int], *, start: float, span_s: float, lead_s: float) -> float:
+    """Assigns in the busiest lead-long stretch of [start, start + span] (whole history minutes).
+
+    A lead-long window, not the whole span: the span only allows a recurring burst to come a
+    little earlier than it did, it must not inflate the background rate.
+    """
+    first, last = demand_minute(start), demand_minute(start + span_s)
+    counts = [demand.get(m, 0) for m in range(first, last + 1)]
+    width = max(1, min(len(counts), math.ceil(lead_s / DEMAND_BUCKET_S)))
+    best = running = sum(counts[:width])
+    for i in range(width, len(counts)):
+        running += counts[i] - counts[i - width]
+        best = max(best, running)
+    return float(best)
 
 
 def launch_summary(samples: Sequence[float]) -> dict[str, Any]:
@@ -179,7 +196,11 @@ class Economics:
         samples = read.launch_seconds
         lead = sum(samples) / len(samples) if samples else DEFAULT_LEAD_S
         self._lead_s = lead
-        recent = sum(1 for t in read.recent_claims if now - RECENT_WINDOW_S < t <= now)
+        recent = 0
+        for t in read.recent_claims:  # newest first: stop at the first one out of the window
+            if t <= now - RECENT_WINDOW_S:
+                break
+            recent += t <= now
         span = min(MAX_LEAD_S, lead) + HISTORY_SLACK_S
         history: list[float | None] = []
         for weeks in HISTORY_WEEKS:
@@ -187,8 +208,7 @@ class Economics:
             if not read.history_since or read.history_since > start:
                 history.append(None)  # no history that far back (new pool, or the history was lost)
                 continue
-            first, last = demand_minute(start), demand_minute(start + span)
-            history.append(float(sum(read.demand.get(m, 0) for m in range(first, last + 1))))
+            history.append(_busiest_window(read.demand, start=start, span_s=span, lead_s=lead))
         return PolicyInputs(
             now=now,
             fixed_idle=self.config.idle_target,

@@ -282,7 +282,7 @@ def _adaptive(spec: PolicySpec, inputs: PolicyInputs) -> Decision:
     lead = max(1.0, inputs.lead_s)
     recent = inputs.recent_rate_per_s * lead
     known = [h for h in inputs.history if h is not None]
-    past = max(known, default=0.0)
+    past = sum(known) / len(known) if known else 0.0  # the weeks' mean: a Poisson count's best guess
     mean = max(recent, past)
     floor = inputs.fixed_idle if spec.floor is None else spec.floor
     goal = inputs.warm_goal if spec.goal is None else spec.goal
