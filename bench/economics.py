@@ -78,6 +78,26 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _bisect_smallest_fixed(rows: list[dict[str, Any]], fixed_runs: list[tuple[str, PoolConfig]], run: Any) -> None:
+    """Narrow the smallest fixed buffer reaching the goal down to one machine (the goal's yardstick)."""
+    sizes = {int(r["policy"].split(":")[1]): r["warm_ratio"] for r in rows if r["policy"].startswith("fixed:")}
+    passing = [n for n, share in sizes.items() if share >= GOAL]
+    failing = [n for n, share in sizes.items() if share < GOAL and (not passing or n < min(passing))]
+    if not passing or not failing or not fixed_runs:
+        return
+    low, high = max(failing), min(passing)
+    template = fixed_runs[0][1]
+    while high - low > 1:
+        mid = (low + high) // 2
+        row = run(f"fixed:{mid}", replace(template, policy=f"fixed:{mid}"))
+        low, high = (low, mid) if row["warm_ratio"] >= GOAL else (mid, high)
+    rows.sort(key=lambda r: (not r["policy"].startswith("fixed:"), _size(r["policy"])))
+
+
+def _size(policy: str) -> int:
+    return int(policy.split(":")[1]) if policy.startswith("fixed:") else 0
+
+
 def frontier_plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -121,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     events = read_trace(trace)
     score_from = (START + timedelta(days=args.days // 2)).timestamp()
     settings = SimSettings(launch_s=(args.launch_seconds, args.launch_seconds), score_from=score_from)
-    rows = []
-    for label, config in configs(tuple(int(x) for x in args.fixed.split(","))):
+    rows: list[dict[str, Any]] = []
+
+    def run(label: str, config: PoolConfig) -> dict[str, Any]:
         began = time.monotonic()
         row = to_json(Simulation(events, config, settings, label=label).run())
         row["run_seconds"] = round(time.monotonic() - began, 1)
@@ -133,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             f"overhead {row['overhead_machine_hours']:8.1f} h  ({row['run_seconds']} s)",
             flush=True,
         )
+        return row
+
+    runs = configs(tuple(int(x) for x in args.fixed.split(",")))
+    fixed_runs = [(label, config) for label, config in runs if label.startswith("fixed:")]
+    for label, config in runs:
+        run(label, config)
+    _bisect_smallest_fixed(rows, fixed_runs, run)
     result = {
         "trace": str(trace.name),
         "assigns_total": sum(1 for e in events if e.event == "assign"),
