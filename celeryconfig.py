@@ -6,12 +6,14 @@ agree on broker, backend, serializer and routing.
 
 from __future__ import annotations
 
-from tasks.config import Settings
+from tasks.pools import load_deployment
+from tasks.routing import job_router
 
 # A bad setting raises ConfigError here, one line per problem. Under
 # `celery -A tasks ...` the check in tasks/__init__.py has already turned it
 # into those lines and exit 2; a producer (PoolClient) gets the exception.
-_settings = Settings.from_env()
+_deployment = load_deployment()
+_settings = _deployment.settings
 
 broker_url = _settings.broker_url
 result_backend = _settings.result_backend
@@ -22,14 +24,11 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-# Pool jobs go to the single serialized pool worker; AWS side effects (and the
-# refresh, which reads AWS) go to "aws", where any number of workers may run.
+# Each pool's jobs go to its own queue (pool.<name>), consumed by that pool's
+# single serialized worker; AWS side effects (and the refresh, which reads AWS)
+# go to "aws", where any number of workers serve every pool (tasks/routing.py).
 task_default_queue = "pool"
-task_routes = {
-    "warmpool.aws.*": {"queue": "aws"},
-    "warmpool.refresh": {"queue": "aws"},
-    "warmpool.*": {"queue": "pool"},
-}
+task_routes = (job_router(_deployment),)
 
 # A job is acknowledged only after it ran: a killed worker's job is delivered
 # again (every job is idempotent), never lost.
@@ -52,6 +51,11 @@ broker_transport_options = {
     # five minutes. Let it expire after one restore interval.
     "unacked_mutex_expire": max(1, _settings.visibility_timeout_s // 4),
 }
+# A sentinel:// broker or result backend (Redis with Sentinel failover) names the master the Sentinels watch.
+if _settings.broker_url.startswith("sentinel://"):
+    broker_transport_options["master_name"] = _settings.sentinel_master
+if _settings.result_backend.startswith("sentinel://"):
+    result_backend_transport_options = {"master_name": _settings.sentinel_master}
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # keep reconnecting after a broker restart
 result_expires = 3600
@@ -65,12 +69,14 @@ task_soft_time_limit = 100
 timezone = "UTC"
 enable_utc = True
 
+# One refresh per pool, each on its own interval; a worker of another group refuses it.
 beat_schedule = {
-    "refresh": {
+    f"refresh:{pool.name}": {
         "task": "warmpool.refresh",
-        "schedule": _settings.refresh_seconds,
-        "kwargs": {"group": _settings.asg_name},  # a worker of another group refuses it
+        "schedule": pool.settings.refresh_seconds,
+        "kwargs": pool.job_kwargs(),
         # A refresh that waited longer than one interval is superseded by the next.
-        "options": {"queue": "aws", "expires": max(1.0, _settings.refresh_seconds)},
-    },
+        "options": {"queue": pool.aws_queue, "expires": max(1.0, pool.settings.refresh_seconds)},
+    }
+    for pool in _deployment
 }

@@ -1,6 +1,6 @@
 """``python -m bench NAME``: run warmpool's benchmarks against real processes.
 
-Names: floor, sequential, burst, slowaws, refresh, orchestrator, profile, all, smoke.
+Names: floor, sequential, burst, slowaws, refresh, orchestrator, profile, pools, all, smoke.
 Every run measures the no-op floor first (ratios need it), prints a table,
 writes raw numbers to bench/results/NAME-<time>.json (and NAME-latest.json)
 and a plot (bench/results/NAME-latest.png; ``all`` also docs/benchmarks.png).
@@ -25,7 +25,7 @@ from bench import report
 from bench.stack import REPO, RESULTS_DIR, Infra
 from bench.stats import say
 
-NAMES = ("floor", "sequential", "burst", "slowaws", "refresh", "orchestrator", "profile", "all", "smoke")
+NAMES = ("floor", "sequential", "burst", "slowaws", "refresh", "orchestrator", "profile", "pools", "all", "smoke")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -60,11 +60,14 @@ def sizes_for(args: argparse.Namespace) -> Any:
 def run(name: str, infra: Infra, sizes: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
     from bench import scenarios
     from bench.original import orchestrator_scenario
+    from bench.pools import PoolSizes, pools_scenario
 
     if name == "smoke":
         results["floor"] = scenarios.floor(infra, sizes)
         say("\n=== smoke: sequential, burst, refresh, slow AWS on one stack ===")
         results.update(scenarios.smoke_scenario(infra, sizes))
+        say("\n=== smoke: 1, 2 and 4 pools ===")
+        results["pools"] = pools_scenario(infra, PoolSizes.smoke())
         return
     wanted = set(NAMES[:-2]) if name == "all" else {name}
     if args.no_profile:
@@ -83,6 +86,7 @@ def run(name: str, infra: Infra, sizes: Any, args: argparse.Namespace, results: 
             ),
         ),
         ("profile", "profile", lambda: scenarios.profile_scenario(infra, sizes, RESULTS_DIR)),
+        ("pools", "pools", lambda: pools_scenario(infra)),
     ]
     for step, key, fn in steps:
         if step != "floor" and step not in wanted:
@@ -107,6 +111,12 @@ def broken(results: dict[str, Any]) -> list[str]:
         s = results.get(key)
         if s and not s["distinct_machines"]:
             problems.append(f"{key}: a machine was handed out twice")
+    for count, run in results.get("pools", {}).get("runs", {}).items():
+        agg = run["aggregate"]
+        if agg["served"] != agg["wanted"] or not agg["distinct_machines"]:
+            problems.append(
+                f"pools x{count}: {agg['served']}/{agg['wanted']} served, distinct={agg['distinct_machines']}"
+            )
     return problems
 
 

@@ -98,6 +98,21 @@ def _size(policy: str) -> int:
     return int(policy.split(":")[1]) if policy.startswith("fixed:") else 0
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as docs/economics.md shows them."""
+    lines = [
+        "| policy | warm share | p99 wait (s) | max wait (s) | overhead machine-hours | launches | run (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        w = r["wait_s"]
+        lines.append(
+            f"| `{r['policy']}` | {100 * r['warm_ratio']:.2f} % | {w['p99']:.1f} | {w['max']:.1f} | "
+            f"{r['overhead_machine_hours']:.0f} | {r['launches']} | {r.get('run_seconds', '')} |"
+        )
+    return "\n".join(lines)
+
+
 def frontier_plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -169,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         "goal": verdict(rows),
     }
     (RESULTS / "economics-latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "economics-latest.md").write_text(markdown_table(rows) + "\n")
+    print(markdown_table(rows))
     print(json.dumps(result["goal"]))
     if not args.no_plot:
         frontier_plot(rows, REPO / "docs" / "economics.png")

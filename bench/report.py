@@ -117,7 +117,13 @@ def goal_rows(results: dict[str, Any]) -> list[Row]:
         rows += _refresh_rows(results["refresh"])
     if "orchestrator" in results:
         rows += _orchestrator_rows(results["orchestrator"], results.get("sequential"))
-    return rows
+    return rows + _pools_rows(results)
+
+
+def _pools_rows(results: dict[str, Any]) -> list[Row]:
+    from bench.pools import pools_rows
+
+    return [(*row[:6], _met(row[6])) for row in pools_rows(results.get("pools", {}))]
 
 
 def _refresh_rows(r: dict[str, Any]) -> list[Row]:

@@ -71,7 +71,11 @@ def make_app(broker_url: str, backend_url: str) -> BenchApp:
     app = BenchApp("warmpool-bench")
     app.config_from_object("celeryconfig")
     # The clients route like Celery does: the no-op goes to the floor worker's queue.
-    app.conf.task_routes = {NOOP_TASK: {"queue": NOOP_QUEUE}, **dict(app.conf.task_routes or {})}
+    routes = app.conf.task_routes or ()
+    app.conf.task_routes = (
+        {NOOP_TASK: {"queue": NOOP_QUEUE}},
+        *(routes if isinstance(routes, tuple | list) else (routes,)),
+    )
     app.conf.update(broker_url=broker_url, result_backend=backend_url)
     return app
 

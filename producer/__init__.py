@@ -16,6 +16,7 @@ from tasks.errors import (
     JobFailed,
     NoCapacity,
     PoolUnavailable,
+    UnknownPool,
     WarmpoolError,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "NoCapacity",
     "PoolClient",
     "PoolUnavailable",
+    "UnknownPool",
     "WarmpoolError",
 ]

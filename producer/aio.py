@@ -51,6 +51,7 @@ from producer.calls import (
 from producer.client import PoolClient
 from tasks.contract import AssignedMachine
 from tasks.errors import PoolUnavailable
+from tasks.pools import Deployment
 
 log = logging.getLogger("warmpool.client")
 
@@ -265,12 +266,28 @@ class AsyncPoolClient(BaseClient):
     """
 
     def __init__(
-        self, *, app: Celery | None = None, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S, group: str | None = None
+        self,
+        *,
+        app: Celery | None = None,
+        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        group: str | None = None,
+        pool: str | None = None,
+        deployment: Deployment | None = None,
     ) -> None:
-        super().__init__(app=app, reply_timeout_s=reply_timeout_s, group=group)
+        super().__init__(app=app, reply_timeout_s=reply_timeout_s, group=group, pool=pool, deployment=deployment)
         native = self.redis_backend
         self._listener = _ResultListener(self.backend_url) if native else None
-        self._sync = None if native else PoolClient(app=self.app, reply_timeout_s=reply_timeout_s, group=self.group)
+        self._sync = (
+            None
+            if native
+            else PoolClient(
+                app=self.app,
+                reply_timeout_s=reply_timeout_s,
+                group=self.group,
+                pool=self.pool,
+                deployment=self.deployment,
+            )
+        )
         # One thread sends every job: a broker that is down must not stall the event loop
         # (every other call) while kombu retries, and jobs leave in the order of the calls.
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmpool-send")
@@ -282,12 +299,13 @@ class AsyncPoolClient(BaseClient):
         timeout_s: float,
         kwargs: dict[str, Any] | None = None,
         task_id: str | None = None,
+        pool: str | None = None,
     ) -> Any:
         """Send one pool job and await its raw result (see PoolClient.call); ``task_id``: the job's id."""
-        return await self._send(Job(task, args, kwargs or {}, timeout_s, task_id))
+        return await self._send(Job(task, args, kwargs or {}, timeout_s, task_id), pool)
 
-    async def _send(self, job: Job) -> Any:
-        job = self._for_group(job)
+    async def _send(self, job: Job, pool: str | None = None) -> Any:
+        job = self._for_pool(job, pool)
         if self._listener is None:
             assert self._sync is not None
             return await asyncio.to_thread(self._sync._send, job)
@@ -322,7 +340,13 @@ class AsyncPoolClient(BaseClient):
         publish(self.app, job, task_id=task_id)
 
     async def assign_result(
-        self, project_id: str, *, wait: float = 0.0, lease: float | None = None, request_id: str | None = None
+        self,
+        project_id: str,
+        *,
+        wait: float = 0.0,
+        lease: float | None = None,
+        request_id: str | None = None,
+        pool: str | None = None,
     ) -> dict[str, Any]:
         """Assign and return the raw result dict (``no_capacity`` is a result, not an error).
 
@@ -330,9 +354,11 @@ class AsyncPoolClient(BaseClient):
         withdraw_result() if the caller leaves before the answer.
         """
         call = self._assign(project_id, wait, lease)
-        return call.result(await self._send(replace(call.job, task_id=request_id)))
+        return call.result(await self._send(replace(call.job, task_id=request_id), pool))
 
-    async def withdraw_result(self, project_id: str, *, request_id: str, wait: float = 0.0) -> dict[str, Any]:
+    async def withdraw_result(
+        self, project_id: str, *, request_id: str, wait: float = 0.0, pool: str | None = None
+    ) -> dict[str, Any]:
         """Withdraw the assign ``request_id`` of ``project_id`` whose caller left.
 
         Its waiter leaves the queue; a machine it was already handed is released
@@ -340,39 +366,45 @@ class AsyncPoolClient(BaseClient):
         the withdraw job lives at least as long in the queue as that assign can.
         """
         call = self._withdraw(project_id, request_id, wait)
-        return call.result(await self._send(call.job))
+        return call.result(await self._send(call.job, pool))
 
-    async def release_quarantined(self, instance_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    async def release_quarantined(
+        self, instance_ids: Sequence[str] | None = None, *, pool: str | None = None
+    ) -> dict[str, Any]:
         """An operator's word that these quarantined machines (None: all) are in nobody's use."""
         call = self._release_quarantined(instance_ids)
-        return call.result(await self._send(call.job))
+        return call.result(await self._send(call.job, pool))
 
-    async def assign(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> AssignedMachine:
+    async def assign(
+        self, project_id: str, *, wait: float = 0.0, lease: float | None = None, pool: str | None = None
+    ) -> AssignedMachine:
         """Return the project's machine; NoCapacity if none became idle within ``wait``."""
-        return Assign.value(await self.assign_result(project_id, wait=wait, lease=lease))
+        return Assign.value(await self.assign_result(project_id, wait=wait, lease=lease, pool=pool))
 
-    async def release_result(self, project_id: str) -> dict[str, Any]:
+    async def release_result(self, project_id: str, *, pool: str | None = None) -> dict[str, Any]:
         """Release and return the raw result dict (released, not_assigned)."""
         call = self._release(project_id)
-        return call.result(await self._send(call.job))
+        return call.result(await self._send(call.job, pool))
 
-    async def release(self, project_id: str) -> bool:
+    async def release(self, project_id: str, *, pool: str | None = None) -> bool:
         """True if a machine was released, False if the project held none."""
-        return Release.value(await self.release_result(project_id))
+        return Release.value(await self.release_result(project_id, pool=pool))
 
-    async def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
+    async def touch_result(
+        self, project_id: str, *, lease: float | None = None, pool: str | None = None
+    ) -> dict[str, Any]:
         """Touch and return the raw result dict (touched, no_lease, not_assigned)."""
         call = self._touch(project_id, lease)
-        return call.result(await self._send(call.job))
+        return call.result(await self._send(call.job, pool))
 
-    async def touch(self, project_id: str, *, lease: float | None = None) -> bool:
+    async def touch(self, project_id: str, *, lease: float | None = None, pool: str | None = None) -> bool:
         """Renew the lease of the project's machine; False if the project holds none."""
-        return Touch.value(await self.touch_result(project_id, lease=lease))
+        return Touch.value(await self.touch_result(project_id, lease=lease, pool=pool))
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, pool: str | None = None) -> dict[str, Any]:
         """The pool snapshot: counts by state, machines, desired/min/max, lost machines."""
         call = self._status()
-        return call.result(await self._send(call.job))
+        return call.result(await self._send(call.job, pool))
 
     async def aclose(self) -> None:
         """Close the result listener's connections and stop the sending thread."""

@@ -26,8 +26,8 @@ in that time (broker or result backend down, no worker) is PoolUnavailable.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -40,6 +40,7 @@ from tasks.contract import (
     CODE_INVALID_PROJECT,
     CODE_NO_CAPACITY,
     CODE_STORE_UNAVAILABLE,
+    CODE_UNKNOWN_POOL,
     MAX_LEASE_S,
     MAX_WAIT_S,
     POOL_QUEUE,
@@ -60,7 +61,8 @@ from tasks.contract import (
     is_instance_id,
     validate_project_id,
 )
-from tasks.errors import InvalidProject, InvalidRequest, JobFailed, NoCapacity, PoolUnavailable
+from tasks.errors import InvalidProject, InvalidRequest, JobFailed, NoCapacity, PoolUnavailable, UnknownPool
+from tasks.pools import Deployment, load_deployment
 
 DEFAULT_REPLY_TIMEOUT_S: Final = 10.0
 # How far past its wait (or reply timeout) a call may end: sending the job
@@ -118,16 +120,10 @@ class Job:
         return replace(self, task_id=task_id), task_id
 
 
-def configured_group() -> str | None:
-    """The group jobs are sent for: WARMPOOL_ASG_NAME when set (None: jobs name no group)."""
-    return os.environ.get("WARMPOOL_ASG_NAME", "").strip() or None
-
-
-def with_group(kwargs: Mapping[str, Any], group: str | None) -> dict[str, Any]:
-    """A job's kwargs naming its ``group`` (a worker of another group refuses it: ``wrong_group``)."""
-    if not group or "group" in kwargs:
-        return dict(kwargs)
-    return {**kwargs, "group": group}
+@functools.cache
+def configured_deployment() -> Deployment:
+    """The pools of this process's configuration (WARMPOOL_CONFIG, or one pool from the environment)."""
+    return load_deployment()
 
 
 @dataclass(frozen=True)
@@ -214,6 +210,7 @@ def publish(app: Celery, job: Job, *, task_id: str) -> None:
     )
     # Routed as app.send_task would: celeryconfig sends warmpool.* to the pool queue (the
     # benchmark's app routes its no-op task to the floor worker's queue the same way).
+    # Routed as app.send_task would (tasks/routing.py): pool jobs to their pool's queue.
     options = app.amqp.router.route({}, job.task, list(job.args), dict(job.kwargs)) or {"queue": POOL_QUEUE}
     try:
         with app.producer_or_acquire() as producer:
@@ -244,6 +241,8 @@ def raise_for_failure(result: Any) -> Mapping[str, Any]:
         raise NoCapacity(message, capped=bool(result.get("capped")), max_size=result.get("max_size"))
     if code == CODE_STORE_UNAVAILABLE:
         raise PoolUnavailable(message)
+    if code == CODE_UNKNOWN_POOL:  # a worker configured without this pool (configurations differ)
+        raise UnknownPool(message, pool=result.get("pool"))
     raise JobFailed(f"{code}: {message}")
 
 
@@ -438,20 +437,41 @@ class ReleaseQuarantined:
 class BaseClient:
     """Configuration and call building shared by PoolClient and AsyncPoolClient (the transports differ).
 
-    ``group``: the Auto Scaling Group the jobs are for (default WARMPOOL_ASG_NAME
-    when set); a worker of another group refuses them instead of serving them.
+    ``pool``: the pool calls go to unless they name one (default: the
+    configuration's default pool); an unknown or malformed name is refused
+    here, before anything is sent (UnknownPool, InvalidRequest). ``group``
+    overrides the Auto Scaling Group the jobs name (by default the pool's,
+    when the configuration names it); a worker of another group refuses them.
     """
 
     def __init__(
-        self, *, app: Celery | None = None, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S, group: str | None = None
+        self,
+        *,
+        app: Celery | None = None,
+        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        group: str | None = None,
+        pool: str | None = None,
+        deployment: Deployment | None = None,
     ) -> None:
+        self.deployment = deployment or configured_deployment()
+        self.pool = self.deployment.pool(pool).name
         self.app = app or make_app()
         self.reply_timeout_s = reply_timeout_s
         self.backend_url = str(self.app.conf.result_backend or "")
-        self.group = group or configured_group()
+        self.group = group
 
-    def _for_group(self, job: Job) -> Job:
-        return replace(job, kwargs=with_group(job.kwargs, self.group))
+    def pool_names(self) -> tuple[str, ...]:
+        """Every configured pool, the default one first."""
+        names = self.deployment.names()
+        return (self.pool, *(n for n in names if n != self.pool))
+
+    def _for_pool(self, job: Job, pool: str | None) -> Job:
+        """``job`` addressed to ``pool`` (None: this client's): its kwargs name the pool and its group."""
+        target = self.deployment.pool(self.pool if pool is None else pool)
+        kwargs = target.job_kwargs()
+        if self.group and target.name == self.pool:
+            kwargs["group"] = self.group
+        return replace(job, kwargs={**kwargs, **job.kwargs})  # what the job names itself wins
 
     @property
     def redis_backend(self) -> bool:

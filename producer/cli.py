@@ -14,11 +14,10 @@ import importlib.metadata
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from producer import cli_economics
+from producer import cli_economics, cli_pools
 from producer.extras import missing_extra
 from tasks import config
 from tasks.contract import CODE_NO_CAPACITY, STATUS_FAILED, failure
@@ -30,6 +29,7 @@ from tasks.errors import (
     PoolUnavailable,
     WarmpoolError,
 )
+from tasks.pools import load_deployment
 
 EXIT_OK, EXIT_OTHER, EXIT_INVALID, EXIT_NO_CAPACITY, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -49,10 +49,11 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_OTHER
 
 
-def _client() -> Any:
+def _client(args: argparse.Namespace | None = None) -> Any:
     from producer.client import PoolClient
 
-    return PoolClient()
+    # An unknown or malformed --pool is refused here, before anything is sent (exit 2).
+    return PoolClient(pool=getattr(args, "pool", None))
 
 
 def _emit_error(args: argparse.Namespace, exc: WarmpoolError, project_id: str | None = None) -> int:
@@ -66,7 +67,7 @@ def _emit_error(args: argparse.Namespace, exc: WarmpoolError, project_id: str | 
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    result = _client().assign_result(args.project, wait=args.wait, lease=args.lease)
+    result = _client(args).assign_result(args.project, wait=args.wait, lease=args.lease)
     if result.get("status") == STATUS_FAILED:
         code = EXIT_NO_CAPACITY if result.get("code") == CODE_NO_CAPACITY else EXIT_OTHER
         if args.json:
@@ -82,7 +83,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    result = _client().release_result(args.project)
+    result = _client(args).release_result(args.project)
     if args.json:
         print(json.dumps(result))
     elif result["status"] == "released":
@@ -93,7 +94,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_touch(args: argparse.Namespace) -> int:
-    result = _client().touch_result(args.project, lease=args.lease)
+    result = _client(args).touch_result(args.project, lease=args.lease)
     if args.json:
         print(json.dumps(result))
     elif result["status"] == "not_assigned":
@@ -108,7 +109,7 @@ def cmd_touch(args: argparse.Namespace) -> int:
 def cmd_release_quarantined(args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.instances):
         raise InvalidRequest("name the quarantined machines to release (INSTANCE ...), or --all")
-    result = _client().release_quarantined(None if args.all else args.instances)
+    result = _client(args).release_quarantined(None if args.all else args.instances)
     if args.json:
         print(json.dumps(result))
     elif result["instance_ids"]:
@@ -120,29 +121,7 @@ def cmd_release_quarantined(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from producer.render import status_renderable
-
-    client = _client()
-    if args.json:
-        print(json.dumps(client.status(), indent=2 if sys.stdout.isatty() else None))
-        return EXIT_OK
-    from rich.console import Console
-
-    # Piped output keeps full ids and addresses instead of wrapping at 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=200)
-    if args.watch is None:
-        console.print(status_renderable(client.status()))
-        return EXIT_OK
-    from rich.live import Live
-
-    with Live(status_renderable(client.status()), console=console, refresh_per_second=4) as live:
-        try:
-            while True:
-                time.sleep(args.watch)
-                live.update(status_renderable(client.status()))
-        except KeyboardInterrupt:
-            pass
-    return EXIT_OK
+    return cli_pools.cmd_status(args, _client(args))
 
 
 def _celery(argv: list[str]) -> int:
@@ -151,11 +130,21 @@ def _celery(argv: list[str]) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    if args.queue == "pool":
-        # The pool worker is one serialized process: the solo pool (docs/design.md).
+    if args.pool:
+        # The owner of these pools: one serialized process (docs/pools.md); exit 2 for an unknown one.
+        from producer.calls import configured_deployment
+
+        queues = [configured_deployment().pool(name).queue for name in dict.fromkeys(args.pool)]
+        base = ["worker", "-Q", ",".join(queues), "-P", "solo", "-n", f"pool-{'-'.join(args.pool)[:40]}@%h"]
+    elif args.queue == "pool":
+        # The pool worker is one serialized process: the solo pool (docs/design.md); it owns every pool.
         base = ["worker", "-Q", "pool", "-P", "solo", "-n", "pool@%h"]
     else:
-        base = ["worker", "-Q", "aws", "-P", "threads", "-c", str(args.concurrency), "-n", "aws@%h"]
+        # Every AWS queue of the configuration ("aws", and any pool's own "aws.<name>").
+        from producer.calls import configured_deployment
+
+        aws_queues = ",".join(configured_deployment().aws_queues())
+        base = ["worker", "-Q", aws_queues, "-P", "threads", "-c", str(args.concurrency), "-n", "aws@%h"]
     return _celery([*base, "--without-gossip", "--without-mingle", "-l", args.loglevel, *args.celery_args])
 
 
@@ -190,29 +179,43 @@ def version() -> str:
         return "unknown"
 
 
+def _pools_report(report: config.Report) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """The pools of the configuration and the problems of its file (none checked while a setting is bad)."""
+    if report.problems:
+        return [], report.problems
+    try:
+        return cli_pools.pool_rows(load_deployment()), ()
+    except ConfigError as exc:
+        return [], exc.problems
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     report = config.load()
-    code = EXIT_INVALID if report.problems else EXIT_OK
+    pools, problems = _pools_report(report)
+    code = EXIT_INVALID if problems else EXIT_OK
     rows = [
         {"name": e.name, "value": e.value, "source": e.source, "origin": e.origin, "secret": e.secret}
         for e in report.entries
     ]
     if args.json:
-        if report.problems:
-            message = "; ".join(report.problems)
-            out = failure(ConfigError.code, message, problems=list(report.problems), settings=rows)
+        if problems:
+            message = "; ".join(problems)
+            out = failure(ConfigError.code, message, problems=list(problems), settings=rows)
         else:
-            out = {"status": "ok", "settings": rows}
+            out = {"status": "ok", "settings": rows, "pools": pools}
         print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
         return code
     width = max(len(e.name) for e in report.entries)
     for e in report.entries:
         where = e.source if e.source in (config.SOURCE_DEFAULT, config.SOURCE_INVALID) else e.origin
         print(f"{e.name:<{width}}  {e.value or '(unset)'}  [{where}]")
-    for problem in report.problems:
+    for p in pools:
+        mark = " (default)" if p["default"] else ""
+        print(f"pool {p['name']}{mark}: group {p['asg']}, queue {p['queue']}, region {p['region']}")
+    for problem in problems:
         print(f"warmpool: {problem}", file=sys.stderr)
-    if report.problems:
-        print(f"warmpool: {len(report.problems)} bad setting(s): fix them and run again", file=sys.stderr)
+    if problems:
+        print(f"warmpool: {len(problems)} bad setting(s): fix them and run again", file=sys.stderr)
     return code
 
 
@@ -225,6 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _project(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("project", help="project id: 1-128 of A-Z a-z 0-9 . _ -, starting alphanumeric")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the job's result)")
+    cli_pools.add_pool_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,15 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("instances", nargs="*", metavar="INSTANCE", help="instance ids (i-...) to release")
     p.add_argument("--all", action="store_true", help="every quarantined machine")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    cli_pools.add_pool_option(p)
     p.set_defaults(func=cmd_release_quarantined)
 
-    p = sub.add_parser("status", help="show the pool: machines, counts, group size, lost machines")
-    p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    p = sub.add_parser("status", help="show the pools: machines, counts, group size, lost machines")
+    p.add_argument("--json", action="store_true", help="print the snapshot as JSON (every pool: a list)")
+    cli_pools.add_pool_option(p, every=True)
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="S", help="refresh every S seconds [2]")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("worker", help="run a worker: the pool worker (one only) or an aws side-effect worker")
-    p.add_argument("--queue", choices=["pool", "aws"], default="pool")
+    p = sub.add_parser("pools", help="list the configured pools: group, queue, region, state namespace")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cli_pools.cmd_pools)
+
+    p = sub.add_parser("worker", help="run a worker: the pool worker (one per pool) or an aws side-effect worker")
+    p.add_argument("--queue", choices=["pool", "aws"], default="pool", help="pool: owns every pool [pool]")
+    p.add_argument("--pool", action="append", metavar="NAME", help="own this pool only (repeatable)")
     p.add_argument("--concurrency", type=int, default=8, help="aws worker threads [8]")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("celery_args", nargs=argparse.REMAINDER, help="passed to celery worker")
@@ -306,7 +317,7 @@ _JSON_COMMANDS = frozenset({"assign", "release", "touch", "status"})
 def _config_problem(argv: list[str]) -> int | None:
     """Exit status 2 after reporting bad settings (None when every setting is good)."""
     try:
-        config.Settings.from_env()
+        load_deployment()
     except ConfigError as exc:
         if argv[:1] and argv[0] in _JSON_COMMANDS and "--json" in argv[1:]:
             print(json.dumps(failure(exc.code, str(exc), problems=list(exc.problems))))

@@ -15,18 +15,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import config
+from producer.cli_pools import add_pool_option
 from tasks.pool.economics import override_text
 from tasks.pool.policy import parse_policy, parse_schedules
 
 EXIT_OK, EXIT_INVALID = 0, 2
 
 
-def _ledger() -> Any:
+def _pool(args: argparse.Namespace) -> Any:
+    """The pool ``--pool`` names (the configuration's default pool without it)."""
+    from tasks.pools import load_deployment
+
+    return load_deployment().pool(getattr(args, "pool", None))
+
+
+def _ledger(args: argparse.Namespace) -> Any:
     from tasks.state.redis_ledger import RedisLedger
 
-    s = config.Settings.from_env()
-    return RedisLedger.from_url(s.redis_url, s.asg_name)
+    pool = _pool(args)
+    s = pool.settings
+    return RedisLedger.from_url(s.redis_url, pool.namespace, sentinel_master=s.sentinel_master)
 
 
 def _schedules_arg(raw: str | None) -> Any:
@@ -40,14 +48,16 @@ def _schedules_arg(raw: str | None) -> Any:
     return raw
 
 
-def policy_state() -> dict[str, Any]:
+def policy_state(args: argparse.Namespace) -> dict[str, Any]:
     """The configured policy, the runtime override (if any) and the worker's last decision."""
-    s = config.Settings.from_env()
-    ledger = _ledger()
+    pool = _pool(args)
+    s = pool.settings
+    ledger = _ledger(args)
     read = ledger.read(minutes=())
     figures = ledger.figures()
     override = json.loads(read.override) if read.override else None
     return {
+        "pool": pool.name,
         "asg_name": s.asg_name,
         "configured": {
             "policy": s.policy,
@@ -65,7 +75,7 @@ def policy_state() -> dict[str, Any]:
 
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
-    state = policy_state()
+    state = policy_state(args)
     if args.json:
         print(json.dumps(state, indent=2 if sys.stdout.isatty() else None))
         return EXIT_OK
@@ -92,13 +102,13 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
             raise
         print(f"warmpool: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    _ledger().set_override(text)
+    _ledger(args).set_override(text)
     print(f"policy override stored: {parse_policy(args.spec).text()} (in force at the pool worker's next rebalance)")
     return EXIT_OK
 
 
 def cmd_policy_clear(args: argparse.Namespace) -> int:
-    _ledger().set_override(None)
+    _ledger(args).set_override(None)
     print("policy override removed: the configured policy is in force at the next rebalance")
     return EXIT_OK
 
@@ -115,19 +125,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     actions = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     show = actions.add_parser("show", help="the configured policy, the override and the worker's last decision")
     show.add_argument("--json", action="store_true", help="print one JSON object")
+    add_pool_option(show)
     show.set_defaults(func=cmd_policy_show)
     put = actions.add_parser("set", help="put SPEC in force (fixed:N, adaptive, adaptive:goal=0.995,floor=1)")
     put.add_argument("spec", metavar="SPEC")
     put.add_argument("--schedules", metavar="JSON|@FILE", help="schedules to use with it (default: configured)")
+    add_pool_option(put)
     put.set_defaults(func=cmd_policy_set)
     clear = actions.add_parser("clear", help="remove the override: the configured policy is in force again")
+    add_pool_option(clear)
     clear.set_defaults(func=cmd_policy_clear)
 
     s = sub.add_parser("simulate", help="replay a demand trace against policies, on the pool's own code")
     s.add_argument("trace", metavar="TRACE.csv", help="CSV with header at,project_id,event")
     s.add_argument("--policy", action="append", metavar="SPEC", help="fixed:N, adaptive[:goal=G], config (repeatable)")
-    s.add_argument("--config", metavar="FILE", help="pool configuration (TOML) for --policy config")
-    s.add_argument("--pool", metavar="NAME", help="the pool of --config")
+    s.add_argument("--config", metavar="FILE", help="a pools file (as WARMPOOL_CONFIG) for --policy config")
+    s.add_argument("--pool", metavar="NAME", help="the pool whose configuration runs (default: the default pool)")
     s.add_argument("--launch-seconds", default="60", metavar="S|LO:HI", help="launch time: fixed or uniform [60]")
     s.add_argument("--from", dest="start", metavar="ISO8601", help="score only events from here on")
     s.add_argument("--wait", type=float, default=600.0, metavar="S", help="a caller gives up after S seconds [600]")

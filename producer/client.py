@@ -49,8 +49,9 @@ from producer.calls import (
     raise_for_failure,
     reply_from_meta,
 )
-from tasks.contract import POOL_QUEUE, STATE_WAITING, AssignedMachine
+from tasks.contract import STATE_WAITING, AssignedMachine
 from tasks.errors import PoolUnavailable
+from tasks.pools import Deployment
 
 # The client core's helpers the gateway, the probe and the CLI import from here.
 __all__ = [
@@ -155,8 +156,7 @@ class _CeleryTransport:
             result = self._app.send_task(
                 job.task,
                 args=job.args,
-                kwargs=dict(job.kwargs),
-                queue=POOL_QUEUE,
+                kwargs=dict(job.kwargs),  # routed by its pool (tasks/routing.py)
                 expires=job.timeout_s,
                 task_id=job.task_id,
             )
@@ -179,9 +179,15 @@ class PoolClient(BaseClient):
     """
 
     def __init__(
-        self, *, app: Celery | None = None, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S, group: str | None = None
+        self,
+        *,
+        app: Celery | None = None,
+        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        group: str | None = None,
+        pool: str | None = None,
+        deployment: Deployment | None = None,
     ) -> None:
-        super().__init__(app=app, reply_timeout_s=reply_timeout_s, group=group)
+        super().__init__(app=app, reply_timeout_s=reply_timeout_s, group=group, pool=pool, deployment=deployment)
         self._transport: _Transport = (
             _RedisTransport(self.app, self.backend_url) if self.redis_backend else _CeleryTransport(self.app)
         )
@@ -193,6 +199,7 @@ class PoolClient(BaseClient):
         timeout_s: float,
         kwargs: dict[str, Any] | None = None,
         task_id: str | None = None,
+        pool: str | None = None,
     ) -> Any:
         """Send one pool job and return its raw result (``task_id``: the job's id, default a new one).
 
@@ -200,53 +207,59 @@ class PoolClient(BaseClient):
         result when the worker queued the caller (assign with wait) and no
         machine became available before the deadline.
         """
-        return self._send(Job(task, args, kwargs or {}, timeout_s, task_id))
+        return self._send(Job(task, args, kwargs or {}, timeout_s, task_id), pool)
 
-    def _send(self, job: Job) -> Any:
-        job = self._for_group(job)
+    def _send(self, job: Job, pool: str | None = None) -> Any:
+        job = self._for_pool(job, pool)
         return outcome(job, self._transport.round_trip(job))
 
-    def assign_result(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> dict[str, Any]:
+    def assign_result(
+        self, project_id: str, *, wait: float = 0.0, lease: float | None = None, pool: str | None = None
+    ) -> dict[str, Any]:
         """Assign and return the raw result dict (the CLI's and gateway's --json shape).
 
         ``no_capacity`` is a result here, not an exception: callers that print
         or forward results need it as data.
         """
         call = self._assign(project_id, wait, lease)
-        return call.result(self._send(call.job))
+        return call.result(self._send(call.job, pool))
 
-    def assign(self, project_id: str, *, wait: float = 0.0, lease: float | None = None) -> AssignedMachine:
+    def assign(
+        self, project_id: str, *, wait: float = 0.0, lease: float | None = None, pool: str | None = None
+    ) -> AssignedMachine:
         """Return the project's machine; NoCapacity if none became idle within ``wait`` seconds.
 
         Waiting callers are served in arrival order as machines become ready.
         ``lease`` (seconds) overrides WARMPOOL_LEASE_SECONDS for this assignment.
         """
-        return Assign.value(self.assign_result(project_id, wait=wait, lease=lease))
+        return Assign.value(self.assign_result(project_id, wait=wait, lease=lease, pool=pool))
 
-    def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
+    def touch_result(self, project_id: str, *, lease: float | None = None, pool: str | None = None) -> dict[str, Any]:
         """Touch and return the raw result dict (touched, no_lease, not_assigned)."""
         call = self._touch(project_id, lease)
-        return call.result(self._send(call.job))
+        return call.result(self._send(call.job, pool))
 
-    def touch(self, project_id: str, *, lease: float | None = None) -> bool:
+    def touch(self, project_id: str, *, lease: float | None = None, pool: str | None = None) -> bool:
         """Renew the lease of the project's machine; False if the project holds none."""
-        return Touch.value(self.touch_result(project_id, lease=lease))
+        return Touch.value(self.touch_result(project_id, lease=lease, pool=pool))
 
-    def release_result(self, project_id: str) -> dict[str, Any]:
+    def release_result(self, project_id: str, *, pool: str | None = None) -> dict[str, Any]:
         """Release and return the raw result dict (released, not_assigned)."""
         call = self._release(project_id)
-        return call.result(self._send(call.job))
+        return call.result(self._send(call.job, pool))
 
-    def release(self, project_id: str) -> bool:
+    def release(self, project_id: str, *, pool: str | None = None) -> bool:
         """Release the project's machine: True if one was released, False if none was held."""
-        return Release.value(self.release_result(project_id))
+        return Release.value(self.release_result(project_id, pool=pool))
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, pool: str | None = None) -> dict[str, Any]:
         """The pool snapshot: counts by state, machines, desired/min/max, lost machines."""
         call = self._status()
-        return call.result(self._send(call.job))
+        return call.result(self._send(call.job, pool))
 
-    def release_quarantined(self, instance_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    def release_quarantined(
+        self, instance_ids: Sequence[str] | None = None, *, pool: str | None = None
+    ) -> dict[str, Any]:
         """An operator's word that these quarantined machines (None: all) are in nobody's use."""
         call = self._release_quarantined(instance_ids)
-        return call.result(self._send(call.job))
+        return call.result(self._send(call.job, pool))

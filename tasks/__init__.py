@@ -17,9 +17,9 @@ def _exit_on_bad_settings() -> None:
     ConfigError raised there would surface as a traceback; this check runs first.
     SystemExit is not an Exception: Celery's app loader lets it through.
     """
-    from tasks.config import settings_or_exit
+    from tasks.pools import deployment_or_exit
 
-    settings_or_exit()
+    deployment_or_exit()
 
 
 def __getattr__(name: str) -> Any:

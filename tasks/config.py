@@ -82,7 +82,11 @@ def setting(
 
 _GROUP_NAME = kind.text(max_chars=255, forbidden="{}", what="an Auto Scaling Group name: 1-255 characters, no { or }")
 _BROKER = kind.url(example="redis://127.0.0.1:6379/0 or amqp://user:pass@host:5672//")
-_STORE = kind.url(schemes=("redis", "rediss", "unix"), example="redis://127.0.0.1:6379/2")
+_STORE = kind.url(
+    schemes=("redis", "rediss", "unix", "sentinel"),
+    example="redis://127.0.0.1:6379/2 or sentinel://s1:26379;sentinel://s2:26379/2",
+)
+_SENTINEL_NAME = kind.text(max_chars=128, forbidden=" ;/", what="a Sentinel master name")
 _HTTP = kind.url(schemes=("http", "https"), example="http://127.0.0.1:5555")
 _TOKEN = kind.text(max_chars=4096, forbidden=" ", what="printable characters without spaces")
 _USER = kind.text(max_chars=256, forbidden=":", what="printable characters without ':'")
@@ -93,6 +97,8 @@ _PASSWORD = kind.text(max_chars=4096, forbidden="", what="printable characters")
 class Settings:
     """Every setting, validated once at start-up (one line each: field, variable, default, kind, meaning)."""
 
+    # The pools: a TOML file of them (tasks/pools.py), or the one pool the settings below describe.
+    config_file: str = setting("WARMPOOL_CONFIG", "", kind.readable_file(), "TOML file of pools (unset: one pool)")
     # The pool (read by the workers; the producers read the broker URLs).
     asg_name: str = setting("WARMPOOL_ASG_NAME", DEFAULT_ASG_NAME, _GROUP_NAME, "the Auto Scaling Group")
     idle_target: int = setting("WARMPOOL_IDLE_TARGET", 2, kind.integer(0, 10_000), "idle machines to keep ready")
@@ -102,6 +108,9 @@ class Settings:
         "WARMPOOL_RESULT_BACKEND", DEFAULT_RESULT_BACKEND, _BROKER, "Celery result backend", mask=_url_secret
     )
     redis_url: str = setting("WARMPOOL_REDIS_URL", DEFAULT_REDIS_URL, _STORE, "pool state store", mask=_url_secret)
+    sentinel_master: str = setting(
+        "WARMPOOL_SENTINEL_MASTER", "mymaster", _SENTINEL_NAME, "master the Sentinels watch (sentinel:// URLs)"
+    )
     address: AddressKind = setting(
         "WARMPOOL_ADDRESS", AddressKind.PUBLIC, kind.one_of(AddressKind), "address handed out"
     )

@@ -7,6 +7,7 @@ into one line naming the setting, the bad value and ``allowed``. Pure standard l
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,16 @@ def text(*, max_chars: int, forbidden: str, what: str) -> Parser[str]:
         return raw
 
     return Parser(what, convert)
+
+
+def readable_file() -> Parser[str]:
+    """The path of a file that exists and can be read."""
+
+    def convert(raw: str) -> str:
+        _check(raw.isprintable() and len(raw) <= 4096 and os.path.isfile(raw) and os.access(raw, os.R_OK))
+        return raw
+
+    return Parser("the path of a readable file", convert)
 
 
 def url(*, schemes: tuple[str, ...] = (), example: str) -> Parser[str]:

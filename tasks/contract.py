@@ -64,6 +64,8 @@ CODE_BAD_REQUEST: Final = "bad_request"
 CODE_INTERNAL: Final = "internal_error"
 CODE_STORE_UNAVAILABLE: Final = "store_unavailable"
 CODE_WRONG_GROUP: Final = "wrong_group"  # the job is for another group than the worker's
+CODE_UNKNOWN_POOL: Final = "unknown_pool"  # no configured pool has the job's pool name
+CODE_WRONG_POOL: Final = "wrong_pool"  # the job's pool is owned by another pool worker
 
 # Why a worker set a message aside instead of running it (tasks.worker.screening):
 # the dead-letter list's ``reason`` and the keys of status' ``dead_letters_by_reason``.
@@ -138,6 +140,7 @@ class AssignedMachine:
     project_id: str
     assigned_at: str
     private_ip: str | None = None
+    pool: str | None = None  # the pool it came from
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> AssignedMachine:
@@ -147,4 +150,5 @@ class AssignedMachine:
             project_id=str(result["project_id"]),
             assigned_at=str(result["assigned_at"]),
             private_ip=result.get("private_ip"),
+            pool=result.get("pool"),
         )

@@ -5,7 +5,8 @@ The hierarchy::
     WarmpoolError                    base of everything raised on purpose
     ├── ConfigError                  a setting (variable or its *_FILE) has an unusable value
     ├── InvalidProject               a project id does not match PROJECT_ID_PATTERN
-    ├── InvalidRequest               any other bad argument (an absurd wait, a malformed job)
+    ├── InvalidRequest               any other bad argument (an absurd wait, a malformed job or pool name)
+    │   └── UnknownPool              a well-formed pool name that no pool of the configuration has
     ├── NoCapacity                   no machine became available within the caller's wait
     ├── PoolUnavailable              no pool worker answered in time (or its store is down)
     ├── JobFailed                    the pool worker failed the job unexpectedly (a bug)
@@ -47,6 +48,16 @@ class InvalidProject(WarmpoolError):
 
 class InvalidRequest(WarmpoolError):
     code = "bad_request"
+
+
+class UnknownPool(InvalidRequest):
+    """No configured pool has this name (refused before anything is enqueued)."""
+
+    code = "unknown_pool"
+
+    def __init__(self, message: str, *, pool: str | None = None) -> None:
+        super().__init__(message)
+        self.pool = pool
 
 
 class NoCapacity(WarmpoolError):

@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
+from producer.cli_pools import pool_rows
 from producer.client import check_lease, check_wait
 from producer.gateway.asgi import ErrorShield
 from producer.gateway.auth import BearerAuth
@@ -40,9 +41,12 @@ from producer.gateway.models import (
     error_responses,
 )
 from producer.gateway.parsing import checked, fields_from_body, merged, read_body
-from producer.gateway.service import Gateway, HealthProbe, disconnect_of, status_within
+from producer.gateway.service import Gateway, HealthProbe, disconnect_of, statuses_within
 from tasks.contract import CODE_NO_CAPACITY, MAX_LEASE_S, MAX_WAIT_S, STATUS_NOT_ASSIGNED
 
+POOL_PREFIX = "/v1/pools/{pool}"
+# Checked by Gateway.check_pool (400 malformed, 404 unknown_pool), not by a pattern (422).
+POOL_PARAM = Path(description="a configured pool's name (GET /v1/pools lists them)")
 FLOWER_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
@@ -128,9 +132,10 @@ def add_routes(app: FastAPI, gw: Gateway) -> None:
     """Every route, in matching order: the catch-all GET /{project_id} comes last."""
     _add_operations_routes(app, gw)
     _add_pool_route(app, gw)
-    _add_assign_route(app, gw)
-    _add_touch_route(app, gw)
-    _add_release_route(app, gw)
+    for prefix in ("/v1", POOL_PREFIX):  # the default pool's routes, and every pool's
+        _add_assign_route(app, gw, prefix)
+        _add_touch_route(app, gw, prefix)
+        _add_release_route(app, gw, prefix)
     _add_flower_route(app, gw)
     _add_legacy_routes(app, gw)
 
@@ -156,11 +161,20 @@ def _add_operations_routes(app: FastAPI, gw: Gateway) -> None:
 
     @app.get("/healthz", tags=["operations"], response_model=Health, responses=error_responses(503))
     async def healthz() -> Response:
-        """200 when a pool worker answers a status job within a couple of seconds, else 503 (readiness)."""
-        if await gw.health.check():
-            return JSONResponse({"status": "ok"})
+        """200 when a pool worker answers a status job within a couple of seconds, else 503 (readiness).
+
+        One pool whose worker is down does not make the gateway unready for the
+        others: 200 while any pool answers; ``pools`` says which do.
+        """
+        answered = await gw.health.check()
+        pools = {name: "ok" if ok else "unavailable" for name, ok in answered.items()}
+        if any(answered.values()):
+            return JSONResponse({"status": "ok", "pools": pools})
         return ApiError(
-            503, CODE_POOL_UNAVAILABLE, f"no pool worker answered a status job within {gw.health.timeout_s:g}s"
+            503,
+            CODE_POOL_UNAVAILABLE,
+            f"no pool worker answered a status job within {gw.health.timeout_s:g}s",
+            extra={"pools": pools},
         ).response()
 
     @app.get(
@@ -171,24 +185,40 @@ def _add_operations_routes(app: FastAPI, gw: Gateway) -> None:
     )
     async def metrics(request: Request) -> Response:
         """Prometheus metrics: gateway counters plus pool gauges read at scrape time."""
-        status = await status_within(gw.client, gw.health.timeout_s)
-        data, content_type = gw.metrics.render(status, request.headers.get("accept", ""))
+        statuses = await statuses_within(gw.client, gw.health.timeout_s)
+        data, content_type = gw.metrics.render(statuses, request.headers.get("accept", ""))
         return Response(data, media_type=content_type)
 
 
 def _add_pool_route(app: FastAPI, gw: Gateway) -> None:
     @app.get("/v1/pool", tags=["v1"], responses=error_responses(401, 504))
     async def pool_status() -> JSONResponse:
-        """The pool snapshot: counts by state, machines, desired/min/max, lost machines."""
+        """The default pool's snapshot: counts by state, machines, desired/min/max, lost machines."""
         return JSONResponse(await gw.status())
 
+    @app.get("/v1/pools", tags=["v1"], responses=error_responses(401))
+    async def pools() -> JSONResponse:
+        """Every configured pool: its group, queue and region (no pool job: the gateway's configuration)."""
+        return JSONResponse({"default_pool": gw.client.pool, "pools": pool_rows(gw.client.deployment)})
 
-def _add_assign_route(app: FastAPI, gw: Gateway) -> None:
+    @app.get("/v1/pools/{pool}", tags=["v1"], responses=error_responses(400, 401, 404, 504))
+    async def one_pool_status(pool: str = POOL_PARAM) -> JSONResponse:
+        """That pool's snapshot (as /v1/pool); 404 `unknown_pool` for a pool the configuration does not name."""
+        return JSONResponse(await gw.status(pool=gw.check_pool(pool)))
+
+
+def _pool_of(request: Request, gw: Gateway) -> str | None:
+    """The pool a /v1/pools/{pool}/... route names (checked: 400 malformed, 404 unknown), None elsewhere."""
+    pool = request.path_params.get("pool")
+    return None if pool is None else gw.check_pool(pool)
+
+
+def _add_assign_route(app: FastAPI, gw: Gateway, prefix: str) -> None:
     @app.post(
-        "/v1/projects/{project_id}/machine",
+        prefix + "/projects/{project_id}/machine",
         tags=["v1"],
         response_model=AssignResult,
-        responses=error_responses(400, 401, 413, 500, 503, 504),
+        responses=error_responses(400, 401, 404, 413, 500, 503, 504),
         openapi_extra={
             "requestBody": {
                 "required": False,
@@ -206,22 +236,25 @@ def _add_assign_route(app: FastAPI, gw: Gateway) -> None:
             None, ge=0, le=MAX_LEASE_S, description="lease length in seconds (also accepted in the body)"
         ),
     ) -> JSONResponse:
-        """Assign a machine to the project (the one it holds, if any).
+        """Assign a machine of the pool to the project (the one it holds, if any).
 
         503 `no_capacity` with Retry-After when no machine became idle within `wait`.
         """
+        pool = _pool_of(request, gw)
         check_project_id(project_id)
         body = fields_from_body(await read_body(request), frozenset({"wait", "lease"}))
         wait_value = merged("wait", wait, body)
         wait_s = checked(check_wait, 0.0 if wait_value is None else wait_value)
         lease_value = merged("lease", lease, body)
         lease_s = None if lease_value is None else checked(check_lease, lease_value)
-        return JSONResponse(await gw.assign(project_id, wait_s, lease_s, gone=disconnect_of(request.receive)))
+        return JSONResponse(
+            await gw.assign(project_id, wait_s, lease_s, gone=disconnect_of(request.receive), pool=pool)
+        )
 
 
-def _add_touch_route(app: FastAPI, gw: Gateway) -> None:
+def _add_touch_route(app: FastAPI, gw: Gateway, prefix: str) -> None:
     @app.post(
-        "/v1/projects/{project_id}/touch",
+        prefix + "/projects/{project_id}/touch",
         tags=["v1"],
         response_model=TouchResult,
         responses=error_responses(400, 401, 404, 413, 500, 504),
@@ -238,27 +271,29 @@ def _add_touch_route(app: FastAPI, gw: Gateway) -> None:
         lease: float | None = Query(None, ge=0, le=MAX_LEASE_S, description="new lease length in seconds"),
     ) -> JSONResponse:
         """Renew the lease of the project's machine; 404 `not_assigned` if it holds none."""
+        pool = _pool_of(request, gw)
         check_project_id(project_id)
         body = fields_from_body(await read_body(request), frozenset({"lease"}))
         lease_value = merged("lease", lease, body)
         lease_s = None if lease_value is None else checked(check_lease, lease_value)
-        result = await gw.touch(project_id, lease_s)
+        result = await gw.touch(project_id, lease_s, pool=pool)
         if result.get("status") == STATUS_NOT_ASSIGNED:
             return _not_assigned(project_id)
         return JSONResponse(result)
 
 
-def _add_release_route(app: FastAPI, gw: Gateway) -> None:
+def _add_release_route(app: FastAPI, gw: Gateway, prefix: str) -> None:
     @app.delete(
-        "/v1/projects/{project_id}/machine",
+        prefix + "/projects/{project_id}/machine",
         tags=["v1"],
         response_model=ReleaseResult,
         responses=error_responses(400, 401, 404, 500, 504),
     )
-    async def release(project_id: str = PROJECT_ID_PARAM) -> JSONResponse:
+    async def release(request: Request, project_id: str = PROJECT_ID_PARAM) -> JSONResponse:
         """Release the project's machine; 404 `not_assigned` if it holds none."""
+        pool = _pool_of(request, gw)
         check_project_id(project_id)
-        result = await gw.release(project_id)
+        result = await gw.release(project_id, pool=pool)
         if result.get("status") == STATUS_NOT_ASSIGNED:
             return _not_assigned(project_id)
         return JSONResponse(result)

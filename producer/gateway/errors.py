@@ -24,7 +24,7 @@ from tasks.contract import (
     CODE_NO_CAPACITY,
     PROJECT_ID_PATTERN,
 )
-from tasks.errors import InvalidProject, InvalidRequest, NoCapacity, PoolUnavailable, WarmpoolError
+from tasks.errors import InvalidProject, InvalidRequest, NoCapacity, PoolUnavailable, UnknownPool, WarmpoolError
 
 
 class ApiError(Exception):
@@ -59,6 +59,8 @@ def error_for(exc: BaseException, *, retry_after_s: int) -> ApiError:
     """Map the client's exceptions onto HTTP status codes and stable codes."""
     if isinstance(exc, InvalidProject):
         return ApiError(400, CODE_INVALID_PROJECT, INVALID_ID_MESSAGE)
+    if isinstance(exc, UnknownPool):
+        return ApiError(404, UnknownPool.code, clean_message(str(exc)), extra={"pool": exc.pool})
     if isinstance(exc, InvalidRequest):
         return ApiError(400, CODE_BAD_REQUEST, clean_message(str(exc)))
     if isinstance(exc, NoCapacity):

@@ -6,7 +6,8 @@ Two kinds of series:
   outcome): ordinary counters and a histogram, updated as requests finish.
 * **Pool state** (machines by state, desired/min/max, refresh age, capped;
   the worker's own totals of lost and unready machines as counters): built at
-  scrape time from one ``status`` snapshot of the pool worker. Each family
+  scrape time from one ``status`` snapshot of each pool's worker, every
+  series labelled with its ``pool``. Each family
   comes from one small function of the snapshot listed in ``STATUS_FAMILIES``;
   adding a series the worker starts reporting later is one more such function.
 
@@ -191,24 +192,37 @@ STATUS_FAMILIES: tuple[StatusFamilies, ...] = (
 )
 
 
+def labelled(metrics: Iterable[Metric], pool: str, into: dict[str, Metric]) -> None:
+    """Add ``metrics`` to ``into`` (one family per name), every sample labelled with its ``pool``."""
+    for metric in metrics:
+        family = into.get(metric.name)
+        if family is None:
+            family = into[metric.name] = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+        for sample in metric.samples:
+            family.add_sample(sample.name, {"pool": pool, **sample.labels}, sample.value, sample.timestamp)
+
+
 class PoolStatusCollector(Collector):
-    """Gauges from the latest status snapshot; ``warmpool_pool_status_up`` says if there is one."""
+    """Gauges from the latest status snapshot of each pool, labelled ``pool``; ``warmpool_pool_status_up`` per pool."""
 
     def __init__(self, families: Iterable[StatusFamilies] = STATUS_FAMILIES) -> None:
         self.families = tuple(families)
-        self.snapshot: Mapping[str, Any] | None = None
+        self.snapshots: Mapping[str, Mapping[str, Any] | None] = {}
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self.snapshot
-        yield GaugeMetricFamily(
+        up = GaugeMetricFamily(
             "warmpool_pool_status_up",
-            "1 when a pool worker answered the status job of this scrape",
-            value=0.0 if snapshot is None else 1.0,
+            "1 when the pool's worker answered the status job of this scrape",
+            labels=["pool"],
         )
-        if snapshot is None:
-            return
-        for family in self.families:
-            yield from family(snapshot)
+        merged: dict[str, Metric] = {}
+        for pool, snapshot in self.snapshots.items():
+            up.add_metric([pool], 0.0 if snapshot is None else 1.0)
+            if snapshot is not None:
+                for family in self.families:
+                    labelled(family(snapshot), pool, merged)
+        yield up
+        yield from merged.values()
 
 
 class GatewayMetrics:
@@ -219,51 +233,51 @@ class GatewayMetrics:
         self.assign_latency = Histogram(
             "warmpool_assign_duration_seconds",
             "Time to answer an assign request (including any wait for capacity), by outcome",
-            labelnames=["outcome"],
+            labelnames=["pool", "outcome"],
             buckets=ASSIGN_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.assigns = Counter(
             "warmpool_assigns",
             "Assign requests answered by the gateway, by outcome",
-            labelnames=["outcome"],
+            labelnames=["pool", "outcome"],
             registry=self.registry,
         )
         self.releases = Counter(
             "warmpool_releases",
             "Release requests answered by the gateway, by outcome",
-            labelnames=["outcome"],
+            labelnames=["pool", "outcome"],
             registry=self.registry,
         )
         self.touches = Counter(
             "warmpool_touches",
             "Lease renewals answered by the gateway, by outcome",
-            labelnames=["outcome"],
+            labelnames=["pool", "outcome"],
             registry=self.registry,
         )
         self.pool = PoolStatusCollector()
         self.registry.register(self.pool)
 
-    def observe_assign(self, outcome: str, seconds: float) -> None:
-        self.assigns.labels(outcome=outcome).inc()
-        self.assign_latency.labels(outcome=outcome).observe(max(0.0, seconds))
+    def observe_assign(self, outcome: str, seconds: float, *, pool: str = "default") -> None:
+        self.assigns.labels(pool=pool, outcome=outcome).inc()
+        self.assign_latency.labels(pool=pool, outcome=outcome).observe(max(0.0, seconds))
 
-    def observe_release(self, outcome: str) -> None:
-        self.releases.labels(outcome=outcome).inc()
+    def observe_release(self, outcome: str, *, pool: str = "default") -> None:
+        self.releases.labels(pool=pool, outcome=outcome).inc()
 
-    def observe_touch(self, outcome: str) -> None:
-        self.touches.labels(outcome=outcome).inc()
+    def observe_touch(self, outcome: str, *, pool: str = "default") -> None:
+        self.touches.labels(pool=pool, outcome=outcome).inc()
 
-    def render(self, status: Mapping[str, Any] | None, accept: str = "") -> tuple[bytes, str]:
-        """Exposition bytes and content type (negotiated from ``accept``), pool gauges from ``status``.
+    def render(self, statuses: Mapping[str, Mapping[str, Any] | None], accept: str = "") -> tuple[bytes, str]:
+        """Exposition bytes and content type (negotiated from ``accept``), pool gauges from ``statuses``.
 
-        ``status`` None means the pool did not answer: pool gauges are left out
-        and ``warmpool_pool_status_up`` is 0.
+        ``statuses``: pool name -> its status snapshot, or None when its worker did
+        not answer (its gauges are left out and ``warmpool_pool_status_up`` is 0).
         """
         encoder, content_type = choose_encoder(accept)
-        self.pool.snapshot = status
+        self.pool.snapshots = statuses
         try:
             data: bytes = encoder(self.registry)
         finally:
-            self.pool.snapshot = None
+            self.pool.snapshots = {}
         return data, content_type

@@ -43,27 +43,35 @@ class HealthProbe:
         self.cache_s = cache_s
         self._lock = asyncio.Lock()
         self._at = -math.inf
-        self._ok = False
+        self._answered: dict[str, bool] = {}
 
-    async def check(self) -> bool:
-        """Whether a pool worker answered a status job within ``timeout_s`` (cached ``cache_s``)."""
+    async def check(self) -> dict[str, bool]:
+        """Pool -> whether its worker answered a status job within ``timeout_s`` (cached ``cache_s``)."""
         async with self._lock:
             if time.monotonic() - self._at < self.cache_s:
-                return self._ok
-            self._ok = await status_within(self.client, self.timeout_s) is not None
+                return self._answered
+            statuses = await statuses_within(self.client, self.timeout_s)
+            self._answered = {pool: status is not None for pool, status in statuses.items()}
             self._at = time.monotonic()
-            return self._ok
+            return self._answered
 
 
-async def status_within(client: GatewayClient, timeout_s: float) -> dict[str, Any] | None:
-    """The pool status, or None when no worker answered within ``timeout_s``."""
+async def status_within(client: GatewayClient, timeout_s: float, *, pool: str | None = None) -> dict[str, Any] | None:
+    """The pool's status, or None when its worker did not answer within ``timeout_s``."""
     try:
-        return await asyncio.wait_for(client.status(), timeout_s)
+        return await asyncio.wait_for(client.status(pool=pool), timeout_s)
     except (TimeoutError, WarmpoolError):
         return None
     except Exception:
-        log.exception("status job failed")
+        log.exception("status job failed", extra={"pool": pool})
         return None
+
+
+async def statuses_within(client: GatewayClient, timeout_s: float) -> dict[str, dict[str, Any] | None]:
+    """Every pool's status at once (None for a pool whose worker did not answer within ``timeout_s``)."""
+    names = list(client.pool_names())
+    found = await asyncio.gather(*(status_within(client, timeout_s, pool=name) for name in names))
+    return dict(zip(names, found, strict=True))
 
 
 Gone = Callable[[], Awaitable[None]]
@@ -93,8 +101,21 @@ class Gateway:
     flower: FlowerProxy | None
     retry_after_s: int
 
+    def check_pool(self, pool: str | None) -> str:
+        """The pool a request names (None: the default pool); ApiError 400 malformed, 404 unknown_pool."""
+        try:
+            return self.client.deployment.pool(pool).name
+        except WarmpoolError as exc:
+            raise error_for(exc, retry_after_s=self.retry_after_s) from None
+
     async def assign(
-        self, project_id: str, wait: float, lease: float | None = None, *, gone: Gone | None = None
+        self,
+        project_id: str,
+        wait: float,
+        lease: float | None = None,
+        *,
+        gone: Gone | None = None,
+        pool: str | None = None,
     ) -> dict[str, Any]:
         """The assigned result; ApiError for every failure (no capacity included).
 
@@ -107,8 +128,10 @@ class Gateway:
         instance_id = None
         try:
             request_id = str(uuid.uuid4())
-            call = self.client.assign_result(project_id, wait=wait, lease=lease, request_id=request_id)
-            result = await self._unless_gone(call, gone, project_id=project_id, request_id=request_id, wait=wait)
+            call = self.client.assign_result(project_id, wait=wait, lease=lease, request_id=request_id, pool=pool)
+            result = await self._unless_gone(
+                call, gone, project_id=project_id, request_id=request_id, wait=wait, pool=pool
+            )
             if isinstance(result, Mapping) and result.get("status") == STATUS_ASSIGNED:
                 outcome, instance_id = STATUS_ASSIGNED, result.get("instance_id")
                 return dict(result)
@@ -130,10 +153,11 @@ class Gateway:
             raise error_for(exc, retry_after_s=self.retry_after_s) from None
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.observe_assign(outcome, elapsed)
+            self.metrics.observe_assign(outcome, elapsed, pool=pool or self.client.pool)
             log.info(
                 "assign",
                 extra={
+                    "pool": pool or self.client.pool,
                     "project_id": project_id,
                     "instance_id": instance_id,
                     "outcome": outcome,
@@ -149,6 +173,7 @@ class Gateway:
         project_id: str,
         request_id: str,
         wait: float,
+        pool: str | None,
     ) -> dict[str, Any]:
         """The result of ``call``, unless ``gone`` returns first: then the assign is withdrawn."""
         if gone is None:
@@ -174,14 +199,14 @@ class Gateway:
         # request got.
         assign.cancel()
         await asyncio.gather(assign, return_exceptions=True)
-        await self._withdraw(project_id, request_id, wait=wait)
+        await self._withdraw(project_id, request_id, wait=wait, pool=pool)
         raise ApiError(499, CODE_CALLER_GONE, "the caller disconnected before the answer: the assign was withdrawn")
 
-    async def _withdraw(self, project_id: str, request_id: str, *, wait: float) -> None:
+    async def _withdraw(self, project_id: str, request_id: str, *, wait: float, pool: str | None) -> None:
         try:
             # As long-lived in the queue as the assign it withdraws: expiring first
             # would leave that assign to hand a machine to nobody.
-            result = await self.client.withdraw_result(project_id, request_id=request_id, wait=wait)
+            result = await self.client.withdraw_result(project_id, request_id=request_id, wait=wait, pool=pool)
             if result.get("status") != STATUS_WITHDRAWN:
                 raise JobFailed(f"unexpected withdraw result {result!r:.200}")
         except Exception as exc:
@@ -200,12 +225,12 @@ class Gateway:
             },
         )
 
-    async def release(self, project_id: str) -> dict[str, Any]:
+    async def release(self, project_id: str, *, pool: str | None = None) -> dict[str, Any]:
         """The release result (released or not_assigned); ApiError for every failure."""
         started = time.perf_counter()
         outcome = "error"
         try:
-            result = await self.client.release_result(project_id)
+            result = await self.client.release_result(project_id, pool=pool)
             status = result.get("status") if isinstance(result, Mapping) else None
             if status not in (STATUS_RELEASED, STATUS_NOT_ASSIGNED):
                 raise JobFailed(f"unexpected release result {result!r:.200}")
@@ -217,7 +242,7 @@ class Gateway:
                 log.error("release failed", extra={"project_id": project_id, "error": repr(exc)[:500]})
             raise error_for(exc, retry_after_s=self.retry_after_s) from None
         finally:
-            self.metrics.observe_release(outcome)
+            self.metrics.observe_release(outcome, pool=pool or self.client.pool)
             log.info(
                 "release",
                 extra={
@@ -227,11 +252,11 @@ class Gateway:
                 },
             )
 
-    async def touch(self, project_id: str, lease: float | None) -> dict[str, Any]:
+    async def touch(self, project_id: str, lease: float | None, *, pool: str | None = None) -> dict[str, Any]:
         """The touch result (touched, no_lease or not_assigned); ApiError for every failure."""
         outcome = "error"
         try:
-            result = await self.client.touch_result(project_id, lease=lease)
+            result = await self.client.touch_result(project_id, lease=lease, pool=pool)
             status = result.get("status") if isinstance(result, Mapping) else None
             if status not in (STATUS_TOUCHED, STATUS_NO_LEASE, STATUS_NOT_ASSIGNED):
                 raise JobFailed(f"unexpected touch result {result!r:.200}")
@@ -243,12 +268,12 @@ class Gateway:
                 log.error("touch failed", extra={"project_id": project_id, "error": repr(exc)[:500]})
             raise error_for(exc, retry_after_s=self.retry_after_s) from None
         finally:
-            self.metrics.observe_touch(outcome)
+            self.metrics.observe_touch(outcome, pool=pool or self.client.pool)
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, pool: str | None = None) -> dict[str, Any]:
         """The pool snapshot; ApiError for every failure."""
         try:
-            return await self.client.status()
+            return await self.client.status(pool=pool)
         except Exception as exc:
             if not isinstance(exc, WarmpoolError):
                 log.exception("status failed")

@@ -4,30 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import tomllib
 from dataclasses import replace
 from typing import Any
 
 from sandbox.sim.engine import SimSettings, Simulation
 from sandbox.sim.report import plot, table, to_json
 from sandbox.sim.trace import TraceError, parse_time, read_trace
-from tasks import config
-from tasks.errors import InvalidRequest
+from tasks.errors import ConfigError, InvalidRequest, UnknownPool
 from tasks.pool.model import AddressKind
 from tasks.pool.policy import parse_policy, parse_schedules
 from tasks.pool.service import PoolConfig
+from tasks.pools import load_deployment
 
 EXIT_OK, EXIT_INVALID, EXIT_OTHER = 0, 2, 1
-_POOL_FIELDS = (
-    "idle_target",
-    "policy",
-    "warm_goal",
-    "idle_max",
-    "scale_in_delay_s",
-    "scale_in_step",
-    "pending_poll_s",
-)
 
 
 class Refused(ValueError):
@@ -45,12 +36,23 @@ def launch_range(raw: str) -> tuple[float, float]:
     return low, high
 
 
-def _from_env() -> tuple[PoolConfig, dict[str, Any]]:
-    s = config.Settings.from_env()
-    pool = PoolConfig(
+def pool_config(config_file: str | None, pool_name: str | None) -> tuple[PoolConfig, dict[str, Any]]:
+    """The pool's configuration (its pools file or the environment, as the workers read it)."""
+    env = dict(os.environ)
+    if config_file is not None:
+        env["WARMPOOL_CONFIG"] = config_file
+    try:
+        pool = load_deployment(env).pool(pool_name)
+    except ConfigError as exc:
+        raise Refused("; ".join(exc.problems)) from None
+    except (InvalidRequest, UnknownPool) as exc:
+        raise Refused(f"--pool: {exc}") from None
+    s = pool.settings
+    config = PoolConfig(
         asg_name=s.asg_name,
         idle_target=s.idle_target,
         address=AddressKind.PUBLIC,
+        pool=pool.name,
         policy=s.policy,
         warm_goal=s.warm_goal,
         idle_max=s.idle_max,
@@ -59,47 +61,7 @@ def _from_env() -> tuple[PoolConfig, dict[str, Any]]:
         scale_in_step=s.scale_in_step,
         pending_poll_s=s.pending_poll_s,
     )
-    return pool, {"refresh_s": s.refresh_seconds}
-
-
-def _pool_table(path: str, pool_name: str | None) -> tuple[str, dict[str, Any]]:
-    """The ``[pools.NAME]`` table of a TOML file (the only one when no name is given)."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise Refused(f"--config {path}: cannot read it ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise Refused(f"--config {path}: not TOML ({exc})") from None
-    pools = data.get("pools")
-    if not isinstance(pools, dict) or not pools:
-        raise Refused(f"--config {path}: no [pools.NAME] table")
-    if pool_name is None:
-        if len(pools) != 1:
-            raise Refused(f"--config {path}: several pools ({', '.join(sorted(pools))}): name one with --pool")
-        pool_name = next(iter(pools))
-    table_ = pools.get(pool_name)
-    if not isinstance(table_, dict):
-        raise Refused(f"--pool {pool_name}: not in {path} (pools: {', '.join(sorted(pools))})")
-    return pool_name, table_
-
-
-def _from_toml(path: str, pool_name: str | None) -> tuple[PoolConfig, dict[str, Any]]:
-    """A pool of a TOML file ``[pools.NAME]`` (keys: the settings' field names) over the environment's."""
-    pool_name, table_ = _pool_table(path, pool_name)
-    base, extra = _from_env()
-    values: dict[str, Any] = {k: table_[k] for k in _POOL_FIELDS if k in table_}
-    try:
-        if "policy" in values:
-            values["policy"] = parse_policy(values["policy"]).text()
-        if "schedules" in table_:
-            values["schedules"] = parse_schedules(table_["schedules"])
-    except InvalidRequest as exc:
-        raise Refused(f"pools.{pool_name}.{exc}") from None
-    for key in ("min_size", "max_size", "refresh_seconds"):
-        if key in table_:
-            extra["refresh_s" if key == "refresh_seconds" else key] = table_[key]
-    return replace(base, asg_name=pool_name, **values), extra
+    return config, {"refresh_s": s.refresh_seconds}
 
 
 def policies(specs: list[str] | None, base: PoolConfig) -> list[tuple[str, PoolConfig]]:
@@ -131,7 +93,7 @@ def _settings(args: argparse.Namespace, extra: dict[str, Any]) -> SimSettings:
 
 def run_simulate(args: argparse.Namespace) -> int:
     try:
-        base, extra = _from_toml(args.config, args.pool) if args.config else _from_env()
+        base, extra = pool_config(args.config, args.pool)
         runs = policies(args.policy, base)
         settings = _settings(args, extra)
         events = read_trace(args.trace)

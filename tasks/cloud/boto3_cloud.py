@@ -8,6 +8,7 @@ already terminating) are success.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
@@ -16,7 +17,9 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
 from tasks.contract import TAG_ASSIGNED_AT, TAG_EPOCH, TAG_PROJECT
 from tasks.errors import (
@@ -54,6 +57,37 @@ _EC2_PAGE = 1000  # DescribeInstances' largest page
 # (or a loaded simulator) well over the 10 s a small mutating call gets.
 READ_TIMEOUT_S = 10
 DESCRIBE_READ_TIMEOUT_S = 60
+
+
+# Assumed-role credentials last an hour by default; botocore refreshes them this
+# long before they expire, in whichever thread needs them first.
+ROLE_SESSION_PREFIX = "warmpool-"
+
+
+def pool_session(
+    *, region: str, endpoint_url: str = "", role_arn: str = "", external_id: str = "", pool: str = ""
+) -> boto3.session.Session:
+    """A session for one pool's AWS calls: default credentials, or ``role_arn`` assumed (and renewed) via STS."""
+    if not role_arn:
+        return boto3.session.Session(region_name=region)
+    source = boto3.session.Session(region_name=region)
+    extra: dict[str, Any] = {"RoleSessionName": (ROLE_SESSION_PREFIX + (pool or "pool"))[:64]}
+    if external_id:
+        extra["ExternalId"] = external_id
+    sts_options: dict[str, Any] = {"region_name": region}
+    if endpoint_url:
+        sts_options["endpoint_url"] = endpoint_url
+    fetcher = AssumeRoleCredentialFetcher(
+        client_creator=functools.partial(source._session.create_client, **sts_options),
+        source_credentials=source._session.get_credentials(),
+        role_arn=role_arn,
+        extra_args=extra,
+    )
+    core = botocore.session.Session()
+    # Renewed on use before expiry: a worker that runs for days keeps valid credentials.
+    credentials = DeferredRefreshableCredentials(method="assume-role", refresh_using=fetcher.fetch_credentials)
+    core._credentials = credentials  # type: ignore[attr-defined]
+    return boto3.session.Session(botocore_session=core, region_name=region)
 
 
 def boto_config(*, max_attempts: int = 5, read_timeout_s: float = READ_TIMEOUT_S) -> Config:
@@ -108,17 +142,22 @@ class Boto3Cloud:
         region: str,
         autoscaling: Any = None,
         ec2: Any = None,
+        session: boto3.session.Session | None = None,
+        endpoint_url: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.asg_name = asg_name
-        session = boto3.session.Session(region_name=region) if autoscaling is None or ec2 is None else None
-        self._asg = autoscaling or session.client("autoscaling", config=boto_config())  # type: ignore[union-attr]
-        self._ec2 = ec2 or session.client("ec2", config=boto_config())  # type: ignore[union-attr]
+        if session is None and (autoscaling is None or ec2 is None):
+            session = boto3.session.Session(region_name=region)
+        # A pool's own endpoint (moto, LocalStack) wins over AWS_ENDPOINT_URL, which boto3 reads itself.
+        where = endpoint_url or None
+        self._asg = autoscaling or session.client("autoscaling", config=boto_config(), endpoint_url=where)  # type: ignore[union-attr]
+        self._ec2 = ec2 or session.client("ec2", config=boto_config(), endpoint_url=where)  # type: ignore[union-attr]
         # The refresh's reads get their own clients with a longer read timeout
         # (injected clients, as in tests, serve both).
         reads = boto_config(read_timeout_s=DESCRIBE_READ_TIMEOUT_S)
-        self._asg_reads = autoscaling or session.client("autoscaling", config=reads)  # type: ignore[union-attr]
-        self._ec2_reads = ec2 or session.client("ec2", config=reads)  # type: ignore[union-attr]
+        self._asg_reads = autoscaling or session.client("autoscaling", config=reads, endpoint_url=where)  # type: ignore[union-attr]
+        self._ec2_reads = ec2 or session.client("ec2", config=reads, endpoint_url=where)  # type: ignore[union-attr]
         self._clock = clock
         self._calls: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()

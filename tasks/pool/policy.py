@@ -179,16 +179,22 @@ def _schedule(raw: Any, index: int) -> Schedule:
     else:
         duration = _number(raw.get("duration_s"), f"{where}.duration_s")
     tz = raw.get("timezone", "UTC")
-    try:
-        ZoneInfo(tz) if isinstance(tz, str) and tz else None
-    except (ZoneInfoNotFoundError, ValueError):
-        tz = None
-    if not isinstance(tz, str) or not tz:
+    if not _is_zone(tz):
         raise policy_error(f"{where}.timezone", f"expected an IANA timezone such as Asia/Kolkata, got {tz!r:.60}")
     min_idle = raw.get("min_idle")
     if isinstance(min_idle, bool) or not isinstance(min_idle, int) or not 0 <= min_idle <= MAX_TARGET:
         raise policy_error(f"{where}.min_idle", f"expected a whole number 0..{MAX_TARGET}")
     return Schedule(name=name, cron=cron, duration_s=duration, timezone=tz, min_idle=min_idle)
+
+
+def _is_zone(name: Any) -> bool:
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _number(raw: Any, field_name: str) -> float:

@@ -83,6 +83,7 @@ class PoolConfig:
     lease_s: float = 0.0  # default lease of an assignment; 0 = none
     require_ready_check: bool = False  # WARMPOOL_READY_URL is set
     ready_timeout_s: float = 600.0
+    pool: str = "default"  # the pool's name (tasks/pools.py): in every result and log line
     # Economics (tasks.pool.economics, docs/economics.md). These defaults are the behaviour
     # before policies existed; the settings (tasks.config) default to the delayed scale-in.
     policy: str = "fixed"  # fixed | fixed:N | adaptive[:goal=G,floor=N]
@@ -106,9 +107,10 @@ class PoolConfig:
         )
 
 
-def assigned_result(machine: Machine) -> dict[str, Any]:
+def assigned_result(machine: Machine, *, pool: str | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "status": STATUS_ASSIGNED,
+        "pool": pool,
         "project_id": machine.project_id,
         "instance_id": machine.instance_id,
         "ip": machine.ip,
@@ -203,7 +205,7 @@ class PoolService:
             if outcome.new:
                 self.economics.ledger.record_assign(now=now, outcome=OUTCOME_WARM)
             self._tag_if_needed(outcome.machine, new=outcome.new)
-            return assigned_result(outcome.machine)
+            return assigned_result(outcome.machine, pool=self.config.pool)
         margin = min(DEADLINE_MARGIN_S, wait / 10)
         serve_by = now + wait - margin
         if deadline is not None:
@@ -245,7 +247,7 @@ class PoolService:
     def _no_capacity(self, project_id: str) -> dict[str, Any]:
         note = self._capacity_note()
         message = f"no idle machine in {self.config.asg_name} ({note['reason']})"
-        return failure(CODE_NO_CAPACITY, message, project_id=project_id, **note)
+        return failure(CODE_NO_CAPACITY, message, project_id=project_id, pool=self.config.pool, **note)
 
     def _scale_for_waiters(self) -> None:
         # Desired counts waiting callers: scale up now, not at the next beat
@@ -337,7 +339,7 @@ class PoolService:
                 left_waiting = True  # this caller and the ones behind it still wait
                 break
             self._tag_if_needed(outcome.machine, new=outcome.new)
-            self.effects.deliver(waiter.request_id, assigned_result(outcome.machine))
+            self.effects.deliver(waiter.request_id, assigned_result(outcome.machine, pool=self.config.pool))
             self.store.remove_waiter(waiter.request_id)
             if outcome.new:
                 self.economics.ledger.record_served(wait_s=max(0.0, now - waiter.arrived))

@@ -1,7 +1,8 @@
 """Every Redis key warmpool uses, and the schema behind it.
 
-All keys live under ``warmpool:{<asg name>}:`` in the state database
-(``WARMPOOL_REDIS_URL``); the braces make every key of one pool hash to the
+All keys of a pool live under ``warmpool:{<namespace>}:`` in the state database
+(``WARMPOOL_REDIS_URL``), where the namespace is the pool's group name unless
+its configuration sets another (tasks/pools.py); the braces make every key of one pool hash to the
 same Redis Cluster slot, so the Lua scripts stay legal there. None of them has
 a TTL unless stated: they are the pool's state, rebuilt from AWS on refresh.
 
@@ -139,8 +140,19 @@ class PoolKeys:
     dead_letters: str
     dead_reasons: str
 
+    # Every pool's ``group`` hash, for finding pool state no configured pool uses.
+    GROUP_PATTERN = "warmpool:{*}:group"
+
+    @staticmethod
+    def namespace_of(group_key: str) -> str | None:
+        """The namespace of a ``warmpool:{<namespace>}:group`` key (None: not one)."""
+        if group_key.startswith("warmpool:{") and group_key.endswith("}:group"):
+            return group_key[len("warmpool:{") : -len("}:group")]
+        return None
+
     @classmethod
     def for_group(cls, asg_name: str) -> PoolKeys:
+        """The keys of the pool whose state namespace is ``asg_name`` (its group's name unless configured)."""
         prefix = f"warmpool:{{{asg_name}}}:"
         return cls(
             machines=prefix + "machines",

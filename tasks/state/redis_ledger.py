@@ -38,6 +38,7 @@ from tasks.pool.ledger import (
     demand_minute,
     wait_bucket,
 )
+from tasks.state.connect import state_client
 from tasks.state.keys import EconomicsKeys
 
 _MINUTES_PER_DAY = 1440
@@ -58,9 +59,12 @@ class RedisLedger:
         self.keys = EconomicsKeys.for_group(asg_name)
 
     @classmethod
-    def from_url(cls, url: str, asg_name: str) -> RedisLedger:
-        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
-        return cls(client, asg_name)
+    def from_url(cls, url: str, namespace: str, *, sentinel_master: str = "mymaster") -> RedisLedger:
+        """The ledger of the pool whose state lives under ``namespace`` at ``url`` (Sentinel too)."""
+        client = state_client(
+            url, master_name=sentinel_master, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+        )
+        return cls(client, namespace)
 
     def _run(self, pipe: Any) -> list[Any]:
         try:

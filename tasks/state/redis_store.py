@@ -41,6 +41,7 @@ from tasks.pool.ports import (
     snapshot_out_of_order,
 )
 from tasks.pool.reconcile import Reconciliation, next_recovery, reconcile
+from tasks.state.connect import state_client
 from tasks.state.keys import (
     DEAD_LETTER_KEEP,
     LOST_KEEP,
@@ -102,9 +103,11 @@ class RedisStore:
         self._withdraw = client.register_script(_load_script("withdraw.lua"))
 
     @classmethod
-    def from_url(cls, url: str, asg_name: str) -> RedisStore:
-        client = redis.Redis.from_url(
+    def from_url(cls, url: str, asg_name: str, *, sentinel_master: str = "mymaster") -> RedisStore:
+        """The store of pool ``asg_name`` (its namespace) at ``url`` (tasks/state/connect.py: Sentinel too)."""
+        client = state_client(
             url,
+            master_name=sentinel_master,
             decode_responses=True,
             socket_timeout=5,
             socket_connect_timeout=5,

@@ -1,4 +1,4 @@
-"""The worker's Celery app and its per-process runtime (store, cloud, service)."""
+"""The worker's Celery app and its per-process runtime: one PoolRuntime per configured pool (runtime.py)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,13 @@ import os
 import time
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_ready
 
-from tasks.cloud.boto3_cloud import Boto3Cloud
 from tasks.config import Settings
-from tasks.contract import CODE_WRONG_GROUP, failure, group_mismatch
-from tasks.pool.policy import parse_schedules
-from tasks.pool.ports import Cloud
-from tasks.pool.service import PoolConfig, PoolService
-from tasks.state.keys import PoolKeys
-from tasks.state.redis_ledger import RedisLedger
-from tasks.state.redis_store import RedisStore
+from tasks.pools import Deployment, load_deployment
 from tasks.worker.redelivery import restore_orphaned_jobs
-from tasks.worker.side_effects import CelerySideEffects
+from tasks.worker.runtime import PoolRuntime, Runtimes
 
 # Messages taken before this process started belong to a worker that is gone (redelivery.py).
 PROCESS_STARTED_AT = time.time()
@@ -34,76 +26,32 @@ app.conf.include = ["tasks.worker.pool_jobs", "tasks.worker.aws_jobs", "tasks.wo
 # of is set aside (dead-letter list, counted in status) instead of ending the worker.
 app.conf.worker_consumer = "tasks.worker.screening:ScreeningConsumer"
 
+log = logging.getLogger("warmpool.worker")
+
 
 @functools.cache
+def deployment() -> Deployment:
+    return load_deployment()
+
+
 def settings() -> Settings:
-    return Settings.from_env()
+    """The settings every pool shares (broker, state store, ...)."""
+    return deployment().settings
 
 
 @functools.cache
-def side_effects() -> CelerySideEffects:
-    return CelerySideEffects(app, group=settings().asg_name)
+def runtimes() -> Runtimes:
+    return Runtimes(app, deployment())
 
 
-def refuse_other_group(group: Any, *, task: str) -> dict[str, Any] | None:
-    """The ``wrong_group`` failure for a job of another group than this worker's; None when it is ours.
-
-    Each job carries its group (keyword ``group``; a job without one, from an
-    older producer, is this worker's): on a broker two groups share, a job
-    consumed by the other group's worker changes nothing there.
-    """
-    own = settings().asg_name
-    mismatch = group_mismatch(group, own=own)
-    if mismatch is None:
-        return None
-    logging.getLogger("warmpool.worker").error(
-        "job refused: another group", extra={"task": task, "group": repr(group)[:255], "worker_group": own}
-    )
-    return failure(CODE_WRONG_GROUP, mismatch, group=group if isinstance(group, str) else None, worker_group=own)
+def runtime(pool: str | None = None) -> PoolRuntime:
+    """The runtime of pool ``pool`` (None: the default pool)."""
+    return runtimes().get(pool)
 
 
-@functools.cache
-def service() -> PoolService:
-    """The pool service of this worker process, built on first use."""
-    s = settings()
-    return PoolService(
-        RedisStore.from_url(s.redis_url, s.asg_name),
-        side_effects(),
-        config=PoolConfig(
-            asg_name=s.asg_name,
-            idle_target=s.idle_target,
-            address=s.address,
-            lease_s=s.lease_seconds,
-            require_ready_check=bool(s.ready_url),
-            ready_timeout_s=s.ready_timeout_seconds,
-            policy=s.policy,
-            warm_goal=s.warm_goal,
-            idle_max=s.idle_max,
-            schedules=parse_schedules(s.schedules),
-            scale_in_delay_s=s.scale_in_delay_s,
-            scale_in_step=s.scale_in_step,
-            pending_poll_s=s.pending_poll_s,
-        ),
-        ledger=RedisLedger.from_url(s.redis_url, s.asg_name),
-    )
-
-
-@functools.cache
-def state_redis() -> redis.Redis:
-    """A client of the state store for the aws workers' own coordination (capacity and refresh locks)."""
-    return redis.Redis.from_url(settings().redis_url, socket_timeout=5, socket_connect_timeout=5)
-
-
-@functools.cache
-def pool_keys() -> PoolKeys:
-    return PoolKeys.for_group(settings().asg_name)
-
-
-@functools.cache
-def cloud() -> Cloud:
-    """The AWS adapter of this worker process (credentials: boto3's default chain)."""
-    s = settings()
-    return Boto3Cloud(s.asg_name, region=s.region)
+def resolve(pool: Any, group: Any, *, task: str, owner: bool = True) -> PoolRuntime | dict[str, Any]:
+    """The runtime a job is for, or the failure refusing it (unknown pool, not owned here, another group)."""
+    return runtimes().resolve(pool, group, task=task, owner=owner)
 
 
 def lower_cpu_priority(increment: int) -> None:
@@ -120,24 +68,58 @@ def lower_cpu_priority(increment: int) -> None:
             continue  # a thread that ended meanwhile
 
 
+def _consumed(instance: Any) -> set[str]:
+    return set(getattr(instance, "app", app).amqp.queues.consume_from or {})
+
+
+@celeryd_after_setup.connect
+def _own_pools(instance: Any = None, **_: Any) -> None:
+    # `-Q pool` (warmpool worker --queue pool) owns every configured pool: add their queues.
+    queues = getattr(instance, "app", app).amqp.queues
+    for queue in runtimes().own_queues(_consumed(instance)):
+        queues.select_add(queue)
+    owned = sorted(runtimes().owned or ())
+    if owned:
+        log.info("pool worker: owns pools", extra={"pools": owned, "queues": sorted(_consumed(instance))})
+        _say_unmanaged()
+
+
+def _say_unmanaged() -> None:
+    # A pool removed from the configuration keeps its machines: nothing terminates them.
+    try:
+        unmanaged = runtimes().unmanaged_namespaces()
+    except Exception as exc:  # the store is down: the first job will say so
+        log.warning("could not look for unmanaged pool state", extra={"error": str(exc)[:200]})
+        return
+    if unmanaged:
+        log.warning(
+            "pool state in Redis that no configured pool owns: warmpool no longer manages these groups "
+            "and leaves their machines running",
+            extra={"namespaces": unmanaged[:50]},
+        )
+
+
 @celeryd_after_setup.connect
 def _side_effects_yield_the_cpu(instance: Any = None, **_: Any) -> None:
     # An aws worker only runs side effects nobody waits for; on a host it
     # shares with the pool worker, assigns must get the CPU first. Threads the
     # worker starts later inherit the lower priority.
-    queues = set(getattr(instance, "app", app).amqp.queues.consume_from or {})
+    queues = _consumed(instance)
     increment = settings().aws_worker_nice
-    if increment and queues and all(q == "aws" or q.endswith(".dq2") for q in queues):
+    if increment and queues and all(q == "aws" or q.startswith("aws.") or q.endswith(".dq2") for q in queues):
         lower_cpu_priority(increment)
         logging.getLogger("warmpool.aws").info("aws worker: CPU priority lowered", extra={"nice": increment})
 
 
 @worker_ready.connect
 def _warm_up(sender: Any = None, **_: object) -> None:
-    # Build the store and boto3 clients before the first job, not during it:
+    # Build the stores and boto3 clients before the first job, not during it:
     # the first assign after a restart must be as fast as the rest.
-    service()
-    cloud()
+    owned = runtimes().owned
+    for pool in deployment():
+        if owned is None or not owned or pool.name in owned:
+            rt = runtime(pool.name)
+            _service, _cloud = rt.service, rt.cloud
     consumer_app = getattr(sender, "app", app)
     pool_queues = [q for q in consumer_app.amqp.queues.consume_from or {} if q == "pool" or q.startswith("pool.")]
     if pool_queues:

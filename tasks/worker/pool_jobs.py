@@ -34,16 +34,19 @@ from tasks.contract import (
 from tasks.errors import InvalidProject, InvalidRequest, StoreUnavailable
 from tasks.pool.model import snapshot_from_json
 from tasks.pool.ports import RefreshStats
-from tasks.worker.app import app, refuse_other_group, service, side_effects
+from tasks.worker.app import app, resolve, runtimes
+from tasks.worker.runtime import PoolRuntime
 
 
-def _guarded(call: Callable[[], dict[str, Any]], project_id: Any) -> dict[str, Any]:
+def _guarded(rt: PoolRuntime, call: Callable[[], dict[str, Any]], project_id: Any) -> dict[str, Any]:
     try:
-        return call()
+        result = call()
     except (InvalidProject, InvalidRequest) as exc:
-        return failure(exc.code, str(exc))
+        result = failure(exc.code, str(exc))
     except StoreUnavailable as exc:
-        return failure(exc.code, str(exc), project_id=project_id)
+        result = failure(exc.code, str(exc), project_id=project_id)
+    # Every result names its pool (a caller of several pools can tell them apart).
+    return {**result, "pool": rt.name}
 
 
 # The pool-queue jobs below; their side effects are sent after their result is stored.
@@ -63,8 +66,11 @@ POOL_JOBS = frozenset(
 
 @task_prerun.connect
 def _hold_side_effects(sender: Any = None, **_: Any) -> None:
+    # The job's pool is known only inside it: hold every pool's (a pool job
+    # touches one; the others hold nothing and send nothing).
     if getattr(sender, "name", None) in POOL_JOBS:
-        side_effects().hold()
+        for rt in runtimes().built():
+            rt.side_effects.hold()
 
 
 @task_postrun.connect
@@ -73,23 +79,32 @@ def _send_side_effects(sender: Any = None, **_: Any) -> None:
     # message is acknowledged (acks_late): the caller is answered first, and a
     # worker killed before this point runs the job again.
     if getattr(sender, "name", None) in POOL_JOBS:
-        side_effects().send_held()
+        for rt in runtimes().built():
+            rt.side_effects.send_held()
 
 
 @worker_shutdown.connect
 @worker_process_shutdown.connect  # a prefork child holds its own
 def _send_lingering_tags(**_: Any) -> None:
-    side_effects().flush_tags()
+    for rt in runtimes().built():
+        rt.side_effects.flush_tags()
 
 
 @app.task(name=TASK_ASSIGN, bind=True)
 def assign(
-    self: Task, project_id: Any, wait_s: Any = 0.0, lease_s: Any = None, deadline: Any = None, group: Any = None
+    self: Task,
+    project_id: Any,
+    wait_s: Any = 0.0,
+    lease_s: Any = None,
+    deadline: Any = None,
+    group: Any = None,
+    pool: Any = None,
 ) -> dict[str, Any]:
-    if (refused := refuse_other_group(group, task=TASK_ASSIGN)) is not None:
-        return refused
+    if isinstance(rt := resolve(pool, group, task=TASK_ASSIGN), dict):
+        return rt
     result = _guarded(
-        lambda: service().assign(
+        rt,
+        lambda: rt.service.assign(
             project_id, wait_s=wait_s, lease_s=lease_s, request_id=self.request.id, deadline=deadline
         ),
         project_id,
@@ -104,25 +119,25 @@ def assign(
 
 
 @app.task(name=TASK_RELEASE)
-def release(project_id: Any, group: Any = None) -> dict[str, Any]:
-    if (refused := refuse_other_group(group, task=TASK_RELEASE)) is not None:
-        return refused
-    return _guarded(lambda: service().release(project_id), project_id)
+def release(project_id: Any, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
+    if isinstance(rt := resolve(pool, group, task=TASK_RELEASE), dict):
+        return rt
+    return _guarded(rt, lambda: rt.service.release(project_id), project_id)
 
 
 @app.task(name=TASK_WITHDRAW)
-def withdraw(request_id: Any, project_id: Any, group: Any = None) -> dict[str, Any]:
+def withdraw(request_id: Any, project_id: Any, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
     """The caller of assign ``request_id`` left: take its place in the queue back, or release what it got."""
-    if (refused := refuse_other_group(group, task=TASK_WITHDRAW)) is not None:
-        return refused
-    return _guarded(lambda: service().withdraw(request_id, project_id), project_id)
+    if isinstance(rt := resolve(pool, group, task=TASK_WITHDRAW), dict):
+        return rt
+    return _guarded(rt, lambda: rt.service.withdraw(request_id, project_id), project_id)
 
 
 @app.task(name=TASK_TOUCH)
-def touch(project_id: Any, lease_s: Any = None, group: Any = None) -> dict[str, Any]:
-    if (refused := refuse_other_group(group, task=TASK_TOUCH)) is not None:
-        return refused
-    return _guarded(lambda: service().touch(project_id, lease_s=lease_s), project_id)
+def touch(project_id: Any, lease_s: Any = None, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
+    if isinstance(rt := resolve(pool, group, task=TASK_TOUCH), dict):
+        return rt
+    return _guarded(rt, lambda: rt.service.touch(project_id, lease_s=lease_s), project_id)
 
 
 @app.task(name=TASK_PING)
@@ -132,17 +147,17 @@ def ping() -> str:
 
 
 @app.task(name=TASK_STATUS)
-def status(group: Any = None) -> dict[str, Any]:
-    if (refused := refuse_other_group(group, task=TASK_STATUS)) is not None:
-        return refused
-    return service().status()
+def status(*, group: Any = None, pool: Any = None) -> dict[str, Any]:
+    if isinstance(rt := resolve(pool, group, task=TASK_STATUS), dict):
+        return rt
+    return {**rt.service.status(), "pool": rt.name}
 
 
 @app.task(name=TASK_TOP_UP, ignore_result=True)
-def top_up(group: Any = None) -> dict[str, Any]:
-    if (refused := refuse_other_group(group, task=TASK_TOP_UP)) is not None:
-        return refused
-    return service().top_up()
+def top_up(*, group: Any = None, pool: Any = None) -> dict[str, Any]:
+    if isinstance(rt := resolve(pool, group, task=TASK_TOP_UP), dict):
+        return rt
+    return rt.service.top_up()
 
 
 def _instance_ids(value: Any, job: str) -> list[str]:
@@ -155,19 +170,20 @@ def _instance_ids(value: Any, job: str) -> list[str]:
 
 
 @app.task(name=TASK_MARK_READY, ignore_result=True)
-def mark_ready(instance_ids: Any, group: Any = None) -> dict[str, Any]:
-    if (refused := refuse_other_group(group, task=TASK_MARK_READY)) is not None:
-        return refused
-    return _guarded(lambda: service().mark_ready(_instance_ids(instance_ids, "mark_ready")), None)
+def mark_ready(instance_ids: Any, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
+    if isinstance(rt := resolve(pool, group, task=TASK_MARK_READY), dict):
+        return rt
+    return _guarded(rt, lambda: rt.service.mark_ready(_instance_ids(instance_ids, "mark_ready")), None)
 
 
 @app.task(name=TASK_RELEASE_QUARANTINED)
-def release_quarantined(instance_ids: Any = None, group: Any = None) -> dict[str, Any]:
+def release_quarantined(instance_ids: Any = None, *, group: Any = None, pool: Any = None) -> dict[str, Any]:
     """An operator's word that quarantined machines (None: all) are in nobody's use."""
-    if (refused := refuse_other_group(group, task=TASK_RELEASE_QUARANTINED)) is not None:
-        return refused
+    if isinstance(rt := resolve(pool, group, task=TASK_RELEASE_QUARANTINED), dict):
+        return rt
     return _guarded(
-        lambda: service().release_quarantined(
+        rt,
+        lambda: rt.service.release_quarantined(
             None if instance_ids is None else _instance_ids(instance_ids, "release_quarantined")
         ),
         None,
@@ -175,15 +191,16 @@ def release_quarantined(instance_ids: Any = None, group: Any = None) -> dict[str
 
 
 @app.task(name=TASK_APPLY_SNAPSHOT, ignore_result=True)
-def apply_snapshot(payload: Any) -> dict[str, Any]:
+def apply_snapshot(payload: Any, *, pool: Any = None) -> dict[str, Any]:
     """Fold a refresh in; the snapshot names its group (``name``), which PoolService checks."""
+    group = payload.get("name") if isinstance(payload, dict) else None
+    if isinstance(rt := resolve(pool, group if isinstance(group, str) else None, task=TASK_APPLY_SNAPSHOT), dict):
+        return rt
     stats = RefreshStats.from_json(payload.get("stats")) if isinstance(payload, dict) else None
     if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-        if (refused := refuse_other_group(payload.get("name"), task=TASK_APPLY_SNAPSHOT)) is not None:
-            return refused
-        return service().record_refresh_error(payload["error"], stats=stats)
+        return rt.service.record_refresh_error(payload["error"], stats=stats)
     try:
         snapshot = snapshot_from_json(payload)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return failure(CODE_BAD_REQUEST, f"malformed snapshot: {type(exc).__name__}: {exc}")
-    return service().apply_snapshot(snapshot, stats=stats)
+    return rt.service.apply_snapshot(snapshot, stats=stats)

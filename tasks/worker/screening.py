@@ -229,9 +229,10 @@ def dead_letter(message: Any, refusal: Refusal, *, worker: str, now: float) -> D
 
 
 def _record(letter: DeadLetter) -> None:
-    from tasks.worker.app import service  # the worker's store; imported late: the app loads this module
+    from tasks.worker.app import runtimes  # the worker's stores; imported late: the app loads this module
 
-    service().store.record_dead_letter(letter)
+    # Recorded with the pool whose queue the message came from (the default pool's otherwise).
+    runtimes().for_queue(letter.queue).service.store.record_dead_letter(letter)
 
 
 class ScreeningConsumer(Consumer):  # type: ignore[misc]

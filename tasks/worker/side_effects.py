@@ -60,11 +60,22 @@ class CelerySideEffects:
     it never competes with an assign for the GIL.
     """
 
-    def __init__(self, app: Celery, *, group: str | None = None, tag_linger_s: float = TAG_LINGER_S) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        job_kwargs: dict[str, Any] | None = None,
+        pool_queue: str = POOL_QUEUE,
+        aws_queue: str = AWS_QUEUE,
+        tag_linger_s: float = TAG_LINGER_S,
+    ) -> None:
         self._app = app
-        # Every message names the group it is for: a worker of another group
-        # sharing the broker refuses it instead of acting on this group's machines.
-        self._group_kwargs = {"group": group} if group else {}
+        # Every message names the pool (and group) it is for: the aws workers act
+        # on that pool's group, and a worker of another group sharing the broker
+        # refuses it instead of acting on this group's machines.
+        self._group_kwargs = dict(job_kwargs or {})
+        self._pool_queue = pool_queue
+        self._aws_queue = aws_queue
         self._local = threading.local()
         self._tag_linger_s = tag_linger_s
         self._tags: list[Machine] = []  # lingering, across jobs
@@ -120,7 +131,7 @@ class CelerySideEffects:
     def _send_tags(self, machines: Sequence[Machine]) -> None:
         for start in range(0, len(machines), TAG_BATCH):
             items = [[m.instance_id, m.project_id, m.assigned_at] for m in machines[start : start + TAG_BATCH]]
-            self._publish(_Message(TASK_AWS_TAG_ASSIGNMENTS, AWS_QUEUE, (items,)))
+            self._publish(_Message(TASK_AWS_TAG_ASSIGNMENTS, self._aws_queue, (items,)))
 
     def _publish(self, m: _Message) -> None:
         kwargs = {**m.kwargs, **self._group_kwargs}
@@ -145,24 +156,24 @@ class CelerySideEffects:
                 self._arm_timer(self._tag_linger_s)
 
     def terminate(self, instance_id: str, *, decrement: bool) -> None:
-        self._send(_Message(TASK_AWS_TERMINATE, AWS_QUEUE, (instance_id,), {"decrement": decrement}))
+        self._send(_Message(TASK_AWS_TERMINATE, self._aws_queue, (instance_id,), {"decrement": decrement}))
 
     def set_desired(self, desired: int) -> None:
-        self._send(_Message(TASK_AWS_SET_DESIRED, AWS_QUEUE, (desired,)))
+        self._send(_Message(TASK_AWS_SET_DESIRED, self._aws_queue, (desired,)))
 
     def tag_group(self, epoch: str) -> None:
-        self._send(_Message(TASK_AWS_TAG_GROUP, AWS_QUEUE, (epoch,)))
+        self._send(_Message(TASK_AWS_TAG_GROUP, self._aws_queue, (epoch,)))
 
     def top_up(self) -> None:
         # A short delay coalesces a burst of assigns into one top-up.
-        self._send(_Message(TASK_TOP_UP, POOL_QUEUE, options={"countdown": REBALANCE_DELAY_S, "expires": 60}))
+        self._send(_Message(TASK_TOP_UP, self._pool_queue, options={"countdown": REBALANCE_DELAY_S, "expires": 60}))
 
     def refresh(self, *, delay_s: float) -> None:
         options = {"countdown": delay_s, "expires": delay_s + 10}
-        self._send(_Message(TASK_REFRESH, AWS_QUEUE, options=options))
+        self._send(_Message(TASK_REFRESH, self._aws_queue, options=options))
 
     def probe(self, candidates: list[tuple[str, str]]) -> None:
-        self._send(_Message(TASK_AWS_PROBE, AWS_QUEUE, ([list(c) for c in candidates],)))
+        self._send(_Message(TASK_AWS_PROBE, self._aws_queue, ([list(c) for c in candidates],)))
 
     def deliver(self, request_id: str, result: dict[str, Any]) -> None:
         # The waiting caller's own job ended with Ignore(): its result is stored

@@ -34,9 +34,12 @@ HERE = Path(__file__).resolve().parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 IMAGE = "warmpool:local"
 
-SERVICES = {"redis", "moto", "pool-worker", "aws-worker", "beat", "flower", "gateway"}
+POOLS_FILE = ROOT / "deploy" / "compose" / "pools.toml"
+POOL_SERVICES = ("pool-small", "pool-gpu")  # one solo owner per pool of POOLS_FILE
+SERVICES = {"redis", "moto", *POOL_SERVICES, "aws-worker", "beat", "flower", "gateway"}
 # docs/design.md "Configuration" (checked against the file itself when it is around).
 DESIGN_ENV = {
+    "WARMPOOL_CONFIG",
     "WARMPOOL_ASG_NAME",
     "WARMPOOL_IDLE_TARGET",
     "WARMPOOL_REFRESH_SECONDS",
@@ -61,7 +64,9 @@ SURFACE_ENV = {
 }
 # boto3's own variables (moto needs some credentials to sign with).
 BOTO_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-WORKER_SERVICES = ("pool-worker", "aws-worker", "beat")
+WORKER_SERVICES = (*POOL_SERVICES, "aws-worker", "beat")
+# What the pools file gives each pool instead of the environment.
+PER_POOL_ENV = {"WARMPOOL_ASG_NAME", "WARMPOOL_IDLE_TARGET", "WARMPOOL_REFRESH_SECONDS"}
 REQUIRED_VARS = {"WARMPOOL_API_TOKEN": "test-token", "WARMPOOL_FLOWER_PASSWORD": "test-password"}
 
 
@@ -96,7 +101,7 @@ def test_the_schema_rejects_what_it_should(compose: dict[str, Any]) -> None:
     schema = json.loads((HERE / "compose-spec.json").read_text())
     validator = jsonschema.Draft7Validator(schema)
     for mutate in (
-        lambda s: s["pool-worker"].update(replicas=1),  # belongs under deploy
+        lambda s: s["pool-small"].update(replicas=1),  # belongs under deploy
         lambda s: s["gateway"].update(healthcheck={"test": ["CMD", "x"], "interval": 10}),  # must be a duration
         lambda s: s["beat"].update(depends_on={"redis": {"condition": "service_happy"}}),
         lambda s: s["flower"].update(comand=["x"]),
@@ -153,7 +158,7 @@ def test_docker_compose_config_accepts_the_file() -> None:
     assert run.returncode == 0, run.stderr
     resolved = json.loads(run.stdout)
     assert set(resolved["services"]) == SERVICES
-    assert resolved["services"]["pool-worker"]["deploy"]["replicas"] == 1
+    assert all(resolved["services"][name]["deploy"]["replicas"] == 1 for name in POOL_SERVICES)
     # the secrets are required: without either one compose refuses to start anything
     for name in REQUIRED_VARS:
         without = {k: v for k, v in env.items() if k != name}
@@ -191,13 +196,30 @@ def test_every_service_has_a_healthcheck(compose: dict[str, Any], name: str) -> 
         assert key in check
 
 
-def test_exactly_one_pool_worker_with_the_solo_pool(compose: dict[str, Any]) -> None:
-    svc = services(compose)["pool-worker"]
-    assert svc["deploy"]["replicas"] == 1
-    assert "scale" not in svc
-    cmd = svc["command"]
-    assert cmd[:4] == ["celery", "-A", "tasks", "worker"]
-    assert _option(cmd, "-Q") == "pool" and _option(cmd, "-P") == "solo"
+def test_exactly_one_solo_worker_per_pool_of_the_pools_file(compose: dict[str, Any]) -> None:
+    from tasks.pools import load_deployment
+
+    # given the pools file the stack mounts (it loads as warmpool loads it)
+    deployment = load_deployment({"WARMPOOL_CONFIG": str(POOLS_FILE)})
+    assert len(deployment.pools) == 2
+    owners: dict[str, str] = {}
+    for name in POOL_SERVICES:
+        svc = services(compose)[name]
+        assert svc["deploy"]["replicas"] == 1
+        assert "scale" not in svc
+        cmd = svc["command"]
+        assert cmd[:4] == ["celery", "-A", "tasks", "worker"] and _option(cmd, "-P") == "solo"
+        owners[str(_option(cmd, "-Q"))] = name
+    # expect each pool's queue owned by exactly one service, and the file mounted where WARMPOOL_CONFIG says
+    assert set(owners) == {p.queue for p in deployment}
+    for name in (*WORKER_SERVICES, "gateway", "flower"):
+        svc = services(compose)[name]
+        assert [c["target"] for c in svc["configs"]] == [env_of(svc)["WARMPOOL_CONFIG"]], name
+    assert compose["configs"]["pools"]["file"] == "./deploy/compose/pools.toml"
+    # and the simulated AWS holds every pool's group
+    moto = services(compose)["moto"]["command"]
+    groups = [moto[i + 1] for i, word in enumerate(moto) if word == "--group"]
+    assert groups == [p.asg_name for p in deployment]
     assert services(compose)["beat"]["deploy"]["replicas"] == 1
 
 
@@ -207,7 +229,7 @@ def test_aws_workers_consume_the_aws_queue_with_threads(compose: dict[str, Any])
     assert _option(cmd, "-Q") == "aws" and _option(cmd, "-P") == "threads" and _option(cmd, "-c") == "8"
 
 
-@pytest.mark.parametrize("name", ["pool-worker", "aws-worker"])
+@pytest.mark.parametrize("name", [*POOL_SERVICES, "aws-worker"])
 def test_worker_healthchecks_run_a_job_through_their_own_queue(compose: dict[str, Any], name: str) -> None:
     svc = services(compose)[name]
     node = _option(svc["command"], "-n")
@@ -250,7 +272,7 @@ def test_environment_names_match_design_md(compose: dict[str, Any]) -> None:
     for name, svc in services(compose).items():
         unknown = set(env_of(svc)) - known
         assert not unknown, f"{name} sets variables docs/design.md does not define: {unknown}"
-    wanted = DESIGN_ENV - {"AWS_DEFAULT_REGION"}
+    wanted = DESIGN_ENV - {"AWS_DEFAULT_REGION"} - PER_POOL_ENV
     for name in (*WORKER_SERVICES, "gateway", "flower"):
         missing = wanted - set(env_of(services(compose)[name]))
         assert not missing, f"{name} lacks {missing}"

@@ -676,3 +676,25 @@ class TestBoto3CloudAgainstAwsBehaviour:
         stubbed.ec2.add_client_error("create_tags", "RequestLimitExceeded", "slow down", http_status_code=503)
         with pytest.raises(CloudThrottled):
             stubbed.cloud.tag_and_protect("i-00000000000000001", project_id="p", assigned_at="t")
+
+
+# -- a pool in another account: its role assumed with STS -------------------------------------------
+def test_a_pool_with_a_role_reads_its_group_with_credentials_assumed_from_sts(moto_world: MotoWorld) -> None:
+    from tasks.cloud.boto3_cloud import pool_session
+
+    # given a group, and a session that assumes a role (moto's STS hands out temporary credentials)
+    name = f"warmpool-role-{uuid.uuid4().hex[:8]}"
+    ids = create_group(moto_world.asg, name, moto_world.subnet_id, desired=2)
+    role = "arn:aws:iam::123456789012:role/warmpool-pool"
+    session = pool_session(region=REGION, role_arn=role, external_id="team-a", pool="gpu")
+    try:
+        # when the pool's cloud reads its group through that session
+        cloud = Boto3Cloud(name, region=REGION, session=session)
+        snapshot = cloud.describe_group()
+        # expect the group read, with the assumed role's credentials (not the default ones)
+        assert {i.instance_id for i in snapshot.instances} == ids
+        credentials = session.get_credentials()
+        assert credentials is not None and credentials.access_key != "testing"
+        assert credentials.method == "assume-role"
+    finally:
+        moto_world.asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)

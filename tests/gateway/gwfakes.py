@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
+from tasks.config import Settings
 from tasks.errors import NoCapacity
+from tasks.pools import Deployment, PoolSettings
 
 TOKEN = "s3cret-token"
+
+
+def fake_deployment(names: list[str]) -> Deployment:
+    """A configuration of these pools (groups ``<name>-asg``), the first the default."""
+    base = Settings()
+    pools = tuple(
+        PoolSettings(n, replace(base, asg_name=f"{n}-asg"), namespace=f"{n}-asg", job_group=f"{n}-asg") for n in names
+    )
+    return Deployment(base, pools, names[0], source="test")
 
 
 class FakePool:
     """An in-memory GatewayClient with the result shapes of producer.aio.AsyncPoolClient."""
 
-    def __init__(self, machines: Iterable[str] = ("i-0001", "i-0002"), *, max_size: int = 5) -> None:
+    def __init__(
+        self, machines: Iterable[str] = ("i-0001", "i-0002"), *, max_size: int = 5, pools: Iterable[str] = ("default",)
+    ) -> None:
+        names = list(pools)
+        self.deployment = fake_deployment(names)
+        self.pool = names[0]
+        self.pools_called: list[str | None] = []  # the pool of every call, in order
         self.idle = list(machines)
         self.held: dict[str, str] = {}
         self.calls: list[tuple[Any, ...]] = []
@@ -31,13 +49,23 @@ class FakePool:
         self.withdraw_waits: list[float] = []
         self.answer_after_s: float | None = None  # assigns take this long (a caller waiting for a machine)
 
+    def pool_names(self) -> tuple[str, ...]:
+        return self.deployment.names()
+
     def _maybe_fail(self) -> None:
         if self.fail is not None:
             raise self.fail
 
     async def assign_result(
-        self, project_id: str, *, wait: float, lease: float | None = None, request_id: str | None = None
+        self,
+        project_id: str,
+        *,
+        wait: float,
+        lease: float | None = None,
+        request_id: str | None = None,
+        pool: str | None = None,
     ) -> dict[str, Any]:
+        self.pools_called.append(pool)
         self.calls.append(("assign", project_id, wait))
         self.request_ids.append(request_id)
         self._maybe_fail()
@@ -66,7 +94,10 @@ class FakePool:
             "assigned_at": "2026-01-01T00:00:00.000Z",
         }
 
-    async def touch_result(self, project_id: str, *, lease: float | None = None) -> dict[str, Any]:
+    async def touch_result(
+        self, project_id: str, *, lease: float | None = None, pool: str | None = None
+    ) -> dict[str, Any]:
+        self.pools_called.append(pool)
         self.calls.append(("touch", project_id, lease))
         self._maybe_fail()
         if project_id not in self.held:
@@ -82,13 +113,17 @@ class FakePool:
             "lease_expires_at": "2026-01-01T01:00:00.000Z",
         }
 
-    async def withdraw_result(self, project_id: str, *, request_id: str, wait: float = 0.0) -> dict[str, Any]:
+    async def withdraw_result(
+        self, project_id: str, *, request_id: str, wait: float = 0.0, pool: str | None = None
+    ) -> dict[str, Any]:
+        self.pools_called.append(pool)
         self.calls.append(("withdraw", project_id, request_id))
         self.withdraw_waits.append(wait)
         self._maybe_fail()
         return {"status": "withdrawn", "project_id": project_id, "request_id": request_id, "released": None}
 
-    async def release_result(self, project_id: str) -> dict[str, Any]:
+    async def release_result(self, project_id: str, *, pool: str | None = None) -> dict[str, Any]:
+        self.pools_called.append(pool)
         self.calls.append(("release", project_id))
         self._maybe_fail()
         instance = self.held.pop(project_id, None)
@@ -96,7 +131,8 @@ class FakePool:
             return {"status": "not_assigned", "project_id": project_id}
         return {"status": "released", "project_id": project_id, "instance_id": instance}
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, pool: str | None = None) -> dict[str, Any]:
+        self.pools_called.append(pool)
         self.calls.append(("status",))
         self._maybe_fail()
         return {
@@ -206,9 +242,15 @@ class LeasingPool(FakePool):
     """FakePool that also records each assign's lease in its call log."""
 
     async def assign_result(
-        self, project_id: str, *, wait: float, lease: float | None = None, request_id: str | None = None
+        self,
+        project_id: str,
+        *,
+        wait: float,
+        lease: float | None = None,
+        request_id: str | None = None,
+        pool: str | None = None,
     ) -> dict[str, Any]:
-        result = await super().assign_result(project_id, wait=wait, request_id=request_id)
+        result = await super().assign_result(project_id, wait=wait, request_id=request_id, pool=pool)
         self.calls[-1] = ("assign", project_id, wait, lease)
         if result["status"] == "assigned":
             self.leases[project_id] = lease

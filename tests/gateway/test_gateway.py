@@ -424,7 +424,7 @@ def test_bad_input_without_token_is_401_not_400(secured: Any, pool: FakePool) ->
 def test_healthz_ok_and_unavailable(pool: FakePool, unavailable: BaseException) -> None:
     app = create_app(pool, health_cache_s=0.0)
     r = call(app, "GET", "/healthz")
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.json() == {"status": "ok", "pools": {"default": "ok"}}
     pool.fail = unavailable
     assert_json_error(call(app, "GET", "/healthz"), 503, "pool_unavailable")
 
@@ -432,7 +432,7 @@ def test_healthz_ok_and_unavailable(pool: FakePool, unavailable: BaseException) 
 def test_healthz_times_out_on_a_silent_pool(pool: FakePool) -> None:
     import asyncio
 
-    async def hang() -> dict[str, Any]:
+    async def hang(**_: Any) -> dict[str, Any]:
         await asyncio.sleep(30)
         return {}
 
@@ -461,24 +461,24 @@ def test_metrics_exposes_counters_histogram_and_pool_gauges(app: Any, pool: Fake
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
     for line in [
-        'warmpool_assigns_total{outcome="assigned"} 2.0',
-        'warmpool_assigns_total{outcome="no_capacity"} 1.0',
-        'warmpool_releases_total{outcome="released"} 1.0',
-        'warmpool_releases_total{outcome="not_assigned"} 1.0',
-        'warmpool_assign_duration_seconds_count{outcome="assigned"} 2.0',
-        'warmpool_assign_duration_seconds_bucket{le="0.005",outcome="assigned"}',
-        'warmpool_machines{state="idle"} 0.0',
-        'warmpool_machines{state="assigned"} 1.0',
-        'warmpool_machines{state="pending"} 1.0',
-        'warmpool_machines{state="releasing"} 0.0',
-        "warmpool_desired_capacity 3.0",
-        "warmpool_min_size 0.0",
-        "warmpool_max_size 5.0",
-        "warmpool_capped 0.0",
-        "warmpool_lost_machines_total 1.0",
-        "warmpool_refresh_age_seconds 2.5",
-        "warmpool_pool_status_up 1.0",
-        "warmpool_waiting_requests 1.0",
+        'warmpool_assigns_total{outcome="assigned",pool="default"} 2.0',
+        'warmpool_assigns_total{outcome="no_capacity",pool="default"} 1.0',
+        'warmpool_releases_total{outcome="released",pool="default"} 1.0',
+        'warmpool_releases_total{outcome="not_assigned",pool="default"} 1.0',
+        'warmpool_assign_duration_seconds_count{outcome="assigned",pool="default"} 2.0',
+        'warmpool_assign_duration_seconds_bucket{le="0.005",outcome="assigned",pool="default"}',
+        'warmpool_machines{pool="default",state="idle"} 0.0',
+        'warmpool_machines{pool="default",state="assigned"} 1.0',
+        'warmpool_machines{pool="default",state="pending"} 1.0',
+        'warmpool_machines{pool="default",state="releasing"} 0.0',
+        'warmpool_desired_capacity{pool="default"} 3.0',
+        'warmpool_min_size{pool="default"} 0.0',
+        'warmpool_max_size{pool="default"} 5.0',
+        'warmpool_capped{pool="default"} 0.0',
+        'warmpool_lost_machines_total{pool="default"} 1.0',
+        'warmpool_refresh_age_seconds{pool="default"} 2.5',
+        'warmpool_pool_status_up{pool="default"} 1.0',
+        'warmpool_waiting_requests{pool="default"} 1.0',
     ]:
         assert line in text, line
     # an invalid id never reaches the pool, so it is not an assign outcome
@@ -495,16 +495,17 @@ def test_a_new_status_series_is_one_function() -> None:
 
     metrics = GatewayMetrics()
     metrics.pool.families = (*STATUS_FAMILIES, aws_calls)
-    text, _ = metrics.render({"aws_calls": 7})
-    assert b"warmpool_test_aws_calls 7.0" in text
-    assert b"warmpool_pool_status_up 1.0" in text
+    text, _ = metrics.render({"small": {"aws_calls": 7}, "gpu": None})
+    assert b'warmpool_test_aws_calls{pool="small"} 7.0' in text
+    assert b'warmpool_pool_status_up{pool="small"} 1.0' in text
+    assert b'warmpool_pool_status_up{pool="gpu"} 0.0' in text
 
 
 def test_metrics_without_a_pool_still_answers(app: Any, pool: FakePool, unavailable: BaseException) -> None:
     pool.fail = unavailable
     r = call(app, "GET", "/metrics")
     assert r.status_code == 200
-    assert "warmpool_pool_status_up 0.0" in r.text
+    assert 'warmpool_pool_status_up{pool="default"} 0.0' in r.text
     assert "warmpool_machines{" not in r.text
 
 
@@ -517,8 +518,8 @@ def test_metrics_negotiates_openmetrics(app: Any) -> None:
 def test_each_app_has_its_own_registry() -> None:
     a, b = create_app(FakePool()), create_app(FakePool())
     call(a, "POST", "/v1/projects/p1/machine")
-    assert 'warmpool_assigns_total{outcome="assigned"} 1.0' in call(a, "GET", "/metrics").text
-    assert 'warmpool_assigns_total{outcome="assigned"}' not in call(b, "GET", "/metrics").text
+    assert 'warmpool_assigns_total{outcome="assigned",pool="default"} 1.0' in call(a, "GET", "/metrics").text
+    assert "warmpool_assigns_total{" not in call(b, "GET", "/metrics").text
 
 
 def test_openapi_document_and_docs_are_served(app: Any) -> None:
@@ -542,7 +543,7 @@ def test_secured_openapi_declares_bearer_security(secured: Any) -> None:
 
 
 def test_unexpected_error_in_a_route_is_a_json_500(app: Any, pool: FakePool) -> None:
-    async def broken() -> dict[str, Any]:
+    async def broken(**_: Any) -> dict[str, Any]:
         raise ZeroDivisionError("in /srv/secret.py")
 
     pool.status = broken  # type: ignore[method-assign]
@@ -777,8 +778,8 @@ def test_assign_with_a_lease_and_touch_it() -> None:
     body = assert_json_error(call(app, "POST", "/v1/projects/p9/touch"), 404, "not_assigned")
     assert body["project_id"] == "p9"
     metrics = call(app, "GET", "/metrics").text
-    assert 'warmpool_touches_total{outcome="touched"} 1.0' in metrics
-    assert 'warmpool_touches_total{outcome="not_assigned"} 1.0' in metrics
+    assert 'warmpool_touches_total{outcome="touched",pool="default"} 1.0' in metrics
+    assert 'warmpool_touches_total{outcome="not_assigned",pool="default"} 1.0' in metrics
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ def test_livez_answers_without_asking_the_pool() -> None:
 def test_livez_answers_while_the_pool_hangs() -> None:
     pool = FakePool()
 
-    async def hang() -> dict[str, Any]:
+    async def hang(**_: Any) -> dict[str, Any]:
         await asyncio.sleep(30)
         return {}
 

@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # For every setting, values it must refuse (and what a person might plausibly type).
 BAD_VALUES: dict[str, list[str]] = {
+    "WARMPOOL_CONFIG": ["/nonexistent/warmpool.toml", "/"],
+    "WARMPOOL_SENTINEL_MASTER": ["my master", "a;b", "x/y"],
     "WARMPOOL_ASG_NAME": ["pool-{x}", "a" * 256],
     "WARMPOOL_IDLE_TARGET": ["abc", "-1", "10001", "2.5"],
     "WARMPOOL_REFRESH_SECONDS": ["soon", "0", "nan"],

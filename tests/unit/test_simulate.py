@@ -152,3 +152,41 @@ def test_rows_may_come_in_any_order_and_iso_times_with_offsets() -> None:
     assert [(e.at, e.event) for e in events] == [(T0, "assign"), (T0 + 10, "release")]
     with pytest.raises(TraceError):
         parse_rows(["at,project_id,event", f"{T0},p-1,release"])
+
+
+def test_config_runs_the_pools_file_policy_with_its_schedules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a pools file whose pool keeps 0 idle but 30 during a daily window that covers the trace
+    monkeypatch.delenv("WARMPOOL_CONFIG", raising=False)
+    pools = tmp_path / "pools.toml"
+    pools.write_text(
+        '[pools.lab]\nasg = "lab-asg"\nidle_target = 0\n'
+        'schedules = [{ name = "day", cron = "0 0 * * *", duration_s = 86400, timezone = "UTC", min_idle = 30 }]\n'
+    )
+    trace = write(tmp_path, SMALL)
+    # when simulated as configured and as fixed:0
+    assert (
+        main(
+            [
+                "simulate",
+                trace,
+                "--config",
+                str(pools),
+                "--pool",
+                "lab",
+                "--policy",
+                "config",
+                "--policy",
+                "fixed:0",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    configured, bare = json.loads(capsys.readouterr().out)
+    # expect the schedule to serve every assign warm, and the bare fixed:0 none
+    assert configured["warm"] == 30 and bare["warm"] == 0
+    # and an unknown pool refused in one line
+    assert main(["simulate", trace, "--config", str(pools), "--pool", "lib", "--policy", "config"]) == 2
+    assert "--pool" in capsys.readouterr().err

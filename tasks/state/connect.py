@@ -1,0 +1,55 @@
+"""A redis-py client for a state store URL: plain Redis, TLS, a Unix socket, or a Sentinel-watched master.
+
+``WARMPOOL_REDIS_URL`` accepts what the Redis broker accepts (kombu's syntax)::
+
+    redis://[:password@]host:6379/2        rediss://...        unix:///run/redis.sock?db=2
+    sentinel://[:password@]s1:26379;sentinel://s2:26379;sentinel://s3:26379/2
+
+A ``sentinel://`` URL lists the Sentinels (``;``-separated, as kombu does) and
+the database; the client asks them for the current master of
+``WARMPOOL_SENTINEL_MASTER`` (the name the Sentinels monitor) on every
+reconnect, so a failover moves the pool worker to the new master by itself.
+The password (if any) is the Redis master's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.sentinel import Sentinel
+
+SENTINEL_SCHEME = "sentinel"
+
+
+def is_sentinel(url: str) -> bool:
+    return url.split("://", 1)[0].lower() == SENTINEL_SCHEME
+
+
+def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
+    """The Sentinels' (host, port) pairs, the database and the master's password of a ``sentinel://`` URL."""
+    hosts: list[tuple[str, int]] = []
+    db, password = 0, None
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        if parts.scheme.lower() != SENTINEL_SCHEME or not parts.hostname:
+            raise ValueError(f"not a sentinel:// address: {part.strip()[:80]!r}")
+        hosts.append((parts.hostname, parts.port or 26379))
+        if parts.password:
+            password = unquote(parts.password)
+        if parts.path.strip("/"):
+            db = int(parts.path.strip("/"))
+    return hosts, db, password
+
+
+def state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> redis.Redis:
+    """A client of the store at ``url`` (``options``: redis-py connection options such as socket_timeout)."""
+    if not is_sentinel(url):
+        client: redis.Redis = redis.Redis.from_url(url, **options)
+        return client
+    hosts, db, password = sentinel_hosts(url)
+    timeouts = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
+    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinel.master_for(master_name, db=db, password=password, **options)  # type: ignore[no-untyped-call]
+    return master
