@@ -190,3 +190,13 @@ def test_config_runs_the_pools_file_policy_with_its_schedules(
     # and an unknown pool refused in one line
     assert main(["simulate", trace, "--config", str(pools), "--pool", "lib", "--policy", "config"]) == 2
     assert "--pool" in capsys.readouterr().err
+
+
+def test_a_launch_is_idle_within_a_poll_of_being_ready(palm_events: list) -> None:  # type: ignore[type-arg]
+    # given launches of exactly 45 s and the 1 s pending poll, on the product's own refresh scheduling
+    config = PoolConfig(asg_name="poll", idle_target=2, address=AddressKind.PUBLIC, pending_poll_s=1.0)
+    run = Simulation(palm_events[:400], config, SimSettings(launch_s=(45.0, 45.0)), label="fixed:2").run()
+    launch = run.status["launch_ready_seconds"]
+    # expect every measured launch idle within about a second of AWS showing it ready (the beat is 10 s)
+    assert launch["count"] >= 50
+    assert 45.0 <= launch["p50"] and launch["max"] <= 46.5
