@@ -28,6 +28,7 @@ from tasks.pool.ledger import (
     WAIT_BUCKET,
     WAIT_BUCKETS_S,
     WAIT_SUM_S,
+    ClaimEvent,
     Ledger,
     LedgerRead,
     demand_minute,
@@ -53,6 +54,7 @@ log = logging.getLogger("warmpool.pool")
 # The demand history window read per rebalance is sized for launches up to this long.
 MAX_LEAD_S = 3_600.0
 _PARKED = ("lifecycle Standby", "lifecycle EnteringStandby")
+MAX_BUFFERED_CLAIMS = 500  # a burst between rebalances is written in batches of at most this many
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,32 @@ class Economics:
         self._started_at = started_at  # machines launched before this are not launch-time samples
         self._override_seen: str | None = None
         self._lead_s = DEFAULT_LEAD_S
+        # Claim events wait here, off the assign path, until the next rebalance or status
+        # writes them in one batch (a killed worker loses at most these).
+        self._claims: list[ClaimEvent] = []
         self.reconfigure(config)
+
+    # -- claims (buffered) -----------------------------------------------------------------
+    def claimed(self, *, now: float, outcome: str) -> None:
+        """A claim arrived, served warm, queued to wait, or failed at once."""
+        self._note(ClaimEvent("assign", at=now, outcome=outcome))
+
+    def served(self, *, wait_s: float) -> None:
+        self._note(ClaimEvent("served", wait_s=wait_s))
+
+    def gave_up(self, *, wait_s: float) -> None:
+        self._note(ClaimEvent("failed", wait_s=wait_s))
+
+    def _note(self, event: ClaimEvent) -> None:
+        self._claims.append(event)
+        if len(self._claims) >= MAX_BUFFERED_CLAIMS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered claim events (one batch)."""
+        if self._claims:
+            events, self._claims = self._claims, []
+            self.ledger.record_claims(events)
 
     def reconfigure(self, config: EconomicsConfig) -> None:
         """Put ``config`` in force (its policy, unless an override is); InvalidRequest if its policy is bad."""
@@ -224,6 +251,7 @@ class Economics:
 
     def decide(self, *, now: float, held: int, max_size: int) -> tuple[Decision, LedgerRead]:
         """Evaluate the policy in force now; the decision is kept as ``target``."""
+        self.flush()
         read = self.ledger.read(minutes=self._history_minutes(now))
         policy = self._policy(read.override)
         inputs = self._inputs(read, now=now, held=held, max_size=max_size)
@@ -280,6 +308,7 @@ class Economics:
 
     def status(self, read: LedgerRead | None = None) -> dict[str, Any]:
         """The economics part of ``status``: policy, figures, launch times."""
+        self.flush()
         read = read or self.ledger.read(minutes=())
         figures = self.ledger.figures()
 

@@ -59,6 +59,18 @@ def demand_minute(at: float) -> int:
 
 
 @dataclass(frozen=True)
+class ClaimEvent:
+    """What happened to one claim: it arrived (``assign``, with its outcome), or a waiting one was
+    ``served`` or ``failed`` after ``wait_s``. The pool worker buffers these off the assign path and
+    writes them in one batch (tasks.pool.economics)."""
+
+    kind: str  # "assign" | "served" | "failed"
+    at: float = 0.0
+    outcome: str = ""  # of an assign: warm | waiting | failed
+    wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class LedgerRead:
     """One read of what the policies need (one round trip in Redis)."""
 
@@ -76,6 +88,10 @@ class Ledger(Protocol):
     """The economics state of one pool. Implementations: MemoryLedger, RedisLedger."""
 
     def read(self, *, minutes: Sequence[int]) -> LedgerRead: ...
+
+    def record_claims(self, events: Sequence[ClaimEvent]) -> None:
+        """Record claim events in one write (Redis: one pipeline)."""
+        ...
 
     def record_assign(self, *, now: float, outcome: str, count_demand: bool = True) -> None:
         """A claim arrived: demand history and recent rate; the outcome (warm/waiting/failed) counted."""
@@ -145,6 +161,15 @@ class MemoryLedger:
             idle_at=float(f.get(IDLE_AT, 0.0)),
             idle_count=int(float(f.get(IDLE_COUNT, 0))),
         )
+
+    def record_claims(self, events: Sequence[ClaimEvent]) -> None:
+        for e in events:
+            if e.kind == "assign":
+                self.record_assign(now=e.at, outcome=e.outcome)
+            elif e.kind == "served":
+                self.record_served(wait_s=e.wait_s)
+            else:
+                self.record_failed(wait_s=e.wait_s)
 
     def record_assign(self, *, now: float, outcome: str, count_demand: bool = True) -> None:
         if count_demand:

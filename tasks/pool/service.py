@@ -203,7 +203,7 @@ class PoolService:
             self.effects.top_up()
         if outcome.machine is not None:
             if outcome.new:
-                self.economics.ledger.record_assign(now=now, outcome=OUTCOME_WARM)
+                self.economics.claimed(now=now, outcome=OUTCOME_WARM)
             self._tag_if_needed(outcome.machine, new=outcome.new)
             return assigned_result(outcome.machine, pool=self.config.pool)
         margin = min(DEADLINE_MARGIN_S, wait / 10)
@@ -213,7 +213,7 @@ class PoolService:
         if request_id and serve_by > now:
             waiter = Waiter(request_id, project_id, deadline=serve_by, lease_s=lease, arrived=now)
             if self.store.add_waiter(waiter):
-                self.economics.ledger.record_assign(now=now, outcome=OUTCOME_WAITING)
+                self.economics.claimed(now=now, outcome=OUTCOME_WAITING)
             self._scale_for_waiters()
             # Why there is no machine now travels with the waiting state, so a
             # caller whose deadline passes can still be told (e.g. capped).
@@ -223,7 +223,7 @@ class PoolService:
                 "deadline": iso_utc(serve_by),
                 **self._capacity_note(),
             }
-        self.economics.ledger.record_assign(now=now, outcome=OUTCOME_FAILED)
+        self.economics.claimed(now=now, outcome=OUTCOME_FAILED)
         return self._no_capacity(project_id)
 
     def _tag_if_needed(self, machine: Machine, *, new: bool) -> None:
@@ -322,7 +322,7 @@ class PoolService:
                 # Its caller has given up (or is about to): withdraw the place, never assign.
                 self.store.remove_waiter(waiter.request_id)
                 self.effects.deliver(waiter.request_id, self._no_capacity(waiter.project_id))
-                self.economics.ledger.record_failed(wait_s=max(0.0, now - waiter.arrived))
+                self.economics.gave_up(wait_s=max(0.0, now - waiter.arrived))
                 continue
             outcome = self.store.assign(
                 waiter.project_id,
@@ -342,7 +342,7 @@ class PoolService:
             self.effects.deliver(waiter.request_id, assigned_result(outcome.machine, pool=self.config.pool))
             self.store.remove_waiter(waiter.request_id)
             if outcome.new:
-                self.economics.ledger.record_served(wait_s=max(0.0, now - waiter.arrived))
+                self.economics.served(wait_s=max(0.0, now - waiter.arrived))
             served += 1
         if left_waiting:
             self._scale_for_waiters()

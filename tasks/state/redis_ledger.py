@@ -34,6 +34,7 @@ from tasks.pool.ledger import (
     TARGET_REASON,
     WAIT_BUCKET,
     WAIT_SUM_S,
+    ClaimEvent,
     LedgerRead,
     demand_minute,
     wait_bucket,
@@ -104,9 +105,24 @@ class RedisLedger:
             idle_count=int(_num(idle_count)),
         )
 
-    def record_assign(self, *, now: float, outcome: str, count_demand: bool = True) -> None:
-        k = self.keys
+    def record_claims(self, events: Sequence[ClaimEvent]) -> None:
+        if not events:
+            return
         pipe = self._r.pipeline(transaction=False)
+        for e in events:
+            if e.kind == "assign":
+                self._assign(pipe, now=e.at, outcome=e.outcome, count_demand=True)
+            else:
+                self._waited(pipe, ASSIGNS_WAITED if e.kind == "served" else ASSIGNS_FAILED, e.wait_s)
+        self._run(pipe)
+
+    def record_assign(self, *, now: float, outcome: str, count_demand: bool = True) -> None:
+        pipe = self._r.pipeline(transaction=False)
+        self._assign(pipe, now=now, outcome=outcome, count_demand=count_demand)
+        self._run(pipe)
+
+    def _assign(self, pipe: Any, *, now: float, outcome: str, count_demand: bool) -> None:
+        k = self.keys
         if count_demand:
             minute = demand_minute(now)
             day_key = k.demand(minute // _MINUTES_PER_DAY)
@@ -120,21 +136,18 @@ class RedisLedger:
             pipe.hincrby(k.figures, WAIT_BUCKET + str(wait_bucket(0.0)), 1)
         elif outcome == OUTCOME_FAILED:
             pipe.hincrby(k.figures, ASSIGNS_FAILED, 1)
-        self._run(pipe)
 
-    def _waited(self, name: str, wait_s: float) -> None:
+    def _waited(self, pipe: Any, name: str, wait_s: float) -> None:
         k = self.keys
-        pipe = self._r.pipeline(transaction=False)
         pipe.hincrby(k.figures, name, 1)
         pipe.hincrbyfloat(k.figures, WAIT_SUM_S, wait_s)
         pipe.hincrby(k.figures, WAIT_BUCKET + str(wait_bucket(wait_s)), 1)
-        self._run(pipe)
 
     def record_served(self, *, wait_s: float) -> None:
-        self._waited(ASSIGNS_WAITED, wait_s)
+        self.record_claims([ClaimEvent("served", wait_s=wait_s)])
 
     def record_failed(self, *, wait_s: float) -> None:
-        self._waited(ASSIGNS_FAILED, wait_s)
+        self.record_claims([ClaimEvent("failed", wait_s=wait_s)])
 
     def count(self, name: str, n: int = 1) -> None:
         pipe = self._r.pipeline(transaction=False)

@@ -15,6 +15,7 @@ from tasks.pool.ledger import (
     OUTCOME_FAILED,
     OUTCOME_WAITING,
     OUTCOME_WARM,
+    ClaimEvent,
     Ledger,
     MemoryLedger,
     demand_minute,
@@ -57,6 +58,22 @@ class TestFigures:
         assert f[f"wait_bucket:{wait_bucket(0.0)}"] == 1
         assert f[f"wait_bucket:{wait_bucket(12.0)}"] == 1
         assert f["terminations:release"] == 2 and f["launches"] == 3
+
+    def test_a_batch_of_claim_events_counts_as_its_events_one_by_one(self, ledger: Ledger) -> None:
+        ledger.record_claims(
+            [
+                ClaimEvent("assign", at=T0, outcome=OUTCOME_WARM),
+                ClaimEvent("assign", at=T0 + 1, outcome=OUTCOME_WAITING),
+                ClaimEvent("served", wait_s=30.0),
+                ClaimEvent("assign", at=T0 + 2, outcome=OUTCOME_WAITING),
+                ClaimEvent("failed", wait_s=600.0),
+            ]
+        )
+        f = ledger.figures()
+        assert (f["assigns_warm"], f["assigns_waited"], f["assigns_failed"]) == (1, 1, 1)
+        assert f["wait_seconds_sum"] == 630.0
+        read = ledger.read(minutes=[demand_minute(T0)])
+        assert read.demand == {demand_minute(T0): 3} and read.recent_claims == (T0 + 2, T0 + 1, T0)
 
     def test_rebalances_integrate_idle_machine_seconds_and_keep_the_decision(self, ledger: Ledger) -> None:
         ledger.record_rebalance(now=T0, idle=3, target=3, reason="fixed", spec="fixed", surplus_since=0.0)
