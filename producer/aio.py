@@ -41,6 +41,7 @@ from producer.calls import (
     Assign,
     BaseClient,
     Job,
+    Operator,
     Release,
     Reply,
     Touch,
@@ -373,6 +374,10 @@ class AsyncPoolClient(BaseClient):
     ) -> dict[str, Any]:
         """An operator's word that these quarantined machines (None: all) are in nobody's use."""
         call = self._release_quarantined(instance_ids)
+        return call.result(await self._send(call.job, pool))
+
+    async def operate(self, call: Operator, *, pool: str | None = None) -> dict[str, Any]:
+        """Send one operator command (producer.calls.Operator: pause, resume, force_release, recycle, adopt)."""
         return call.result(await self._send(call.job, pool))
 
     async def assign(

@@ -37,6 +37,7 @@ from typing import Any, Final
 from celery import Celery
 
 from tasks.contract import (
+    CODE_BAD_REQUEST,
     CODE_INVALID_PROJECT,
     CODE_NO_CAPACITY,
     CODE_STORE_UNAVAILABLE,
@@ -49,9 +50,14 @@ from tasks.contract import (
     STATUS_FAILED,
     STATUS_NOT_ASSIGNED,
     STATUS_RELEASED,
+    TASK_ADOPT,
     TASK_ASSIGN,
+    TASK_FORCE_RELEASE,
+    TASK_PAUSE,
+    TASK_RECYCLE,
     TASK_RELEASE,
     TASK_RELEASE_QUARANTINED,
+    TASK_RESUME,
     TASK_STATUS,
     TASK_TOUCH,
     TASK_WITHDRAW,
@@ -431,6 +437,63 @@ class ReleaseQuarantined:
     @staticmethod
     def result(raw: Any) -> dict[str, Any]:
         """The raw result dict (the instance ids released)."""
+        return dict(raise_for_failure(raw))
+
+
+@dataclass(frozen=True)
+class Operator:
+    """An operator command (pause, resume, force_release, adopt: tasks.pool.operations), validated here."""
+
+    task: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    timeout_s: float
+
+    @classmethod
+    def pause(cls, *, reply_timeout_s: float) -> Operator:
+        return cls(TASK_PAUSE, (), {}, reply_timeout_s)
+
+    @classmethod
+    def resume(cls, *, reply_timeout_s: float) -> Operator:
+        return cls(TASK_RESUME, (), {}, reply_timeout_s)
+
+    @classmethod
+    def force_release(cls, project_id: Any, *, reply_timeout_s: float) -> Operator:
+        validate_project_id(project_id)
+        return cls(TASK_FORCE_RELEASE, (project_id,), {}, reply_timeout_s)
+
+    @classmethod
+    def adopt(cls, assignments: Mapping[str, str] | None, *, dry_run: bool = False, reply_timeout_s: float) -> Operator:
+        """adopt(assignments) (project -> instance), or adopt(None): no machine needs adopting."""
+        if assignments is None:
+            return cls(TASK_ADOPT, (), {"none": True}, reply_timeout_s)
+        from tasks.pool.operations import check_assignments
+
+        return cls(TASK_ADOPT, (check_assignments(dict(assignments)),), {"dry_run": dry_run}, reply_timeout_s)
+
+    @classmethod
+    def recycle(
+        cls, *, older_than_s: float | None = None, template_version: str | None = None, reply_timeout_s: float
+    ) -> Operator:
+        """recycle(older_than_s=...) or recycle(template_version=...): exactly one."""
+        if (older_than_s is None) == (template_version is None):
+            raise InvalidRequest("recycle takes one of --older-than and --not-template-version")
+        if older_than_s is not None:
+            check_seconds(older_than_s, "older_than", high=366 * 86_400.0)
+            return cls(TASK_RECYCLE, (), {"older_than_s": float(older_than_s)}, reply_timeout_s)
+        if not isinstance(template_version, str) or not 0 < len(template_version) <= 64:
+            raise InvalidRequest("--not-template-version takes a launch template version (1-64 characters)")
+        return cls(TASK_RECYCLE, (), {"template_version": template_version}, reply_timeout_s)
+
+    @property
+    def job(self) -> Job:
+        return Job(self.task, self.args, self.kwargs, self.timeout_s)
+
+    @staticmethod
+    def result(raw: Any) -> dict[str, Any]:
+        """The result dict; a refused command (bad_request) raises InvalidRequest."""
+        if isinstance(raw, Mapping) and raw.get("status") == STATUS_FAILED and raw.get("code") == CODE_BAD_REQUEST:
+            raise InvalidRequest(str(raw.get("message", "")))
         return dict(raise_for_failure(raw))
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from producer import cli_economics, cli_pools
+from producer import cli_economics, cli_events, cli_ops, cli_pools, cli_tokens
 from producer.extras import missing_extra
 from tasks import config
 from tasks.contract import CODE_NO_CAPACITY, STATUS_FAILED, failure
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = config_sub.add_parser("check", help="print the effective settings (secrets masked); exit 2 if one is bad")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_config_check)
+    cli_tokens.add_commands(sub)
+    cli_events.add_commands(sub)
+    cli_ops.add_commands(sub)  # pause, resume, force-release, recycle, adopt, webhooks
     cli_economics.add_commands(sub)
     return parser
 

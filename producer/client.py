@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import redis
@@ -38,6 +38,7 @@ from producer.calls import (
     Assign,
     BaseClient,
     Job,
+    Operator,
     Release,
     Reply,
     Touch,
@@ -263,3 +264,36 @@ class PoolClient(BaseClient):
         """An operator's word that these quarantined machines (None: all) are in nobody's use."""
         call = self._release_quarantined(instance_ids)
         return call.result(self._send(call.job, pool))
+
+    # -- operator commands (tasks.pool.operations; docs/operations.md) ---------------------
+    def operate(self, call: Operator, *, pool: str | None = None) -> dict[str, Any]:
+        """Send one operator command (producer.calls.Operator) to ``pool`` and return its result."""
+        return call.result(self._send(call.job, pool))
+
+    def pause(self, *, pool: str | None = None) -> dict[str, Any]:
+        """Stop every AWS change of the pool until resume (assigns and releases keep working)."""
+        return self.operate(Operator.pause(reply_timeout_s=self.reply_timeout_s), pool=pool)
+
+    def resume(self, *, pool: str | None = None) -> dict[str, Any]:
+        """Resume AWS changes; machines released while paused are terminated now."""
+        return self.operate(Operator.resume(reply_timeout_s=self.reply_timeout_s), pool=pool)
+
+    def force_release(self, project_id: str, *, pool: str | None = None) -> dict[str, Any]:
+        """An operator takes the project's machine back (recorded as force_release)."""
+        return self.operate(Operator.force_release(project_id, reply_timeout_s=self.reply_timeout_s), pool=pool)
+
+    def recycle(
+        self, *, older_than_s: float | None = None, template_version: str | None = None, pool: str | None = None
+    ) -> dict[str, Any]:
+        """Replace idle machines older than ``older_than_s`` or not of ``template_version`` (one of them)."""
+        call = Operator.recycle(
+            older_than_s=older_than_s, template_version=template_version, reply_timeout_s=self.reply_timeout_s
+        )
+        return self.operate(call, pool=pool)
+
+    def adopt(
+        self, assignments: Mapping[str, str] | None, *, dry_run: bool = False, pool: str | None = None
+    ) -> dict[str, Any]:
+        """Adopt assignments made outside warmpool (project -> instance); None: nothing needs adopting."""
+        call = Operator.adopt(assignments, dry_run=dry_run, reply_timeout_s=self.reply_timeout_s)
+        return self.operate(call, pool=pool)

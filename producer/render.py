@@ -62,7 +62,22 @@ def _summary(status: Mapping[str, Any]) -> Text:
         text.append(f"\nforeign: {counts['foreign']} machines protected from scale-in by someone else", style="blue")
     if recovery and recovery.get("epoch") and not recovery.get("epoch_confirmed"):
         text.append("\nfirst start: waiting for AWS to show the group's warmpool:epoch tag", style="yellow")
+    _operator_lines(status, text)
     return text
+
+
+def _operator_lines(status: Mapping[str, Any], text: Text) -> None:
+    """Paused, machines held for adoption, dry-run plans (tasks.pool.operations.operator_status)."""
+    if status.get("paused"):
+        text.append(f"\nPAUSED since {status.get('paused_since')}: no AWS change until resume", style="bold yellow")
+    unadopted = status.get("unadopted") or {}
+    if unadopted.get("count"):
+        text.append(f"\nunadopted: {unadopted['count']} machines {unadopted.get('note')}", style="yellow")
+    if status.get("dry_run"):
+        would = ", ".join(status.get("would_terminate") or []) or "none"
+        text.append(
+            f"\nDRY RUN: would launch {status.get('would_launch', 0)}, would terminate {would}", style="bold magenta"
+        )
 
 
 def _machines(status: Mapping[str, Any]) -> Table:

@@ -128,6 +128,8 @@ def stack_env(
             "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIAL,
             "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIAL,
             "PYTHONUNBUFFERED": "1",
+            # The sandbox creates the group's machines for warmpool: none to adopt at its first start.
+            "WARMPOOL_ADOPT_HOLD": "0",
         }
     )
     env.update(extra or {})

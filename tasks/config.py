@@ -91,6 +91,7 @@ _HTTP = kind.url(schemes=("http", "https"), example="http://127.0.0.1:5555")
 _TOKEN = kind.text(max_chars=4096, forbidden=" ", what="printable characters without spaces")
 _USER = kind.text(max_chars=256, forbidden=":", what="printable characters without ':'")
 _PASSWORD = kind.text(max_chars=4096, forbidden="", what="printable characters")
+_WEBHOOK_SECRET = kind.text(max_chars=4096, forbidden=" ", what="printable characters without spaces")
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,27 @@ class Settings:
     gateway_max_connections: int = setting(
         "WARMPOOL_GATEWAY_MAX_CONNECTIONS", 1000, kind.integer(1, 1_000_000), "open connections at most"
     )
+    gateway_token_cache_s: float = setting(
+        "WARMPOOL_GATEWAY_TOKEN_CACHE_S", 2.0, kind.number(0.0, 300), "scoped tokens re-read (revocation delay)"
+    )
+    gateway_rate_per_s: float = setting(
+        "WARMPOOL_GATEWAY_RATE_PER_S", 0.0, kind.number(0.0, 1_000_000), "requests per second per token (0: no limit)"
+    )
+    gateway_rate_burst: int = setting(
+        "WARMPOOL_GATEWAY_RATE_BURST", 20, kind.integer(1, 1_000_000), "requests a token may send at once"
+    )
     flower_url: str = setting("WARMPOOL_FLOWER_URL", "", _HTTP, "where Flower listens (turns on /flower)")
     flower_user: str = setting("WARMPOOL_FLOWER_USER", "", _USER, "Flower user")
     flower_password: str = setting("WARMPOOL_FLOWER_PASSWORD", "", _PASSWORD, "Flower password", mask=_secret)
+    # Operating it (docs/operations.md): one webhook from the environment, and the dry run.
+    webhook_url: str = setting("WARMPOOL_WEBHOOK_URL", "", _HTTP, "a webhook receiving every event (POST)")
+    webhook_secret: str = setting(
+        "WARMPOOL_WEBHOOK_SECRET", "", _WEBHOOK_SECRET, "HMAC secret of WARMPOOL_WEBHOOK_URL", mask=_secret
+    )
+    dry_run: int = setting("WARMPOOL_DRY_RUN", 0, kind.integer(0, 1), "1: plan and log, change nothing in AWS")
+    adopt_hold: int = setting(
+        "WARMPOOL_ADOPT_HOLD", 1, kind.integer(0, 1), "1: first start keeps found machines until adopt"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

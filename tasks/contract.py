@@ -41,6 +41,12 @@ TASK_MARK_READY: Final = "warmpool.mark_ready"
 TASK_PING: Final = "warmpool.ping"
 # Withdraw an assign whose caller left: args (request id of the assign, project id).
 TASK_WITHDRAW: Final = "warmpool.withdraw"
+# Operator commands (tasks.worker.ops_jobs; docs/operations.md).
+TASK_PAUSE: Final = "warmpool.pause"
+TASK_RESUME: Final = "warmpool.resume"
+TASK_FORCE_RELEASE: Final = "warmpool.force_release"
+TASK_ADOPT: Final = "warmpool.adopt"
+TASK_RECYCLE: Final = "warmpool.recycle"
 
 POOL_QUEUE: Final = "pool"
 AWS_QUEUE: Final = "aws"

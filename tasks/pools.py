@@ -49,6 +49,7 @@ from tasks.config import Settings, Spec, load, specs
 from tasks.config_values import ValueProblem
 from tasks.contract import AWS_QUEUE
 from tasks.errors import ConfigError, InvalidRequest, UnknownPool
+from tasks.hooks.config import Webhook, parse_webhooks
 
 CONFIG_ENV = "WARMPOOL_CONFIG"
 DEFAULT_POOL = "default"
@@ -70,6 +71,8 @@ PER_POOL = frozenset(
         "lease_seconds",
         "ready_url",
         "ready_timeout_seconds",
+        "dry_run",
+        "adopt_hold",
         # pool economics (docs/economics.md)
         "policy",
         "warm_goal",
@@ -82,7 +85,7 @@ PER_POOL = frozenset(
 )
 ALIASES = {"asg": "asg_name", "endpoint_url": "aws_endpoint_url"}
 # Keys only a pool's table has (not settings of their own).
-POOL_ONLY = ("namespace", "role_arn", "role_external_id", "aws_queue")
+POOL_ONLY = ("namespace", "role_arn", "role_external_id", "aws_queue", "webhooks")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 _EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
 _NAMESPACE = re.compile(r"[^{}\s]{1,255}")
@@ -104,6 +107,9 @@ class PoolSettings:
     # The queue of this pool's AWS work (refresh, side effects): the shared "aws", or one of
     # its own ("aws.<region>") so that a region that hangs ties up only its own aws workers.
     aws_queue: str = AWS_QUEUE
+    # Receivers of this pool's events (``webhooks = [{ url, secret }]`` in its table, else the
+    # file's top-level list); () here: the environment's WARMPOOL_WEBHOOK_URL, if set (tasks.hooks).
+    webhooks: tuple[Webhook, ...] = ()
 
     @property
     def asg_name(self) -> str:
@@ -219,12 +225,13 @@ def _from_file(path: str, env_settings: Settings) -> Deployment:
     default_name = doc.pop("default_pool", None)
     defaults = doc.pop("defaults", {})
     pool_tables = doc.pop("pools", None)
+    shared_hooks = _webhooks(doc.pop("webhooks", None), "top level webhooks", "", problems)
     if not isinstance(defaults, dict):
         problems.add("defaults", "must be a table ([defaults])")
         defaults = {}
     top = _apply(env_settings, doc, where="top level", problems=problems, allowed=PER_POOL)
     per_pool_base = _apply(top, defaults, where="[defaults]", problems=problems, allowed=PER_POOL)
-    pools = _pools(pool_tables, per_pool_base, problems)
+    pools = [replace(p, webhooks=p.webhooks or shared_hooks) for p in _pools(pool_tables, per_pool_base, problems)]
     problems.raise_any()
     names = [p.name for p in pools]
     if default_name is None:
@@ -269,6 +276,7 @@ def _pool(name: str, table: dict[str, Any], base: Settings, *, where: str, probl
     role = _checked(extra.get("role_arn", ""), _ROLE_ARN, "role_arn", where, problems, empty_ok=True)
     external = _checked(extra.get("role_external_id", ""), _EXTERNAL_ID, "role_external_id", where, problems)
     aws_queue = _checked(extra.get("aws_queue", AWS_QUEUE), _AWS_QUEUE, "aws_queue", where, problems)
+    hooks = _webhooks(extra.get("webhooks"), "webhooks", where, problems)
     if len(problems.lines) > before:
         return None
     return PoolSettings(
@@ -279,7 +287,19 @@ def _pool(name: str, table: dict[str, Any], base: Settings, *, where: str, probl
         role_external_id=external,
         job_group=settings.asg_name,
         aws_queue=aws_queue,
+        webhooks=hooks,
     )
+
+
+def _webhooks(value: Any, key: str, where: str, problems: _Problems) -> tuple[Webhook, ...]:
+    """A ``webhooks = [{ url, secret }]`` list, validated (tasks.hooks.config); () when absent or bad."""
+    if value is None:
+        return ()
+    try:
+        return parse_webhooks(value, where=key)
+    except ConfigError as exc:
+        problems.add(where, str(exc))
+        return ()
 
 
 def _checked(

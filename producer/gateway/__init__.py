@@ -11,15 +11,17 @@ Routes (docs/gateway.md has the full reference):
 * ``/flower/...``: Flower, proxied behind HTTP basic auth (producer.flower_app).
 
 Every error is JSON ``{"code", "message"}`` with a stable code; nothing ever
-answers with a stack trace. With ``WARMPOOL_API_TOKEN`` set every route except
-``/healthz`` and the API documentation needs ``Authorization: Bearer <token>``;
-without it the gateway only binds a loopback address.
+answers with a stack trace. With ``WARMPOOL_API_TOKEN`` set, or a scoped token
+(``warmpool token create``), every route except ``/livez``, ``/healthz`` and the
+API documentation needs ``Authorization: Bearer <token>`` and is authorized by
+the token's scope; without either the gateway only binds a loopback address.
 
 Run it: ``python -m producer.gateway`` (``--help`` for options).
 
 Modules: ``app`` (create_app and the routes), ``service`` (the state behind
 the routes, the health probe), ``clients`` (the pool client protocol),
-``errors`` (JSON errors and their handlers), ``auth`` (bearer token),
+``errors`` (JSON errors and their handlers), ``access`` (tokens, scopes,
+rate limits, authorize()), ``sse`` (GET /v1/events), ``ui`` (the dashboard),
 ``asgi`` (ErrorShield), ``parsing`` (request bodies), ``models`` (the OpenAPI
 models), ``flower_proxy``, ``logs``, ``constants``, ``connections`` (header and
 idle timeouts, the connection cap) and ``server`` (serve, main, binding rules).
@@ -40,9 +42,9 @@ if (_need := missing_extra("gateway", command="python -m producer.gateway")) is 
         raise SystemExit(1)
     raise ModuleNotFoundError(_need)
 
+from producer.gateway.access import Access, AccessControl, Principal, RateLimiter, authorize
 from producer.gateway.app import add_routes, create_app, install_openapi
 from producer.gateway.asgi import ErrorShield
-from producer.gateway.auth import BearerAuth
 from producer.gateway.clients import GatewayClient, default_client
 from producer.gateway.constants import (
     CODE_CALLER_GONE,
@@ -109,7 +111,11 @@ __all__ = [
     "ApiError",
     "AssignRequest",
     "AssignResult",
-    "BearerAuth",
+    "Access",
+    "AccessControl",
+    "Principal",
+    "RateLimiter",
+    "authorize",
     "ErrorBody",
     "ErrorShield",
     "FlowerProxy",

@@ -12,9 +12,10 @@ from fastapi.responses import JSONResponse, Response
 
 from producer.cli_pools import pool_rows
 from producer.client import check_lease, check_wait
+from producer.gateway.access import Access, AccessControl, authorize, principal_of, redact_status
 from producer.gateway.asgi import ErrorShield
-from producer.gateway.auth import BearerAuth
-from producer.gateway.clients import GatewayClient, default_client
+from producer.gateway.clients import GatewayClient
+from producer.gateway.clients import default_client as default_client  # re-exported: serve() and tests look it up here
 from producer.gateway.constants import (
     CODE_NOT_ASSIGNED,
     CODE_NOT_FOUND,
@@ -40,8 +41,12 @@ from producer.gateway.models import (
     TouchResult,
     error_responses,
 )
+from producer.gateway.operator_routes import add_operator_routes
 from producer.gateway.parsing import checked, fields_from_body, merged, read_body
 from producer.gateway.service import Gateway, HealthProbe, disconnect_of, statuses_within
+from producer.gateway.sse import EventFeed, add_event_routes
+from producer.gateway.ui import add_ui_routes
+from producer.tokens import Right
 from tasks.contract import CODE_NO_CAPACITY, MAX_LEASE_S, MAX_WAIT_S, STATUS_NOT_ASSIGNED
 
 POOL_PREFIX = "/v1/pools/{pool}"
@@ -58,13 +63,19 @@ def create_app(
     retry_after_s: int = 5,
     health_timeout_s: float = 2.0,
     health_cache_s: float = 1.0,
+    access: Access | None = None,
+    events: EventFeed | None = None,
 ) -> FastAPI:
     """The gateway app. ``token`` None means no authentication (serve() then binds loopback only).
 
     ``client`` defaults to producer.aio.AsyncPoolClient (configured from the
     environment); ``flower`` enables the authenticated /flower proxy.
+    ``access`` (producer.gateway.access) adds scoped tokens and rate limits to
+    ``token``; ``events`` serves /v1/events, /v1/pools/{pool}/events and the
+    dashboard's live feed.
     """
     pool = client if client is not None else default_client()
+    access = access if access is not None else Access(api_token=token)
     gw = Gateway(
         client=pool,
         metrics=GatewayMetrics(),
@@ -81,14 +92,19 @@ def create_app(
             if gw.flower is not None:
                 await gw.flower.aclose()
             await gw.client.aclose()
+            await access.aclose()
+            if events is not None:
+                await events.aclose()
 
     app = FastAPI(
         title="warmpool gateway",
         version="1",
         summary="Warm EC2 machines for projects, in milliseconds",
         description=(
-            "Assign and release machines of the warm pool. With WARMPOOL_API_TOKEN set, every route "
-            "except /livez, /healthz and this documentation needs `Authorization: Bearer <token>`."
+            "Assign and release machines of the warm pool. With WARMPOOL_API_TOKEN set or a scoped token "
+            "(`warmpool token create`), every route except /livez, /healthz and this documentation needs "
+            "`Authorization: Bearer <token>`; a request outside the token's scope (pools, project-id prefix, "
+            "right read < assign < admin) is 403, one over its rate limit 429 with Retry-After."
         ),
         lifespan=lifespan,
         # No trailing-slash redirects: "/proj-1/" is not found rather than a 307
@@ -97,10 +113,11 @@ def create_app(
         redirect_slashes=False,
     )
     app.state.gateway = gw
+    app.state.events = events
     install_error_handlers(app)
-    add_routes(app, gw)
-    install_openapi(app, secured=token is not None)
-    app.add_middleware(BearerAuth, token=token)
+    add_routes(app, gw, events=events, access=access)
+    install_openapi(app, secured=token is not None or access.client is not None)
+    app.add_middleware(AccessControl, access=access)
     app.add_middleware(ErrorShield)
     return app
 
@@ -128,9 +145,12 @@ def install_openapi(app: FastAPI, *, secured: bool) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def add_routes(app: FastAPI, gw: Gateway) -> None:
+def add_routes(app: FastAPI, gw: Gateway, *, events: EventFeed | None = None, access: Access | None = None) -> None:
     """Every route, in matching order: the catch-all GET /{project_id} comes last."""
     _add_operations_routes(app, gw)
+    add_event_routes(app, gw, events)
+    add_operator_routes(app, gw)
+    add_ui_routes(app, gw, access or Access(api_token=None))
     _add_pool_route(app, gw)
     for prefix in ("/v1", POOL_PREFIX):  # the default pool's routes, and every pool's
         _add_assign_route(app, gw, prefix)
@@ -185,26 +205,36 @@ def _add_operations_routes(app: FastAPI, gw: Gateway) -> None:
     )
     async def metrics(request: Request) -> Response:
         """Prometheus metrics: gateway counters plus pool gauges read at scrape time."""
+        for name in gw.client.pool_names():  # the gauges of every pool: read on every pool
+            authorize(request, pool=name, right=Right.READ)
         statuses = await statuses_within(gw.client, gw.health.timeout_s)
+        for name, status in statuses.items():
+            if status is not None:
+                gw.history_of(name).record(status)
         data, content_type = gw.metrics.render(statuses, request.headers.get("accept", ""))
         return Response(data, media_type=content_type)
 
 
 def _add_pool_route(app: FastAPI, gw: Gateway) -> None:
     @app.get("/v1/pool", tags=["v1"], responses=error_responses(401, 504))
-    async def pool_status() -> JSONResponse:
+    async def pool_status(request: Request) -> JSONResponse:
         """The default pool's snapshot: counts by state, machines, desired/min/max, lost machines."""
-        return JSONResponse(await gw.status())
+        who = authorize(request, pool=gw.pool_name, right=Right.READ)
+        return JSONResponse(redact_status(await gw.status(), who.scope))
 
     @app.get("/v1/pools", tags=["v1"], responses=error_responses(401))
-    async def pools() -> JSONResponse:
-        """Every configured pool: its group, queue and region (no pool job: the gateway's configuration)."""
-        return JSONResponse({"default_pool": gw.client.pool, "pools": pool_rows(gw.client.deployment)})
+    async def pools(request: Request) -> JSONResponse:
+        """Every configured pool the token may read: its group, queue and region (the gateway's configuration)."""
+        scope = principal_of(request).scope
+        rows = [r for r in pool_rows(gw.client.deployment) if scope.allows_pool(r["name"])]
+        return JSONResponse({"default_pool": gw.client.pool, "pools": rows})
 
     @app.get("/v1/pools/{pool}", tags=["v1"], responses=error_responses(400, 401, 404, 504))
-    async def one_pool_status(pool: str = POOL_PARAM) -> JSONResponse:
+    async def one_pool_status(request: Request, pool: str = POOL_PARAM) -> JSONResponse:
         """That pool's snapshot (as /v1/pool); 404 `unknown_pool` for a pool the configuration does not name."""
-        return JSONResponse(await gw.status(pool=gw.check_pool(pool)))
+        name = gw.check_pool(pool)
+        who = authorize(request, pool=name, right=Right.READ)
+        return JSONResponse(redact_status(await gw.status(pool=name), who.scope))
 
 
 def _pool_of(request: Request, gw: Gateway) -> str | None:
@@ -241,6 +271,7 @@ def _add_assign_route(app: FastAPI, gw: Gateway, prefix: str) -> None:
         503 `no_capacity` with Retry-After when no machine became idle within `wait`.
         """
         pool = _pool_of(request, gw)
+        authorize(request, pool=pool or gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         body = fields_from_body(await read_body(request), frozenset({"wait", "lease"}))
         wait_value = merged("wait", wait, body)
@@ -272,6 +303,7 @@ def _add_touch_route(app: FastAPI, gw: Gateway, prefix: str) -> None:
     ) -> JSONResponse:
         """Renew the lease of the project's machine; 404 `not_assigned` if it holds none."""
         pool = _pool_of(request, gw)
+        authorize(request, pool=pool or gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         body = fields_from_body(await read_body(request), frozenset({"lease"}))
         lease_value = merged("lease", lease, body)
@@ -292,6 +324,7 @@ def _add_release_route(app: FastAPI, gw: Gateway, prefix: str) -> None:
     async def release(request: Request, project_id: str = PROJECT_ID_PARAM) -> JSONResponse:
         """Release the project's machine; 404 `not_assigned` if it holds none."""
         pool = _pool_of(request, gw)
+        authorize(request, pool=pool or gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         result = await gw.release(project_id, pool=pool)
         if result.get("status") == STATUS_NOT_ASSIGNED:
@@ -336,6 +369,7 @@ def _add_legacy_routes(app: FastAPI, gw: Gateway) -> None:
             raise ApiError(405, "method_not_allowed", "use GET", headers={"Allow": "GET"})
         if project_id.lower() in RESERVED_LEGACY_IDS:
             raise ApiError(404, CODE_NOT_FOUND, "not found")
+        authorize(request, pool=gw.pool_name, right=Right.ASSIGN, project_id=project_id)
         check_project_id(project_id)
         try:
             result = await gw.assign(project_id, 0.0, gone=disconnect_of(request.receive))

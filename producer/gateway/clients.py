@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from producer.aio import AsyncPoolClient
+from producer.calls import Operator
 from tasks.pools import Deployment
 
 
@@ -41,6 +42,8 @@ class GatewayClient(Protocol):
     async def release_result(self, project_id: str, *, pool: str | None = None) -> dict[str, Any]: ...
 
     async def status(self, *, pool: str | None = None) -> dict[str, Any]: ...
+
+    async def operate(self, call: Operator, *, pool: str | None = None) -> dict[str, Any]: ...
 
     async def aclose(self) -> None: ...
 

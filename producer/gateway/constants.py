@@ -64,6 +64,7 @@ RESERVED_LEGACY_IDS = frozenset(
         "redoc",
         "openapi.json",
         "flower",
+        "ui",
         "v1",
     }
 )

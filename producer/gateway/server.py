@@ -6,6 +6,10 @@ import argparse
 import ipaddress
 from collections.abc import Mapping, Sequence
 
+import redis
+
+from producer.gateway import app as app_module
+from producer.gateway.access import Access, RateLimiter
 from producer.gateway.app import create_app
 from producer.gateway.connections import ConnectionLimits, guarded_protocol, warn_if_above_file_limit
 from producer.gateway.constants import (
@@ -19,7 +23,10 @@ from producer.gateway.constants import (
 )
 from producer.gateway.flower_proxy import FlowerProxy
 from producer.gateway.logs import configure_logging, log
+from producer.gateway.sse import EventFeed
 from tasks.config import Settings, settings_or_exit
+from tasks.state.connect import async_state_client, state_client
+from tasks.state.keys import TOKENS_KEY
 
 
 def is_loopback(host: str) -> bool:
@@ -35,6 +42,20 @@ def is_loopback(host: str) -> bool:
 def env_port(env: Mapping[str, str] | None = None) -> int:
     """The port of WARMPOOL_GATEWAY_PORT (8080 when unset); SystemExit(2) when a setting is bad."""
     return settings_or_exit(env).gateway_port
+
+
+def scoped_tokens(settings: Settings) -> int:
+    """How many scoped tokens the state Redis holds (0 when it does not answer: loopback rules apply)."""
+    client = state_client(
+        settings.redis_url, master_name=settings.sentinel_master, socket_timeout=2, socket_connect_timeout=2
+    )
+    try:
+        return int(client.hlen(TOKENS_KEY))
+    except redis.RedisError as exc:
+        log.warning("cannot count the scoped tokens in the state Redis", extra={"error": repr(exc)[:300]})
+        return 0
+    finally:
+        client.close()
 
 
 def serve(
@@ -60,23 +81,36 @@ def serve(
     if token is None:
         token = settings.api_token or None
     configure_logging(log_level)
-    if token is None:
+    scoped = scoped_tokens(settings)
+    if token is None and not scoped:
         if not is_loopback(host):
             raise SystemExit(
-                f"refusing to bind {host} without {ENV_TOKEN}: set a token, or bind 127.0.0.1 (the default)"
+                f"refusing to bind {host} without {ENV_TOKEN} or a scoped token (warmpool token create): "
+                "set one, or bind 127.0.0.1 (the default)"
             )
         log.warning(
-            "%s is not set: the gateway accepts unauthenticated requests, so it binds %s (loopback) only",
+            "%s is not set and there is no scoped token: the gateway accepts unauthenticated requests, "
+            "so it binds %s (loopback) only (the first `warmpool token create` turns authentication on)",
             ENV_TOKEN,
             host,
         )
     warn_if_above_file_limit(limits)
-    app = create_app(token=token, flower=FlowerProxy.from_env())
+    access = Access(
+        api_token=token,
+        client=async_state_client(
+            settings.redis_url, master_name=settings.sentinel_master, socket_timeout=2, socket_connect_timeout=2
+        ),
+        token_cache_s=settings.gateway_token_cache_s,
+        limiter=RateLimiter(settings.gateway_rate_per_s, settings.gateway_rate_burst),
+    )
+    client = app_module.default_client()  # looked up at call time: tests replace it
+    events = EventFeed.for_deployment(client.deployment)
+    app = create_app(client, token=token, flower=FlowerProxy.from_env(), access=access, events=events)
     log.info(
         "gateway listening on http://%s:%d (auth: %s; header timeout %gs, idle timeout %ds, max connections %d)",
         host,
         port,
-        "bearer token" if token else "none",
+        ", ".join(k for k, on in (("admin token", token), (f"{scoped} scoped token(s)", scoped)) if on) or "none",
         limits.header_timeout_s,
         limits.idle_timeout_s,
         limits.max_connections,

@@ -7,7 +7,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from producer.client import raise_for_failure
@@ -16,6 +16,7 @@ from producer.gateway.clients import GatewayClient
 from producer.gateway.constants import CODE_CALLER_GONE
 from producer.gateway.errors import ApiError, error_for, outcome_of
 from producer.gateway.flower_proxy import FlowerProxy
+from producer.gateway.history import CountsHistory
 from producer.gateway.logs import log
 from producer.gateway.metrics import GatewayMetrics
 from tasks.contract import (
@@ -100,6 +101,16 @@ class Gateway:
     health: HealthProbe
     flower: FlowerProxy | None
     retry_after_s: int
+    histories: dict[str, CountsHistory] = field(default_factory=dict)  # pool -> the dashboard's chart
+
+    @property
+    def pool_name(self) -> str:
+        """The default pool: that of the routes without a pool in their path (token scopes name it)."""
+        return self.client.pool
+
+    def history_of(self, pool: str | None) -> CountsHistory:
+        """The counts history of ``pool`` (None: the default pool)."""
+        return self.histories.setdefault(pool or self.pool_name, CountsHistory())
 
     def check_pool(self, pool: str | None) -> str:
         """The pool a request names (None: the default pool); ApiError 400 malformed, 404 unknown_pool."""
@@ -271,9 +282,11 @@ class Gateway:
             self.metrics.observe_touch(outcome, pool=pool or self.client.pool)
 
     async def status(self, *, pool: str | None = None) -> dict[str, Any]:
-        """The pool snapshot; ApiError for every failure."""
+        """The pool snapshot (a sample of that pool's counts history); ApiError for every failure."""
         try:
-            return await self.client.status(pool=pool)
+            status = await self.client.status(pool=pool)
+            self.history_of(pool).record(status)
+            return status
         except Exception as exc:
             if not isinstance(exc, WarmpoolError):
                 log.exception("status failed")

@@ -364,4 +364,5 @@ def _join(asg_inst: Any, ec2_view: Any) -> CloudInstance:
         project_tag=tags.get(TAG_PROJECT),
         assigned_at_tag=tags.get(TAG_ASSIGNED_AT),
         launched_at=float(launched.timestamp()) if launched is not None else 0.0,
+        template_version=str((asg_inst.get("LaunchTemplate") or {}).get("Version") or ""),
     )

@@ -53,6 +53,7 @@ class FakeCloud:
         self._lock = threading.Lock()
         self.fail_next: list[CloudError] = []  # raised by the next calls, in order
         self.group_tags: dict[str, str] = {}
+        self.template_version = "1"  # what new launches carry (a test changes it: a new template)
         self.desired = desired
         self._fill()
 
@@ -100,6 +101,7 @@ class FakeCloud:
                 public_ip=f"198.51.{n // 250}.{n % 250 + 1}",
                 availability_zone="ap-south-1a" if n % 2 else "ap-south-1b",
                 launched_at=now,
+                template_version=self.template_version,
             ),
             ready_at=0.0 if ready else now + self.launch_delay_s,
         )

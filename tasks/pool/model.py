@@ -126,6 +126,7 @@ class CloudInstance:
     project_tag: str | None = None
     assigned_at_tag: str | None = None
     launched_at: float = 0.0
+    template_version: str = ""  # the launch template version it was launched from ("" unknown)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class Machine:
     detail: str = ""  # why a pending machine is not ready
     availability_zone: str = ""
     launched_at: float = 0.0
+    template_version: str = ""  # launch template version, as the group reports it ("" unknown)
     tagged: bool = False  # AWS carries warmpool:project == project_id
     protected: bool = False  # AWS protects it from scale-in
     ready_checked: bool = False  # passed the WARMPOOL_READY_URL check (when one is configured)
@@ -209,6 +211,7 @@ class Machine:
             "detail": self.detail,
             "availability_zone": self.availability_zone,
             "launched_at": self.launched_at,
+            "template_version": self.template_version,
             "tagged": self.tagged,
             "protected": self.protected,
             "ready_checked": self.ready_checked,
@@ -233,6 +236,7 @@ class Machine:
             detail=str(data.get("detail") or ""),
             availability_zone=str(data.get("availability_zone") or ""),
             launched_at=float(data.get("launched_at") or 0.0),
+            template_version=str(data.get("template_version") or ""),
             tagged=bool(data.get("tagged")),
             protected=bool(data.get("protected")),
             ready_checked=bool(data.get("ready_checked")),

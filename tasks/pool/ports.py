@@ -18,10 +18,11 @@ Pure: standard library and the pool model only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
+from tasks.pool.events import Event, StoredEvent
 from tasks.pool.model import (
     AddressKind,
     GroupSnapshot,
@@ -44,6 +45,7 @@ class AssignOutcome:
     new: bool  # False when the project already held ``machine``
     top_up: bool  # this caller should enqueue a top-up (warmpool.rebalance)
     withdrawn: bool = False  # the request was withdrawn (its caller left): nothing was assigned
+    paused: bool = False  # an operator paused the pool: tag the machine only after resume
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ReleaseOutcome:
     machine: Machine | None  # None: the project held nothing
     decrement: bool  # terminate with ShouldDecrementDesiredCapacity
     top_up: bool  # this caller should enqueue a top-up
+    paused: bool = False  # an operator paused the pool: terminate only after resume
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,15 @@ class GroupInfo:
     epoch_confirmed: bool = False
     lost_at: float = 0.0  # when the state was last found lost (0: never)
     applied_seq: int = 0  # seq of the newest applied snapshot
+    idle_target: int = -1  # the idle target the last plan was made with (-1: none yet)
+    paused_at: float = 0.0  # an operator paused AWS changes (warmpool pause) at this time; 0: not paused
+    unadopted: tuple[str, ...] = ()  # found at the first start, not launched by warmpool: never terminated
+    recycle_before: float = 0.0  # warmpool recycle --older-than: idle machines launched before this go
+    recycle_version: str = ""  # warmpool recycle --not-template-version: idle machines of another version go
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at > 0
 
     @property
     def known(self) -> bool:
@@ -190,7 +202,11 @@ class StateStore(Protocol):
         request_id: str = "",
     ) -> AssignOutcome: ...
 
-    def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome: ...
+    def release(
+        self, project_id: str, *, now: float, lease_expired_before: float | None = None, reason: str = "release"
+    ) -> ReleaseOutcome:
+        """Release what ``project_id`` holds; records ``released`` with ``reason`` (or ``lease_expired``)."""
+        ...
 
     def withdraw(self, request_id: str, project_id: str, *, now: float) -> WithdrawOutcome: ...
 
@@ -245,9 +261,20 @@ class StateStore(Protocol):
         detail: str,
         expected: MachineState = MachineState.IDLE,
         decrement: bool = True,
-    ) -> list[Machine]: ...
+        reason: str = "surplus",
+    ) -> list[Machine]:
+        """Claim machines still in ``expected`` for termination; records ``terminated`` with ``reason`` each."""
+        ...
 
-    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None, held_other: int) -> None: ...
+    def record_plan(
+        self,
+        *,
+        wanted: int,
+        capped: bool,
+        desired_capacity: int | None,
+        held_other: int,
+        idle_target: int | None = None,
+    ) -> None: ...
 
     def record_refresh_error(self, message: str, *, now: float) -> None: ...
 
@@ -266,6 +293,24 @@ class StateStore(Protocol):
     def dead_letter_counts(self) -> dict[str, int]: ...
 
     def reset(self) -> None: ...
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        """Record events of changes that are not a store transition of their own (pause, capped, ...)."""
+        ...
+
+    def update_group(self, fields: Mapping[str, str], events: Sequence[Event] = ()) -> None:
+        """Set operator fields of the group record (``paused_at``, ``unadopted`` as JSON) with their events."""
+        ...
+
+    def adopt(
+        self, assignments: Mapping[str, str], *, now: float, assigned_at: str, dry_run: bool = False
+    ) -> tuple[list[Machine], str | None]:
+        """Make these machines the projects' (project -> instance), all or none: (records, None) or ([], why)."""
+        ...
+
+    def events(self, *, after: str = "0-0", count: int = 100) -> list[StoredEvent]:
+        """Up to ``count`` events with ids above ``after``, oldest first ("0-0": from the oldest kept)."""
+        ...
 
 
 # -- cloud ------------------------------------------------------------------------

@@ -104,12 +104,13 @@ def _observed(current: Machine, inst: CloudInstance, kind: AddressKind) -> Machi
     public_ip = inst.public_ip or current.public_ip
     zone = inst.availability_zone or current.availability_zone
     launched_at = inst.launched_at or current.launched_at
+    version = inst.template_version or current.template_version
     tagged = current.project_id is not None and inst.project_tag == current.project_id
     protected = inst.protected_from_scale_in
     health = inst.health_status or current.health
     # Nearly every instance is unchanged between two refreshes: at 5,000 of
     # them, skipping dataclasses.replace is most of the time an apply takes.
-    if (ip, private_ip, public_ip, zone, launched_at, tagged, protected, health) == (
+    if (ip, private_ip, public_ip, zone, launched_at, tagged, protected, health, version) == (
         current.ip,
         current.private_ip,
         current.public_ip,
@@ -118,6 +119,7 @@ def _observed(current: Machine, inst: CloudInstance, kind: AddressKind) -> Machi
         current.tagged,
         current.protected,
         current.health,
+        current.template_version,
     ):
         return current
     return replace(
@@ -127,6 +129,7 @@ def _observed(current: Machine, inst: CloudInstance, kind: AddressKind) -> Machi
         public_ip=public_ip,
         availability_zone=zone,
         launched_at=launched_at,
+        template_version=version,
         tagged=tagged,
         protected=protected,
         health=health,

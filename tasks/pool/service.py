@@ -34,6 +34,7 @@ from tasks.contract import (
 from tasks.errors import InvalidRequest
 from tasks.pool.economics import Economics, EconomicsConfig, wants_fast_poll
 from tasks.pool.ledger import OUTCOME_FAILED, OUTCOME_WAITING, OUTCOME_WARM, Ledger, MemoryLedger
+from tasks.pool import events
 from tasks.pool.model import (
     AWAITING_READY,
     HELD_STATES,
@@ -48,6 +49,7 @@ from tasks.pool.model import (
     leases_expired,
     unready_overdue,
 )
+from tasks.pool.operations import hold_unadopted, operator_status, recycle_step
 from tasks.pool.planner import clamp, decrement_allowed, plan_capacity
 from tasks.pool.policy import Schedule
 from tasks.pool.ports import GroupInfo, RefreshStats, SideEffects, SnapshotRefused, StateStore
@@ -84,6 +86,10 @@ class PoolConfig:
     require_ready_check: bool = False  # WARMPOOL_READY_URL is set
     ready_timeout_s: float = 600.0
     pool: str = "default"  # the pool's name (tasks/pools.py): in every result and log line
+    dry_run: bool = False  # WARMPOOL_DRY_RUN: AWS changes are planned and logged only (tasks.worker.dry_run)
+    # WARMPOOL_ADOPT_HOLD: at the first start on a group, the machines found are never terminated
+    # until adopted or confirmed (tasks.pool.operations.hold_unadopted)
+    hold_unadopted: bool = False
     # Economics (tasks.pool.economics, docs/economics.md). These defaults are the behaviour
     # before policies existed; the settings (tasks.config) default to the delayed scale-in.
     policy: str = "fixed"  # fixed | fixed:N | adaptive[:goal=G,floor=N]
@@ -204,7 +210,7 @@ class PoolService:
         if outcome.machine is not None:
             if outcome.new:
                 self.economics.claimed(now=now, outcome=OUTCOME_WARM)
-            self._tag_if_needed(outcome.machine, new=outcome.new)
+            self._tag_if_needed(outcome.machine, new=outcome.new, paused=outcome.paused)
             return assigned_result(outcome.machine, pool=self.config.pool)
         margin = min(DEADLINE_MARGIN_S, wait / 10)
         serve_by = now + wait - margin
@@ -226,11 +232,12 @@ class PoolService:
         self.economics.claimed(now=now, outcome=OUTCOME_FAILED)
         return self._no_capacity(project_id)
 
-    def _tag_if_needed(self, machine: Machine, *, new: bool) -> None:
+    def _tag_if_needed(self, machine: Machine, *, new: bool, paused: bool) -> None:
         # A project asking again for a machine AWS does not show as tagged yet
         # may be the redelivery of an assign whose worker died before sending
         # the tag: send it again (tagging is idempotent).
-        if new or not (machine.tagged and machine.protected):
+        if (new or not (machine.tagged and machine.protected)) and not paused:
+            # Paused: no AWS change; the first converge after resume tags it (CONVERGE_AFTER_S).
             self.effects.tag_assignments([machine])
 
     def _capacity_note(self) -> dict[str, Any]:
@@ -263,7 +270,9 @@ class PoolService:
         outcome = self.store.release(project_id, now=self._clock())
         if outcome.machine is None:
             return {"status": STATUS_NOT_ASSIGNED, "project_id": project_id}
-        self.effects.terminate(outcome.machine.instance_id, decrement=outcome.decrement)
+        self._terminate(
+            outcome.machine, decrement=outcome.decrement, reason=events.REASON_RELEASE, paused=outcome.paused
+        )
         self.economics.terminated("release")
         if outcome.top_up:
             self.effects.top_up()
@@ -287,7 +296,7 @@ class PoolService:
         if outcome.machine is not None:
             released = outcome.machine.instance_id
             log.info("withdrawn assign released", extra={"project_id": project_id, "instance_id": released})
-            self.effects.terminate(released, decrement=outcome.decrement)
+            self._terminate(outcome.machine, decrement=outcome.decrement, reason=events.REASON_WITHDRAWN)
             self.economics.terminated("withdrawn")
             if outcome.top_up:
                 self.effects.top_up()
@@ -338,7 +347,7 @@ class PoolService:
             if outcome.machine is None:
                 left_waiting = True  # this caller and the ones behind it still wait
                 break
-            self._tag_if_needed(outcome.machine, new=outcome.new)
+            self._tag_if_needed(outcome.machine, new=outcome.new, paused=outcome.paused)
             self.effects.deliver(waiter.request_id, assigned_result(outcome.machine, pool=self.config.pool))
             self.store.remove_waiter(waiter.request_id)
             if outcome.new:
@@ -370,6 +379,7 @@ class PoolService:
             return {"applied": False, "reason": absurd}
         if stats is not None:
             self.store.record_refresh_stats(stats)
+        before = self.store.group()
         rec = self.store.apply_snapshot(
             snapshot,
             kind=self.config.address,
@@ -387,6 +397,8 @@ class PoolService:
             log.warning("snapshot without a sequence number applied in arrival order (an aws worker older than this)")
         self._log_changes(rec)
         self.economics.became_ready(rec.upserts, now=now)
+        if self.config.hold_unadopted and not before.known and not snapshot.epoch_tag:
+            hold_unadopted(self, rec)  # first start on this group (tasks.pool.operations)
         self._keep_continuity(rec, snapshot)
         served = self.serve_waiters()
         summary = self.rebalance(converge=True)
@@ -401,7 +413,7 @@ class PoolService:
 
     def _keep_continuity(self, rec: Reconciliation, snapshot: GroupSnapshot) -> None:
         recovery = rec.recovery
-        if not recovery.confirmed:
+        if not recovery.confirmed and not self.store.group().paused:
             # Until AWS carries the epoch, a loss of this state could not be told
             # from a first start: nothing untagged is handed out meanwhile.
             self.effects.tag_group(recovery.epoch)
@@ -479,13 +491,21 @@ class PoolService:
         group = self.store.group()
         if not group.known:
             return {"rebalanced": False, "reason": "group not observed yet"}
+        if group.paused:
+            return {"rebalanced": False, "reason": "paused by an operator"}
         held = self.store.assigned_count() + group.held_other
         wanted = held + self.economics.target + self._waiting_count()
         target = clamp(wanted, group.min_size, max(group.min_size, group.max_size))
         if target > group.desired_capacity:
             return self.rebalance()
+        capped = wanted > group.max_size
+        self._record_plan_events(group, wanted=wanted, capped=capped, now=self._clock())
         self.store.record_plan(
-            wanted=wanted, capped=wanted > group.max_size, desired_capacity=None, held_other=group.held_other
+            wanted=wanted,
+            capped=capped,
+            desired_capacity=None,
+            held_other=group.held_other,
+            idle_target=self.economics.target,
         )
         return {"rebalanced": False, "reason": "capacity suffices", "target": target, "wanted": wanted}
 
@@ -495,12 +515,15 @@ class PoolService:
         group = self.store.group()
         if not group.known:
             return {"rebalanced": False, "reason": "group not observed yet"}
+        if group.paused:  # no launch, termination or capacity change until resume (tasks.pool.operations)
+            return {"rebalanced": False, "reason": "paused by an operator"}
         now = self._clock()
         # One read of the pool serves every step; read again only if a step changed it.
         view = self.store.view()
         expired = self._expire_leases(now, view.machines.values())
         replaced = self._replace_unready(now, view.machines.values(), group)
-        if expired or replaced:
+        recycled = recycle_step(self, view, group, now=now)
+        if expired or replaced or recycled:
             view, group = self.store.view(), self.store.group()
         held = sum(1 for m in view.machines.values() if m.state in HELD_STATES)
         decision, read = self.economics.decide(now=now, held=held, max_size=group.max_size)
@@ -514,8 +537,12 @@ class PoolService:
             self.economics.launched(set_desired - max(group.desired_capacity, self._occupying(view)))
         idle = view.by_state(MachineState.IDLE)
         # Surplus idle is kept for scale_in_delay_s, then retired longest-idle first, a bounded step at a time.
-        chosen, surplus_since = self.economics.scale_in(plan.terminate, idle, now=now, surplus_since=read.surplus_since)
-        claimed = self.store.claim_for_termination([m.instance_id for m in chosen], now=now, detail="scale-in")
+        surplus = [m for m in plan.terminate if m.instance_id not in group.unadopted]
+        keepable = [m for m in idle if m.instance_id not in group.unadopted]
+        chosen, surplus_since = self.economics.scale_in(surplus, keepable, now=now, surplus_since=read.surplus_since)
+        claimed = self.store.claim_for_termination(
+            [m.instance_id for m in chosen], now=now, detail="scale-in", reason=events.REASON_SURPLUS
+        )
         for m in claimed:
             self.effects.terminate(m.instance_id, decrement=True)
         self.economics.terminated("scale_in", len(claimed))
@@ -525,8 +552,13 @@ class PoolService:
             if self.store.request_refresh_soon():
                 self.effects.refresh(delay_s=self.config.pending_poll_s)
         held_other = sum(1 for m in view.machines.values() if m.state in UNASSIGNABLE_HELD)
+        self._record_plan_events(group, wanted=plan.wanted, capped=plan.capped, now=now)
         self.store.record_plan(
-            wanted=plan.wanted, capped=plan.capped, desired_capacity=set_desired, held_other=held_other
+            wanted=plan.wanted,
+            capped=plan.capped,
+            desired_capacity=set_desired,
+            held_other=held_other,
+            idle_target=decision.target,
         )
         if plan.capped:
             log.warning("pool capped by MaxSize", extra={"wanted": plan.wanted, "max_size": group.max_size})
@@ -542,6 +574,7 @@ class PoolService:
             "terminated": [m.instance_id for m in claimed],
             "leases_expired": expired,
             "unready_replaced": replaced,
+            "recycled": recycled,
             "converged": converged,
         }
 
@@ -561,7 +594,9 @@ class PoolService:
             log.warning(
                 "lease expired: machine released", extra={"project_id": m.project_id, "instance_id": m.instance_id}
             )
-            self.effects.terminate(outcome.machine.instance_id, decrement=outcome.decrement)
+            self._terminate(
+                outcome.machine, decrement=outcome.decrement, reason=events.REASON_LEASE_EXPIRED, paused=False
+            )  # rebalance, which expires leases, does not run while paused
             self.economics.terminated("lease_expired")
             released.append(m.project_id)
         return released
@@ -569,6 +604,7 @@ class PoolService:
     def _replace_unready(self, now: float, machines: Iterable[Machine], group: GroupInfo) -> list[str]:
         """Terminate machines that never became ready; pause scale-up when launches keep failing."""
         overdue = unready_overdue(machines, now=now, timeout_s=self.config.ready_timeout_s)
+        overdue = [m for m in overdue if m.instance_id not in group.unadopted]  # not launched by warmpool
         if not overdue:
             return []
         backing_off = group.backoff_until > now
@@ -581,6 +617,7 @@ class PoolService:
             detail=detail,
             expected=MachineState.PENDING,
             decrement=decrement,
+            reason=events.REASON_UNREADY,
         )
         for m in claimed:
             log.warning(
@@ -594,7 +631,31 @@ class PoolService:
             reason = f"{recent} machines never became ready within {self.config.ready_timeout_s:.0f}s in the last hour"
             self.store.record_backoff(until=now + pause, reason=reason)
             log.error("launches keep failing: scale-up paused", extra={"pause_s": pause, "reason": reason})
+            backoff = events.Event(events.LAUNCH_FAILED, now, reason=reason, extra={"backoff_s": pause})
+            self.store.append_events([backoff])
         return [m.instance_id for m in claimed]
+
+    def _terminate(self, machine: Machine, *, decrement: bool, reason: str, paused: bool | None = None) -> None:
+        """Ask AWS to terminate a released machine, and record it (``terminated``, with ``reason``).
+
+        Paused: the machine stays releasing, and resume terminates it (tasks.pool.operations.resume).
+        """
+        if self.store.group().paused if paused is None else paused:
+            log.info("paused: termination deferred until resume", extra={"instance_id": machine.instance_id})
+            return
+        self.effects.terminate(machine.instance_id, decrement=decrement)
+        self.store.append_events([events.terminated(machine, now=self._clock(), reason=reason)])
+
+    def _record_plan_events(self, group: GroupInfo, *, wanted: int, capped: bool, now: float) -> None:
+        """``capped`` when MaxSize starts holding the pool below what is wanted; ``target_changed`` (idle target)."""
+        found: list[events.Event] = []
+        if capped and not group.capped:
+            extra = {"wanted": wanted, "max_size": group.max_size}
+            found.append(events.Event(events.CAPPED, now, reason=f"capped by MaxSize={group.max_size}", extra=extra))
+        if group.idle_target >= 0 and group.idle_target != self.config.idle_target:
+            extra = {"from": group.idle_target, "to": self.config.idle_target, "wanted": wanted}
+            found.append(events.Event(events.TARGET_CHANGED, now, reason="idle target", extra=extra))
+        self.store.append_events(found)
 
     def _converge(self, machines: Iterable[Machine], *, now: float) -> int:
         """Re-issue side effects AWS does not reflect yet (lost jobs, exhausted retries); probe readiness."""
@@ -629,4 +690,4 @@ class PoolService:
             now=self._clock(),
         )
         status["economics"] = self.economics.status()
-        return status
+        return {**status, **operator_status(self, status)}

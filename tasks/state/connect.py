@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "sentinel"
@@ -52,4 +54,16 @@ def state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> 
     timeouts = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
     sentinel = Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
     master: redis.Redis = sentinel.master_for(master_name, db=db, password=password, **options)  # type: ignore[no-untyped-call]
+    return master
+
+
+def async_state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> aioredis.Redis:
+    """As state_client, for asyncio (redis.asyncio): the gateway's token store and event streams."""
+    if not is_sentinel(url):
+        client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
+        return client
+    hosts, db, password = sentinel_hosts(url)
+    timeouts = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
+    sentinel = AsyncSentinel(hosts, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+    master: aioredis.Redis = sentinel.master_for(master_name, db=db, password=password, **options)
     return master

@@ -68,6 +68,16 @@ key                  type    meaning
                              trimmed to DEAD_LETTER_KEEP entries; excerpts only, never whole bodies
 ``dead_reasons``     hash    refusal reason (tasks.contract REFUSED_*) -> messages set aside
                              for it, ever (status: ``dead_letters_total``, ``dead_letters_by_reason``)
+``events``           stream  the pool's event stream (docs/operations.md "Events"): one field
+                             ``event`` = JSON ``{at, type, project_id, instance_id, reason,
+                             ...}`` (tasks.pool.events); entry id = event id. Written by the
+                             pool worker, in the same Lua script as the transition it records
+                             where that is one; bounded ``XADD MAXLEN ~ EVENTS_KEEP``. Each
+                             webhook reads it with its own consumer group ``webhook:<hash>``;
+                             other readers (producer/events.py) add ``id`` and ``pool``
+``webhooks``         hash    consumer group name (``webhook:<hash>``) -> JSON delivery health
+                             of that webhook (tasks.hooks.deliver): url, delivered, retried,
+                             given_up, last_error, last_error_at, last_event_id
 ===================  ======  ==============================================================
 
 The pool's economics ledger (tasks.state.redis_ledger.RedisLedger, EconomicsKeys; written only
@@ -98,6 +108,21 @@ never by warmpool itself (so no PoolKeys field: a store reset keeps it):
                              later demo may clear them (sandbox/demo_redis.py). Absent: the
                              demo refuses to touch them.
 ===================  ======  ==============================================================
+
+Global keys (not of one pool: outside every ``{...}`` hash tag), in the same
+state database:
+
+==============================  ======  ===================================================
+key                             type    meaning
+==============================  ======  ===================================================
+``warmpool:tokens``             hash    gateway API token name -> JSON record ``{name,
+                                        sha256, right, pools, prefix, created_at}``
+                                        (producer/tokens.py). Only the SHA-256 of a
+                                        secret is stored, never the secret.
+``warmpool:ui_session:<sha>``   string  a dashboard session (the SHA-256 of its cookie) ->
+                                        the SHA-256 of the token it was opened with; TTL
+                                        UI_SESSION_TTL_S (producer/gateway/access.py)
+==============================  ======  ===================================================
 """
 
 from __future__ import annotations
@@ -105,6 +130,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 
 LOST_KEEP = 100
+EVENTS_KEEP = 10_000  # the event stream's bound (XADD MAXLEN ~): a reader further behind resumes at the oldest
 DEAD_LETTER_KEEP = 100
 TOP_UP_COALESCE_MS = 5_000
 REFRESH_SOON_MS = 1_000
@@ -113,6 +139,10 @@ UNREADY_WINDOW_S = 3_600
 # A withdrawn request outlives every job of its own: an assign job expires at
 # its caller's deadline (at most MAX_WAIT_S after it was sent), plus slack.
 WITHDRAWN_KEEP_S = 3_600 + 600
+EVENTS_KEEP = 10_000  # approximate (MAXLEN ~): Redis trims whole stream nodes
+TOKENS_KEY = "warmpool:tokens"
+UI_SESSION_PREFIX = "warmpool:ui_session:"
+UI_SESSION_TTL_S = 3_600
 
 
 @dataclass(frozen=True)
@@ -139,6 +169,8 @@ class PoolKeys:
     refresh_seq: str
     dead_letters: str
     dead_reasons: str
+    events: str
+    webhooks: str
 
     # Every pool's ``group`` hash, for finding pool state no configured pool uses.
     GROUP_PATTERN = "warmpool:{*}:group"
@@ -175,10 +207,17 @@ class PoolKeys:
             refresh_seq=prefix + "refresh_seq",
             dead_letters=prefix + "dead_letters",
             dead_reasons=prefix + "dead_reasons",
+            events=prefix + "events",
+            webhooks=prefix + "webhooks",
         )
 
     def all(self) -> tuple[str, ...]:
         return astuple(self)
+
+
+def ui_session_key(session_sha256: str) -> str:
+    """``warmpool:ui_session:<sha256 hex>``: one dashboard session (see the docstring)."""
+    return UI_SESSION_PREFIX + session_sha256
 
 
 @dataclass(frozen=True)

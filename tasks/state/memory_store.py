@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
+from tasks.pool.events import (
+    ADOPTED,
+    ASSIGNED,
+    LEASE_EXPIRED,
+    READY,
+    REASON_LEASE_EXPIRED,
+    REASON_RELEASE,
+    REASON_SURPLUS,
+    REASON_WITHDRAWN,
+    RELEASED,
+    TERMINATED,
+    Event,
+    StoredEvent,
+    check_event_id,
+    decode,
+    snapshot_events,
+)
 from tasks.pool.model import (
     AWAITING_READY,
     RELEASED_FROM_QUARANTINE,
@@ -31,7 +50,16 @@ from tasks.pool.ports import (
     snapshot_out_of_order,
 )
 from tasks.pool.reconcile import Reconciliation, next_recovery, reconcile
-from tasks.state.keys import DEAD_LETTER_KEEP, LOST_KEEP, TOP_UP_COALESCE_MS, UNREADY_WINDOW_S, WITHDRAWN_KEEP_S
+from tasks.state.keys import (
+    DEAD_LETTER_KEEP,
+    EVENTS_KEEP,
+    LOST_KEEP,
+    TOP_UP_COALESCE_MS,
+    UNREADY_WINDOW_S,
+    WITHDRAWN_KEEP_S,
+)
+
+_ADOPTABLE = frozenset({MachineState.PENDING, MachineState.IDLE, MachineState.FOREIGN, MachineState.QUARANTINED})
 
 
 class InMemoryStore:
@@ -58,6 +86,18 @@ class InMemoryStore:
         self._refresh_seq = 0
         self._dead_letters: list[DeadLetter] = []  # newest first
         self._dead_reasons: dict[str, int] = {}
+        self._events: list[tuple[str, str]] = []  # (entry id, event json), oldest first
+        self._event_clock = (0, 0)  # (ms, seq) of the newest entry id
+
+    def _emit(self, event: Event) -> None:
+        # The caller holds self._lock: the event is part of the transition, as XADD in the Lua scripts.
+        # Entry ids are shaped as Redis makes them: "<ms>-<seq>", strictly increasing.
+        ms, seq = self._event_clock
+        now_ms = int(time.time() * 1000)
+        self._event_clock = (now_ms, 0) if now_ms > ms else (ms, seq + 1)
+        self._events.append((f"{self._event_clock[0]}-{self._event_clock[1]}", event.encode()))
+        if len(self._events) > EVENTS_KEEP:
+            del self._events[: len(self._events) - EVENTS_KEEP]
 
     def _flag(self) -> bool:
         now = self._monotonic()
@@ -97,7 +137,7 @@ class InMemoryStore:
                 if request_id and current.request_id not in ("", request_id):
                     current = replace(current, request_id="")  # told to a second request: no one may withdraw it
                 self._machines[current.instance_id] = current
-                return AssignOutcome(machine=current, new=False, top_up=False)
+                return AssignOutcome(machine=current, new=False, top_up=False, paused=self._group.paused)
             self._projects.pop(project_id, None)
             idle = [m for m in self._machines.values() if m.state is MachineState.IDLE]
             chosen = choose_for_assignment(idle)
@@ -117,15 +157,25 @@ class InMemoryStore:
             )
             self._machines[machine.instance_id] = machine
             self._projects[project_id] = machine.instance_id
+            self._emit(Event(ASSIGNED, now, project_id=project_id, instance_id=machine.instance_id))
             top_up = self._idle_count() < idle_target and self._flag()
-            return AssignOutcome(machine=machine, new=True, top_up=top_up)
+            return AssignOutcome(machine=machine, new=True, top_up=top_up, paused=self._group.paused)
 
-    def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome:
+    def release(
+        self,
+        project_id: str,
+        *,
+        now: float,
+        lease_expired_before: float | None = None,
+        reason: str = REASON_RELEASE,
+    ) -> ReleaseOutcome:
         with self._lock:
-            return self._release(project_id, now=now, lease_expired_before=lease_expired_before, granted_to="")
+            return self._release(
+                project_id, now=now, lease_expired_before=lease_expired_before, granted_to="", reason=reason
+            )
 
     def _release(
-        self, project_id: str, *, now: float, lease_expired_before: float | None, granted_to: str
+        self, project_id: str, *, now: float, lease_expired_before: float | None, granted_to: str, reason: str
     ) -> ReleaseOutcome:
         # The caller holds self._lock (release.lua's logic, withdraw mode included).
         nothing = ReleaseOutcome(machine=None, decrement=False, top_up=False)
@@ -141,11 +191,15 @@ class InMemoryStore:
         detail = "lease expired" if lease_expired_before is not None else current.detail
         machine = replace(current, state=MachineState.RELEASING, since=now, detail=detail)
         self._machines[machine.instance_id] = machine
+        if lease_expired_before is not None:
+            self._emit(Event(LEASE_EXPIRED, now, project_id, machine.instance_id, REASON_LEASE_EXPIRED))
+        else:
+            self._emit(Event(RELEASED, now, project_id, machine.instance_id, reason))
         g = self._group
         decrement = g.known and g.desired_capacity - 1 >= g.min_size
         if decrement:
             self._group = replace(g, desired_capacity=g.desired_capacity - 1)
-        return ReleaseOutcome(machine=machine, decrement=decrement, top_up=self._flag())
+        return ReleaseOutcome(machine=machine, decrement=decrement, top_up=self._flag(), paused=self._group.paused)
 
     def touch(self, project_id: str, *, now: float, lease_s: float = 0.0) -> tuple[str, Machine | None]:
         with self._lock:
@@ -167,7 +221,9 @@ class InMemoryStore:
             self._withdrawn = {r: until for r, until in self._withdrawn.items() if until > now}
             self._withdrawn[request_id] = now + WITHDRAWN_KEEP_S
             removed = self._waiters.pop(request_id, None) is not None
-            released = self._release(project_id, now=now, lease_expired_before=None, granted_to=request_id)
+            released = self._release(
+                project_id, now=now, lease_expired_before=None, granted_to=request_id, reason=REASON_WITHDRAWN
+            )
             return WithdrawOutcome(
                 waiter_removed=removed, machine=released.machine, decrement=released.decrement, top_up=released.top_up
             )
@@ -196,6 +252,7 @@ class InMemoryStore:
                     continue
                 m = replace(m, state=MachineState.IDLE, since=now, detail="", ready_checked=True)
                 self._machines[iid] = m
+                self._emit(Event(READY, now, instance_id=iid))
                 ready.append(m)
         return ready
 
@@ -275,6 +332,8 @@ class InMemoryStore:
             rec = reconcile(
                 view, snapshot, kind=kind, now=now, require_ready_check=require_ready_check, recovery=recovery
             )
+            for event in snapshot_events(view, rec, now=now):
+                self._emit(event)
             for m in rec.upserts:
                 self._machines[m.instance_id] = m
             for iid in rec.removals:
@@ -312,6 +371,7 @@ class InMemoryStore:
         detail: str,
         expected: MachineState = MachineState.IDLE,
         decrement: bool = True,
+        reason: str = REASON_SURPLUS,
     ) -> list[Machine]:
         claimed: list[Machine] = []
         with self._lock:
@@ -323,14 +383,29 @@ class InMemoryStore:
                 self._machines[iid] = machine
                 if decrement:
                     self._group = replace(self._group, desired_capacity=self._group.desired_capacity - 1)
+                self._emit(Event(TERMINATED, now, machine.project_id, iid, reason))
                 claimed.append(machine)
         return claimed
 
-    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None, held_other: int) -> None:
+    def record_plan(
+        self,
+        *,
+        wanted: int,
+        capped: bool,
+        desired_capacity: int | None,
+        held_other: int,
+        idle_target: int | None = None,
+    ) -> None:
         with self._lock:
             desired = self._group.desired_capacity if desired_capacity is None else desired_capacity
+            target = self._group.idle_target if idle_target is None else idle_target
             self._group = replace(
-                self._group, wanted=wanted, capped=capped, desired_capacity=desired, held_other=held_other
+                self._group,
+                wanted=wanted,
+                capped=capped,
+                desired_capacity=desired,
+                held_other=held_other,
+                idle_target=target,
             )
 
     def record_refresh_error(self, message: str, *, now: float) -> None:
@@ -363,3 +438,79 @@ class InMemoryStore:
     def dead_letter_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._dead_reasons)
+
+    # -- events (tasks.pool.events) ----------------------------------------
+    def append_events(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            for event in events:
+                self._emit(event)
+
+    def update_group(self, fields: Mapping[str, str], events: Sequence[Event] = ()) -> None:
+        with self._lock:
+            changes: dict[str, Any] = {}
+            if "paused_at" in fields:
+                changes["paused_at"] = float(fields["paused_at"])
+            if "unadopted" in fields:
+                changes["unadopted"] = tuple(json.loads(fields["unadopted"]))
+            if "recycle_before" in fields:
+                changes["recycle_before"] = float(fields["recycle_before"])
+            if "recycle_version" in fields:
+                changes["recycle_version"] = fields["recycle_version"]
+            self._group = replace(self._group, **changes)
+            for event in events:
+                self._emit(event)
+
+    def adopt(
+        self, assignments: Mapping[str, str], *, now: float, assigned_at: str, dry_run: bool = False
+    ) -> tuple[list[Machine], str | None]:
+        with self._lock:  # adopt.lua's logic: check every pair, then apply all or none
+            chosen: list[tuple[str, Machine]] = []
+            for project, iid in assignments.items():
+                m = self._machines.get(iid)
+                held = self._projects.get(project)
+                if m is None:
+                    return [], f"{iid} is not in the group (as of the last refresh)"
+                if m.state is MachineState.ASSIGNED:
+                    if m.project_id != project:
+                        return [], f"{iid} is assigned to another project"
+                elif m.state not in _ADOPTABLE:
+                    return [], f"{iid} is {m.state.value}: it cannot be adopted"
+                elif held and held != iid:
+                    return [], f"project {project} already holds {held}"
+                chosen.append((project, m))
+            if dry_run:
+                return [m for _, m in chosen], None
+            out: list[Machine] = []
+            for project, m in chosen:
+                if m.state is not MachineState.ASSIGNED:
+                    m = replace(
+                        m,
+                        state=MachineState.ASSIGNED,
+                        project_id=project,
+                        assigned_at=assigned_at,
+                        since=now,
+                        tagged=False,
+                        protected=False,
+                        detail="adopted",
+                        suspect=False,
+                        request_id="",
+                        lease_s=0.0,
+                        lease_expires_at=0.0,
+                    )
+                    self._machines[m.instance_id] = m
+                    self._projects[project] = m.instance_id
+                    self._emit(Event(ADOPTED, now, project, m.instance_id, "adopt"))
+                out.append(m)
+            return out, None
+
+    def events(self, *, after: str = "0-0", count: int = 100) -> list[StoredEvent]:
+        """Up to ``count`` events with ids above ``after`` (oldest first), as RedisStore.events."""
+        floor = _entry_id(check_event_id(after))
+        with self._lock:
+            newer = [(eid, raw) for eid, raw in self._events if _entry_id(eid) > floor]
+        return [decode(eid, raw) for eid, raw in newer[: max(0, count)]]
+
+
+def _entry_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)

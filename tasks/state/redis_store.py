@@ -13,12 +13,24 @@ from __future__ import annotations
 import functools
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 import redis
 
 from tasks.errors import StoreUnavailable
+from tasks.pool.events import (
+    EVENT_FIELD,
+    REASON_RELEASE,
+    REASON_SURPLUS,
+    REASON_WITHDRAWN,
+    Event,
+    StoredEvent,
+    check_event_id,
+    decode,
+    snapshot_events,
+)
 from tasks.pool.model import (
     AWAITING_READY,
     RELEASED_FROM_QUARANTINE,
@@ -29,6 +41,7 @@ from tasks.pool.model import (
     MachineState,
     PoolView,
     Waiter,
+    iso_utc,
 )
 from tasks.pool.ports import (
     AssignOutcome,
@@ -44,6 +57,7 @@ from tasks.pool.reconcile import Reconciliation, next_recovery, reconcile
 from tasks.state.connect import state_client
 from tasks.state.keys import (
     DEAD_LETTER_KEEP,
+    EVENTS_KEEP,
     LOST_KEEP,
     REFRESH_SOON_MS,
     TOP_UP_COALESCE_MS,
@@ -84,6 +98,11 @@ def _group_from_hash(raw: dict[str, str]) -> GroupInfo:
         epoch_confirmed=raw.get("epoch_confirmed") == "1",
         lost_at=num("lost_at"),
         applied_seq=int(num("applied_seq")),
+        idle_target=int(num("idle_target")) if "idle_target" in raw else -1,
+        paused_at=num("paused_at"),
+        unadopted=tuple(json.loads(raw.get("unadopted") or "[]")),
+        recycle_before=num("recycle_before"),
+        recycle_version=raw.get("recycle_version", ""),
     )
 
 
@@ -101,6 +120,7 @@ class RedisStore:
         self._add_waiter = client.register_script(_load_script("add_waiter.lua"))
         self._release_quarantine = client.register_script(_load_script("release_quarantine.lua"))
         self._withdraw = client.register_script(_load_script("withdraw.lua"))
+        self._adopt = client.register_script(_load_script("adopt.lua"))
 
     @classmethod
     def from_url(cls, url: str, asg_name: str, *, sentinel_master: str = "mymaster") -> RedisStore:
@@ -132,9 +152,9 @@ class RedisStore:
         request_id: str = "",
     ) -> AssignOutcome:
         k = self.keys
-        kind, raw, flag = self._call(
+        kind, raw, flag, *rest = self._call(
             self._assign,
-            keys=[k.machines, k.idle, k.projects, k.top_up, k.leases, k.withdrawn],
+            keys=[k.machines, k.idle, k.projects, k.top_up, k.leases, k.withdrawn, k.events, k.group],
             args=[
                 project_id,
                 repr(now),
@@ -143,28 +163,47 @@ class RedisStore:
                 TOP_UP_COALESCE_MS,
                 repr(float(lease_s)),
                 request_id,
+                iso_utc(now),
+                EVENTS_KEEP,
             ],
         )
         machine = Machine.from_json(json.loads(raw)) if raw else None
-        return AssignOutcome(machine=machine, new=kind == "new", top_up=bool(flag), withdrawn=kind == "withdrawn")
+        return AssignOutcome(
+            machine=machine,
+            new=kind == "new",
+            top_up=bool(flag),
+            withdrawn=kind == "withdrawn",
+            paused=bool(rest and rest[0]),
+        )
 
-    def release(self, project_id: str, *, now: float, lease_expired_before: float | None = None) -> ReleaseOutcome:
-        return self._release_once(project_id, now=now, lease_expired_before=lease_expired_before, granted_to="")
+    def release(
+        self,
+        project_id: str,
+        *,
+        now: float,
+        lease_expired_before: float | None = None,
+        reason: str = REASON_RELEASE,
+    ) -> ReleaseOutcome:
+        return self._release_once(
+            project_id, now=now, lease_expired_before=lease_expired_before, granted_to="", reason=reason
+        )
 
     def _release_once(
-        self, project_id: str, *, now: float, lease_expired_before: float | None, granted_to: str
+        self, project_id: str, *, now: float, lease_expired_before: float | None, granted_to: str, reason: str
     ) -> ReleaseOutcome:
         k = self.keys
         expired = "" if lease_expired_before is None else repr(lease_expired_before)
         reply = self._call(
             self._release,
-            keys=[k.machines, k.idle, k.projects, k.group, k.top_up, k.leases],
-            args=[project_id, repr(now), TOP_UP_COALESCE_MS, expired, granted_to],
+            keys=[k.machines, k.idle, k.projects, k.group, k.top_up, k.leases, k.events],
+            args=[project_id, repr(now), TOP_UP_COALESCE_MS, expired, granted_to, iso_utc(now), EVENTS_KEEP, reason],
         )
         if reply[0] != "released":
             return ReleaseOutcome(machine=None, decrement=False, top_up=False)
         machine = Machine.from_json(json.loads(reply[1]))
-        return ReleaseOutcome(machine=machine, decrement=bool(reply[2]), top_up=bool(reply[3]))
+        return ReleaseOutcome(
+            machine=machine, decrement=bool(reply[2]), top_up=bool(reply[3]), paused=len(reply) > 4 and bool(reply[4])
+        )
 
     def withdraw(self, request_id: str, project_id: str, *, now: float) -> WithdrawOutcome:
         k = self.keys
@@ -181,7 +220,9 @@ class RedisStore:
         )
         if removed < 0:
             return WithdrawOutcome(waiter_removed=False, machine=None, decrement=False, top_up=False, foreign=True)
-        released = self._release_once(project_id, now=now, lease_expired_before=None, granted_to=request_id)
+        released = self._release_once(
+            project_id, now=now, lease_expired_before=None, granted_to=request_id, reason=REASON_WITHDRAWN
+        )
         return WithdrawOutcome(
             waiter_removed=removed == 1,
             machine=released.machine,
@@ -224,7 +265,11 @@ class RedisStore:
         if not instance_ids:
             return []
         k = self.keys
-        raws = self._call(self._mark_ready, keys=[k.machines, k.idle], args=[repr(now), AWAITING_READY, *instance_ids])
+        raws = self._call(
+            self._mark_ready,
+            keys=[k.machines, k.idle, k.events],
+            args=[repr(now), AWAITING_READY, iso_utc(now), EVENTS_KEEP, *instance_ids],
+        )
         return [Machine.from_json(json.loads(r)) for r in raws]
 
     def release_quarantine(self, instance_ids: list[str] | None, *, now: float) -> list[Machine]:
@@ -343,6 +388,8 @@ class RedisStore:
             )
             pipe.multi()
             _write_reconciliation(pipe, k, rec)
+            for event in snapshot_events(view, rec, now=now):  # in the same MULTI: no change unrecorded
+                _xadd(pipe, k, event)
             pipe.hset(
                 k.group,
                 mapping={
@@ -369,18 +416,29 @@ class RedisStore:
         detail: str,
         expected: MachineState = MachineState.IDLE,
         decrement: bool = True,
+        reason: str = REASON_SURPLUS,
     ) -> list[Machine]:
         if not instance_ids:
             return []
         k = self.keys
-        args = [repr(now), detail, expected.value, "1" if decrement else "0", *instance_ids]
-        raws = self._call(self._claim, keys=[k.machines, k.idle, k.group], args=args)
+        args = [repr(now), detail, expected.value, "1" if decrement else "0", iso_utc(now), EVENTS_KEEP, reason]
+        raws = self._call(self._claim, keys=[k.machines, k.idle, k.group, k.events], args=[*args, *instance_ids])
         return [Machine.from_json(json.loads(r)) for r in raws]
 
-    def record_plan(self, *, wanted: int, capped: bool, desired_capacity: int | None, held_other: int) -> None:
+    def record_plan(
+        self,
+        *,
+        wanted: int,
+        capped: bool,
+        desired_capacity: int | None,
+        held_other: int,
+        idle_target: int | None = None,
+    ) -> None:
         mapping: dict[str, Any] = {"wanted": wanted, "capped": "1" if capped else "0", "held_other": held_other}
         if desired_capacity is not None:
             mapping["desired_capacity"] = desired_capacity
+        if idle_target is not None:
+            mapping["idle_target"] = idle_target
         self._call(self._r.hset, self.keys.group, mapping=mapping)
 
     def record_refresh_error(self, message: str, *, now: float) -> None:
@@ -425,6 +483,44 @@ class RedisStore:
     def reset(self) -> None:
         self._call(self._r.delete, *self.keys.all())
 
+    # -- events (tasks.pool.events) ----------------------------------------
+    def append_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        pipe = self._r.pipeline(transaction=True)
+        for event in events:
+            _xadd(pipe, self.keys, event)
+        self._call(pipe.execute)
+
+    def update_group(self, fields: Mapping[str, str], events: Sequence[Event] = ()) -> None:
+        """Set operator fields of the group record (paused_at, unadopted) and record their events, in one MULTI."""
+        pipe = self._r.pipeline(transaction=True)
+        if fields:
+            mapping: dict[Any, Any] = dict(fields)
+            pipe.hset(self.keys.group, mapping=mapping)
+        for event in events:
+            _xadd(pipe, self.keys, event)
+        self._call(pipe.execute)
+
+    def adopt(
+        self, assignments: Mapping[str, str], *, now: float, assigned_at: str, dry_run: bool = False
+    ) -> tuple[list[Machine], str | None]:
+        k = self.keys
+        pairs = [x for project, iid in assignments.items() for x in (project, iid)]
+        args = [repr(now), assigned_at, iso_utc(now), EVENTS_KEEP, "1" if dry_run else "0", *pairs]
+        reply = self._call(self._adopt, keys=[k.machines, k.idle, k.projects, k.events], args=args)
+        if reply[0] == "refused":
+            return [], str(reply[1])
+        return [Machine.from_json(json.loads(r)) for r in reply[1:]], None
+
+    def events(self, *, after: str = "0-0", count: int = 100) -> list[StoredEvent]:
+        """Up to ``count`` events with ids above ``after`` (oldest first); "0-0": from the oldest kept."""
+        check_event_id(after)
+        if count <= 0:
+            return []
+        entries = self._call(self._r.xrange, self.keys.events, min=f"({after}", max="+", count=count)
+        return [decode(eid, fields.get(EVENT_FIELD)) for eid, fields in entries]
+
 
 @functools.lru_cache(maxsize=20_000)
 def _decode_record(raw: str) -> Machine:
@@ -437,6 +533,10 @@ def _decode_record(raw: str) -> Machine:
 def _view_from(machines_raw: dict[str, str], projects: dict[str, str]) -> PoolView:
     machines = {iid: _decode_record(raw) for iid, raw in machines_raw.items()}
     return PoolView(machines=machines, projects=dict(projects))
+
+
+def _xadd(pipe: Any, k: PoolKeys, event: Event) -> None:
+    pipe.xadd(k.events, {EVENT_FIELD: event.encode()}, maxlen=EVENTS_KEEP, approximate=True)
 
 
 def _write_reconciliation(pipe: Any, k: PoolKeys, rec: Reconciliation) -> None:

@@ -21,7 +21,7 @@ PROCESS_STARTED_AT = time.time()
 
 app = Celery("warmpool")
 app.config_from_object("celeryconfig")
-app.conf.include = ["tasks.worker.pool_jobs", "tasks.worker.aws_jobs", "tasks.worker.logs"]
+app.conf.include = ["tasks.worker.pool_jobs", "tasks.worker.ops_jobs", "tasks.worker.aws_jobs", "tasks.worker.logs"]
 # Every message is screened before Celery builds a job of it; one no job can be made
 # of is set aside (dead-letter list, counted in status) instead of ending the worker.
 app.conf.worker_consumer = "tasks.worker.screening:ScreeningConsumer"

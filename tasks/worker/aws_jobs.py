@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 from tasks.cloud.readiness import probe_all
 from tasks.contract import (
@@ -64,6 +64,27 @@ def _instance_id(value: Any) -> str:
 
 _reported: dict[str, dict[str, dict[str, int]]] = {}  # pool -> calls|errors -> action -> attempts
 _reported_lock = threading.Lock()
+
+
+def _held_back(rt: PoolRuntime, task: str) -> dict[str, Any] | None:
+    """Why this AWS change is not made now (its pool paused by an operator, or a dry run), or None.
+
+    The pool worker sends no change while paused, but one queued (or retrying through an
+    AWS outage) from before the pause must not land either: it is dropped, and what it
+    would have done is redone after resume (releasing machines terminated, tags converged,
+    capacity rebalanced: tasks.pool.operations.resume).
+    """
+    if rt.settings.dry_run:
+        log.info("dry run: AWS change not made", extra={"task": task, "pool": rt.name})
+        return {"skipped": "dry_run"}
+    try:
+        paused_at = float(rt.state_redis.hget(rt.keys.group, "paused_at") or 0)
+    except (RedisError, ValueError):
+        return None  # cannot tell: as before pausing existed
+    if paused_at > 0:
+        log.info("paused: AWS change dropped (redone after resume)", extra={"task": task, "pool": rt.name})
+        return {"skipped": "paused"}
+    return None
 
 
 def _stats_since_last_report(rt: PoolRuntime, duration_s: float) -> dict[str, Any]:
@@ -167,6 +188,8 @@ def tag_assignments(
     """
     if isinstance(rt := resolve(pool, group, task=TASK_AWS_TAG_ASSIGNMENTS, owner=False), dict):
         return rt
+    if (held := _held_back(rt, TASK_AWS_TAG_ASSIGNMENTS)) is not None:
+        return held
     todo = _tag_items(items)
     done = {i for i in tagged if isinstance(i, str)} if isinstance(tagged, list) else set()
     present: set[str] = set()
@@ -195,6 +218,8 @@ def tag_group(epoch: Any, *, group: Any = None, pool: Any = None) -> bool | dict
     """Record on the group itself which pool state manages it (warmpool:epoch)."""
     if isinstance(rt := resolve(pool, group, task=TASK_AWS_TAG_GROUP, owner=False), dict):
         return rt
+    if (held := _held_back(rt, TASK_AWS_TAG_GROUP)) is not None:
+        return held
     if not isinstance(epoch, str) or not epoch.isalnum() or len(epoch) > 64:
         raise ValueError(f"not an epoch: {epoch!r:.80}")
     rt.cloud.tag_group(epoch)
@@ -205,6 +230,8 @@ def tag_group(epoch: Any, *, group: Any = None, pool: Any = None) -> bool | dict
 def terminate(instance_id: Any, *, decrement: Any = True, group: Any = None, pool: Any = None) -> bool | dict[str, Any]:
     if isinstance(rt := resolve(pool, group, task=TASK_AWS_TERMINATE, owner=False), dict):
         return rt
+    if (held := _held_back(rt, TASK_AWS_TERMINATE)) is not None:
+        return held
     return rt.cloud.terminate_instance(_instance_id(instance_id), decrement=bool(decrement))
 
 
@@ -212,6 +239,8 @@ def terminate(instance_id: Any, *, decrement: Any = True, group: Any = None, poo
 def set_desired(desired: Any, *, group: Any = None, pool: Any = None) -> bool | dict[str, Any]:
     if isinstance(rt := resolve(pool, group, task=TASK_AWS_SET_DESIRED, owner=False), dict):
         return rt
+    if (held := _held_back(rt, TASK_AWS_SET_DESIRED)) is not None:
+        return held
     if not isinstance(desired, int) or isinstance(desired, bool) or desired < 0:
         raise ValueError(f"not a capacity: {desired!r}")
     try:

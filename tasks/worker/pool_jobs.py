@@ -97,6 +97,7 @@ def assign(
     wait_s: Any = 0.0,
     lease_s: Any = None,
     deadline: Any = None,
+    *,
     group: Any = None,
     pool: Any = None,
 ) -> dict[str, Any]:

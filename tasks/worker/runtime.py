@@ -36,6 +36,7 @@ from tasks.state.connect import state_client
 from tasks.state.keys import PoolKeys
 from tasks.state.redis_ledger import RedisLedger
 from tasks.state.redis_store import RedisStore
+from tasks.worker.dry_run import DryRunEffects
 from tasks.worker.side_effects import CelerySideEffects
 
 log = logging.getLogger("warmpool.worker")
@@ -63,7 +64,7 @@ class PoolRuntime:
         s = self.settings
         return PoolService(
             RedisStore.from_url(s.redis_url, self.pool.namespace, sentinel_master=s.sentinel_master),
-            self.side_effects,
+            DryRunEffects(self.side_effects) if s.dry_run else self.side_effects,
             config=PoolConfig(
                 asg_name=s.asg_name,
                 idle_target=s.idle_target,
@@ -72,6 +73,8 @@ class PoolRuntime:
                 require_ready_check=bool(s.ready_url),
                 ready_timeout_s=s.ready_timeout_seconds,
                 pool=self.name,
+                dry_run=bool(s.dry_run),
+                hold_unadopted=bool(s.adopt_hold),
                 policy=s.policy,
                 warm_goal=s.warm_goal,
                 idle_max=s.idle_max,

@@ -34,7 +34,7 @@ def families() -> dict[str, str]:
     store.apply_snapshot(empty, kind=AddressKind.PUBLIC, now=10.0)
     store.record_refresh_stats(RefreshStats(0.2, {"DescribeInstances": 1}, {"DescribeInstances": 1}))
     status = build_status(store, asg_name="warmpool-pool", idle_target=2, address=AddressKind.PUBLIC, now=12.0)
-    data, _ = metrics.render(status)
+    data, _ = metrics.render({"default": status})
     return {f.name: f.type for f in text_string_to_metric_families(data.decode())}
 
 

@@ -39,7 +39,7 @@ def proxy(infra: Infra) -> Iterator[CapacityProxy]:
 
 
 def metric(status: dict[str, Any], name: str) -> float:
-    data, _ = GatewayMetrics().render(status)
+    data, _ = GatewayMetrics().render({"default": status})
     for line in data.decode().splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
@@ -121,7 +121,7 @@ def test_aws_unreachable_assigns_keep_being_served_outage_reported_and_recovered
 def cli_assign(stack: FaultStack, project: str, wait: float) -> tuple[int, dict[str, Any], str]:
     out, err = io.StringIO(), io.StringIO()
     with (
-        mock.patch.object(cli, "_client", lambda: stack.client),
+        mock.patch.object(cli, "_client", lambda _args=None: stack.client),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):

@@ -149,7 +149,7 @@ def test_clients_refuse_hostile_ids_before_enqueueing(stack: FaultStack) -> None
 def run_cli(argv: list[str], client: PoolClient) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with (
-        mock.patch.object(cli, "_client", lambda: client),
+        mock.patch.object(cli, "_client", lambda _args=None: client),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):

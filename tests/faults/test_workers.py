@@ -150,7 +150,7 @@ def _pool_jobs_in_flight(broker: Any) -> int:
     count = 0
     for raw in broker.hvals("unacked"):
         with contextlib.suppress(ValueError, TypeError, IndexError):
-            count += json.loads(raw)[2] == "pool"  # [message, exchange, routing key]
+            count += str(json.loads(raw)[2]).startswith("pool")  # [message, exchange, routing key]
     return count
 
 

@@ -163,6 +163,12 @@ class FakePool:
             "machines": [],
         }
 
+    async def operate(self, call: Any, *, pool: str | None = None) -> dict[str, Any]:
+        self.pools_called.append(pool)
+        self.calls.append(("operate", call.task, call.args, dict(call.kwargs)))
+        self._maybe_fail()
+        return {"status": "ok", "command": call.task, "pool": pool}
+
     async def aclose(self) -> None:
         self.closed = True
 

@@ -83,6 +83,10 @@ def test_the_wheel_holds_the_scripts_types_license_and_metadata(wheel: Path) -> 
     names = set(zipfile.ZipFile(wheel).namelist())
     lua = {f"tasks/state/lua/{p.name}" for p in (REPO / "tasks/state/lua").glob("*.lua")}
     assert lua and lua <= names, sorted(lua - names)
+    # the dashboard (GET /ui) is served from the package: every file of producer/gateway/static
+    static = {f"producer/gateway/static/{p.name}" for p in (REPO / "producer/gateway/static").iterdir()}
+    assert {"producer/gateway/static/dashboard.html", "producer/gateway/static/dashboard.js"} <= static
+    assert static <= names, sorted(static - names)
     assert {"tasks/py.typed", "producer/py.typed", "celeryconfig.py"} <= names
     dist_info = f"warmpool-{PROJECT['version']}.dist-info"
     assert f"{dist_info}/licenses/LICENSE" in names

@@ -60,9 +60,16 @@ BAD_VALUES: dict[str, list[str]] = {
     "WARMPOOL_GATEWAY_HEADER_TIMEOUT_S": ["0", "99999", "soon"],
     "WARMPOOL_GATEWAY_IDLE_TIMEOUT_S": ["1.5", "0"],
     "WARMPOOL_GATEWAY_MAX_CONNECTIONS": ["-3", "many"],
+    "WARMPOOL_GATEWAY_TOKEN_CACHE_S": ["-1", "301", "soon"],
+    "WARMPOOL_GATEWAY_RATE_PER_S": ["-1", "fast"],
+    "WARMPOOL_GATEWAY_RATE_BURST": ["0", "2.5"],
     "WARMPOOL_FLOWER_URL": ["127.0.0.1:5555"],
     "WARMPOOL_FLOWER_USER": ["ad:min"],
     "WARMPOOL_FLOWER_PASSWORD": ["bell\x07"],
+    "WARMPOOL_WEBHOOK_URL": ["ftp://hooks.example/", "hooks.example/x"],
+    "WARMPOOL_WEBHOOK_SECRET": ["two words"],
+    "WARMPOOL_DRY_RUN": ["yes", "2"],
+    "WARMPOOL_ADOPT_HOLD": ["on", "-1"],
 }
 CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]
 SPECS = {spec.env: spec for _, spec in config.specs()}
@@ -274,6 +281,7 @@ def test_only_secrets_have_files() -> None:
         "WARMPOOL_REDIS_URL_FILE",
         "WARMPOOL_API_TOKEN_FILE",
         "WARMPOOL_FLOWER_PASSWORD_FILE",
+        "WARMPOOL_WEBHOOK_SECRET_FILE",
     }
 
 

@@ -11,14 +11,27 @@
 -- is never handed a machine, and a machine handed out is always findable by
 -- the request that got it.
 --
--- KEYS: machines (hash), idle (zset), projects (hash), top_up (string), leases (zset), withdrawn (zset)
+-- KEYS: machines (hash), idle (zset), projects (hash), top_up (string), leases (zset), withdrawn (zset),
+--       events (stream), group (hash: only read, whether an operator paused the pool)
 -- ARGV: project id, now (epoch s), assigned_at (ISO 8601), idle target, coalesce ms, lease s (0: none),
---       request id ("": none)
--- Returns {"existing"|"new", record json, top_up 0|1}, {"none", "", top_up 0|1} or {"withdrawn", "", 0}
+--       request id ("": none), event time (ISO 8601), events kept (MAXLEN ~)
+-- Returns {"existing"|"new", record json, top_up 0|1, paused 0|1}, {"none", "", top_up 0|1} or {"withdrawn", "", 0}
+-- (paused: the caller must not tag the machine now; it is tagged after resume)
 local machines, idle, projects, flag, leases, withdrawn = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local project, now, assigned_at = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local idle_target, coalesce_ms, lease_s = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local request_id = ARGV[7] or ''
+local events, at, keep = KEYS[7], ARGV[8], ARGV[9]
+local function paused()
+  return (tonumber(redis.call('HGET', KEYS[8], 'paused_at')) or 0) > 0 and 1 or 0
+end
+
+local function emit(kind, project, iid, reason)
+  -- The event of this transition, in the same atomic step (tasks.pool.events).
+  redis.call('XADD', events, 'MAXLEN', '~', keep, '*', 'event', cjson.encode({
+    at = at, type = kind, project_id = project or cjson.null, instance_id = iid or cjson.null,
+    reason = reason or cjson.null}))
+end
 
 if request_id ~= '' and redis.call('ZSCORE', withdrawn, request_id) then
   return {'withdrawn', '', 0}
@@ -65,7 +78,7 @@ if held then
         raw = cjson.encode(m)
         redis.call('HSET', machines, held, raw)
       end
-      return {'existing', raw, 0}
+      return {'existing', raw, 0, paused()}
     end
   end
   -- Dangling index entry (record gone or reassigned): repair it.
@@ -99,7 +112,8 @@ while true do
       local encoded = cjson.encode(m)
       redis.call('HSET', machines, iid, encoded)
       redis.call('HSET', projects, project, iid)
-      return {'new', encoded, want_top_up()}
+      emit('assigned', project, iid, nil)
+      return {'new', encoded, want_top_up(), paused()}
     end
   end
   -- Stale zset member (machine no longer idle): skip it.
