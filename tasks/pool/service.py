@@ -32,9 +32,9 @@ from tasks.contract import (
     validate_project_id,
 )
 from tasks.errors import InvalidRequest
+from tasks.pool import events
 from tasks.pool.economics import Economics, EconomicsConfig, wants_fast_poll
 from tasks.pool.ledger import OUTCOME_FAILED, OUTCOME_WAITING, OUTCOME_WARM, Ledger, MemoryLedger
-from tasks.pool import events
 from tasks.pool.model import (
     AWAITING_READY,
     HELD_STATES,
