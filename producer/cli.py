@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from producer import cli_events, cli_ops, cli_pools, cli_tokens
+from producer import cli_economics, cli_events, cli_ops, cli_pools, cli_tokens
 from producer.extras import missing_extra
 from tasks import config
 from tasks.contract import CODE_NO_CAPACITY, STATUS_FAILED, failure
@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_tokens.add_commands(sub)
     cli_events.add_commands(sub)
     cli_ops.add_commands(sub)  # pause, resume, force-release, recycle, adopt, webhooks
+    cli_economics.add_commands(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "gateway": ("fastapi", "uvicorn", "httpx", "prometheus_client"),
     "flower": ("flower",),
     "demo": ("moto",),
+    "plot": ("matplotlib",),
 }
 
 

@@ -10,6 +10,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from producer.render_economics import economics_text
+
 _STATE_STYLE = {
     "idle": "green",
     "assigned": "cyan",
@@ -114,7 +116,10 @@ def _lost(status: Mapping[str, Any]) -> Table | None:
 
 def status_renderable(status: Mapping[str, Any]) -> Group:
     """The status snapshot as a summary line, a machines table and a lost-machines table."""
-    parts: list[Any] = [_summary(status), _machines(status)]
+    parts: list[Any] = [_summary(status)]
+    if (economics := economics_text(status)) is not None:
+        parts.append(economics)
+    parts.append(_machines(status))
     lost = _lost(status)
     if lost is not None:
         parts.append(lost)

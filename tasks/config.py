@@ -131,6 +131,20 @@ class Settings:
     ready_timeout_seconds: float = setting(
         "WARMPOOL_READY_TIMEOUT_SECONDS", 600.0, kind.number(0.0, 86_400), "unready this long: replaced"
     )
+    # Pool economics (tasks/pool/policy.py, docs/economics.md); per pool.
+    policy: str = setting("WARMPOOL_POLICY", "fixed", kind.policy(), "capacity policy: fixed[:N] | adaptive[:goal=G]")
+    warm_goal: float = setting("WARMPOOL_WARM_GOAL", 0.99, kind.number(0.5, 0.9999), "adaptive: share served warm")
+    idle_max: int = setting("WARMPOOL_IDLE_MAX", 0, kind.integer(0, 10_000), "idle machines at most (0: no cap)")
+    schedules: str = setting("WARMPOOL_SCHEDULES", "", kind.schedules(), "JSON list of demand windows")
+    scale_in_delay_s: float = setting(
+        "WARMPOOL_SCALE_IN_DELAY_S", 180.0, kind.number(0.0, 86_400), "surplus idle kept this long"
+    )
+    scale_in_step: int = setting(
+        "WARMPOOL_SCALE_IN_STEP", 5, kind.integer(0, 10_000), "surplus terminated per rebalance (0: all)"
+    )
+    pending_poll_s: float = setting(
+        "WARMPOOL_PENDING_POLL_S", 1.0, kind.number(0.0, 60), "refresh interval while a machine launches (0: off)"
+    )
     aws_worker_nice: int = setting(
         "WARMPOOL_AWS_WORKER_NICE", 10, kind.integer(0, 19), "CPU priority an aws worker gives up"
     )
@@ -242,9 +256,10 @@ def _raw(spec: Spec, env: Mapping[str, str]) -> tuple[str, str, str]:
 def _parse(spec: Spec, raw: str, origin: str) -> Any:
     try:
         return spec.parse(raw)
-    except ValueError:
+    except ValueError as exc:
         where = f" (from {origin})" if origin and origin != spec.env else ""
-        raise ValueError(f"{spec.env}={spec.shown(raw)!r}{where}: expected {spec.parse.allowed}") from None
+        detail = f" ({exc})" if isinstance(exc, kind.ValueProblem) else ""
+        raise ValueError(f"{spec.env}={spec.shown(raw)!r}{where}: expected {spec.parse.allowed}{detail}") from None
 
 
 def load(env: Mapping[str, str] | None = None) -> Report:

@@ -37,6 +37,10 @@ class Parser(Generic[T]):
         return self.convert(raw)
 
 
+class ValueProblem(ValueError):
+    """A ValueError whose text says what exactly is wrong (shown after what is allowed)."""
+
+
 def _check(ok: bool) -> None:
     if not ok:
         raise ValueError
@@ -164,3 +168,37 @@ def mask_url_password(raw: str) -> str:
         return raw
     user = userinfo.split(":", 1)[0]
     return f"{scheme}{sep}{user}:****@{hostpart}"
+
+
+def policy() -> Parser[str]:
+    """A capacity policy spec (tasks.pool.policy.parse_policy), kept as its canonical text."""
+
+    def convert(raw: str) -> str:
+        from tasks.errors import InvalidRequest
+        from tasks.pool.policy import parse_policy
+
+        try:
+            return parse_policy(raw).text()
+        except InvalidRequest:
+            raise ValueError from None
+
+    return Parser("fixed, fixed:N, adaptive or adaptive:goal=G,floor=N", convert)
+
+
+def schedules() -> Parser[str]:
+    """A JSON list of schedule objects (tasks.pool.policy.parse_schedules), kept as given."""
+
+    def convert(raw: str) -> str:
+        from tasks.errors import InvalidRequest
+        from tasks.pool.policy import parse_schedules
+
+        try:
+            parse_schedules(raw)
+        except InvalidRequest as exc:
+            raise ValueProblem(str(exc)) from None
+        return raw
+
+    return Parser(
+        'a JSON list of {"name", "cron", "duration_s", "timezone", "min_idle"} objects (see docs/economics.md)',
+        convert,
+    )

@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tasks.config import Settings, Spec, load, specs
+from tasks.config_values import ValueProblem
 from tasks.contract import AWS_QUEUE
 from tasks.errors import ConfigError, InvalidRequest, UnknownPool
 from tasks.hooks.config import Webhook, parse_webhooks
@@ -72,6 +73,14 @@ PER_POOL = frozenset(
         "ready_timeout_seconds",
         "dry_run",
         "adopt_hold",
+        # pool economics (docs/economics.md)
+        "policy",
+        "warm_goal",
+        "idle_max",
+        "schedules",
+        "scale_in_delay_s",
+        "scale_in_step",
+        "pending_poll_s",
     }
 )
 ALIASES = {"asg": "asg_name", "endpoint_url": "aws_endpoint_url"}
@@ -352,8 +361,9 @@ def _apply(
         text = _text(value)
         try:
             changes[name] = spec.parse(text)
-        except ValueError:
-            problems.add(where, f"{key} = {spec.shown(text)!r}: expected {spec.parse.allowed}")
+        except ValueError as exc:
+            detail = f" ({exc})" if isinstance(exc, ValueProblem) else ""
+            problems.add(where, f"{key} = {spec.shown(text)!r}: expected {spec.parse.allowed}{detail}")
     return replace(base, **changes) if changes else base
 
 

@@ -26,6 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from producer.gateway.economics_metrics import economics_families
+
 # Assign latency: a served assign takes milliseconds (one Celery round trip is
 # ~1.5 ms here); waiting for capacity can take up to the caller's wait.
 ASSIGN_LATENCY_BUCKETS = (
@@ -177,6 +179,7 @@ def waiting_requests(status: Mapping[str, Any]) -> Iterator[Metric]:
 # series the worker reports (AWS calls and errors by action, refresh duration),
 # add one function here.
 STATUS_FAMILIES: tuple[StatusFamilies, ...] = (
+    economics_families,
     machines_by_state,
     group_bounds,
     idle_target,

@@ -33,13 +33,17 @@ from tasks.contract import (
 )
 from tasks.errors import InvalidRequest
 from tasks.pool import events
+from tasks.pool.economics import Economics, EconomicsConfig, wants_fast_poll
+from tasks.pool.ledger import OUTCOME_FAILED, OUTCOME_WAITING, OUTCOME_WARM, Ledger, MemoryLedger
 from tasks.pool.model import (
     AWAITING_READY,
+    HELD_STATES,
     UNASSIGNABLE_HELD,
     AddressKind,
     GroupSnapshot,
     Machine,
     MachineState,
+    PoolView,
     Waiter,
     iso_utc,
     leases_expired,
@@ -47,6 +51,7 @@ from tasks.pool.model import (
 )
 from tasks.pool.operations import hold_unadopted, operator_status, recycle_step
 from tasks.pool.planner import clamp, decrement_allowed, plan_capacity
+from tasks.pool.policy import Schedule
 from tasks.pool.ports import GroupInfo, RefreshStats, SideEffects, SnapshotRefused, StateStore
 from tasks.pool.reconcile import Reconciliation
 from tasks.pool.status import build_status
@@ -85,6 +90,27 @@ class PoolConfig:
     # WARMPOOL_ADOPT_HOLD: at the first start on a group, the machines found are never terminated
     # until adopted or confirmed (tasks.pool.operations.hold_unadopted)
     hold_unadopted: bool = False
+    # Economics (tasks.pool.economics, docs/economics.md). These defaults are the behaviour
+    # before policies existed; the settings (tasks.config) default to the delayed scale-in.
+    policy: str = "fixed"  # fixed | fixed:N | adaptive[:goal=G,floor=N]
+    warm_goal: float = 0.99
+    idle_max: int = 0  # 0: no cap
+    schedules: tuple[Schedule, ...] = ()
+    scale_in_delay_s: float = 0.0
+    scale_in_step: int = 0  # 0: no bound per rebalance
+    pending_poll_s: float = 0.0  # while a machine launches, refresh this often (0: only the beat)
+
+    def economics(self) -> EconomicsConfig:
+        return EconomicsConfig(
+            idle_target=self.idle_target,
+            policy=self.policy,
+            warm_goal=self.warm_goal,
+            idle_max=self.idle_max,
+            schedules=self.schedules,
+            scale_in_delay_s=self.scale_in_delay_s,
+            scale_in_step=self.scale_in_step,
+            ready_timeout_s=self.ready_timeout_s,
+        )
 
 
 def assigned_result(machine: Machine, *, pool: str | None = None) -> dict[str, Any]:
@@ -131,11 +157,23 @@ class PoolService:
         *,
         config: PoolConfig,
         clock: Callable[[], float] = time.time,
+        ledger: Ledger | None = None,
     ) -> None:
         self.store = store
         self.effects = effects
-        self.config = config
         self._clock = clock
+        self.economics = Economics(ledger or MemoryLedger(), config.economics(), started_at=clock())
+        self._config = config
+
+    @property
+    def config(self) -> PoolConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: PoolConfig) -> None:
+        """A new configuration in force from now on (the economics follow it)."""
+        self._config = config
+        self.economics.reconfigure(config.economics())
 
     # -- assign / release / touch -----------------------------------------
     def assign(
@@ -161,7 +199,7 @@ class PoolService:
             project_id,
             now=now,
             assigned_at=iso_utc(now),
-            idle_target=self.config.idle_target,
+            idle_target=self.economics.target,
             lease_s=lease,
             request_id=request_id or "",
         )
@@ -170,6 +208,8 @@ class PoolService:
         if outcome.top_up:
             self.effects.top_up()
         if outcome.machine is not None:
+            if outcome.new:
+                self.economics.claimed(now=now, outcome=OUTCOME_WARM)
             self._tag_if_needed(outcome.machine, new=outcome.new, paused=outcome.paused)
             return assigned_result(outcome.machine, pool=self.config.pool)
         margin = min(DEADLINE_MARGIN_S, wait / 10)
@@ -178,7 +218,8 @@ class PoolService:
             serve_by = min(serve_by, check_seconds(deadline, "deadline", high=math.inf) - margin)
         if request_id and serve_by > now:
             waiter = Waiter(request_id, project_id, deadline=serve_by, lease_s=lease, arrived=now)
-            self.store.add_waiter(waiter)
+            if self.store.add_waiter(waiter):
+                self.economics.claimed(now=now, outcome=OUTCOME_WAITING)
             self._scale_for_waiters()
             # Why there is no machine now travels with the waiting state, so a
             # caller whose deadline passes can still be told (e.g. capped).
@@ -188,6 +229,7 @@ class PoolService:
                 "deadline": iso_utc(serve_by),
                 **self._capacity_note(),
             }
+        self.economics.claimed(now=now, outcome=OUTCOME_FAILED)
         return self._no_capacity(project_id)
 
     def _tag_if_needed(self, machine: Machine, *, new: bool, paused: bool) -> None:
@@ -231,6 +273,7 @@ class PoolService:
         self._terminate(
             outcome.machine, decrement=outcome.decrement, reason=events.REASON_RELEASE, paused=outcome.paused
         )
+        self.economics.terminated("release")
         if outcome.top_up:
             self.effects.top_up()
         return {"status": STATUS_RELEASED, "project_id": project_id, "instance_id": outcome.machine.instance_id}
@@ -254,6 +297,7 @@ class PoolService:
             released = outcome.machine.instance_id
             log.info("withdrawn assign released", extra={"project_id": project_id, "instance_id": released})
             self._terminate(outcome.machine, decrement=outcome.decrement, reason=events.REASON_WITHDRAWN)
+            self.economics.terminated("withdrawn")
             if outcome.top_up:
                 self.effects.top_up()
         return {
@@ -287,12 +331,13 @@ class PoolService:
                 # Its caller has given up (or is about to): withdraw the place, never assign.
                 self.store.remove_waiter(waiter.request_id)
                 self.effects.deliver(waiter.request_id, self._no_capacity(waiter.project_id))
+                self.economics.gave_up(wait_s=max(0.0, now - waiter.arrived))
                 continue
             outcome = self.store.assign(
                 waiter.project_id,
                 now=now,
                 assigned_at=iso_utc(now),
-                idle_target=self.config.idle_target,
+                idle_target=self.economics.target,
                 lease_s=waiter.lease_s,
                 request_id=waiter.request_id,
             )
@@ -305,6 +350,8 @@ class PoolService:
             self._tag_if_needed(outcome.machine, new=outcome.new, paused=outcome.paused)
             self.effects.deliver(waiter.request_id, assigned_result(outcome.machine, pool=self.config.pool))
             self.store.remove_waiter(waiter.request_id)
+            if outcome.new:
+                self.economics.served(wait_s=max(0.0, now - waiter.arrived))
             served += 1
         if left_waiting:
             self._scale_for_waiters()
@@ -349,6 +396,7 @@ class PoolService:
         if not snapshot.seq:
             log.warning("snapshot without a sequence number applied in arrival order (an aws worker older than this)")
         self._log_changes(rec)
+        self.economics.became_ready(rec.upserts, now=now)
         if self.config.hold_unadopted and not before.known and not snapshot.epoch_tag:
             hold_unadopted(self, rec)  # first start on this group (tasks.pool.operations)
         self._keep_continuity(rec, snapshot)
@@ -418,7 +466,9 @@ class PoolService:
 
     def mark_ready(self, instance_ids: list[str]) -> dict[str, Any]:
         """Readiness checks passed for these machines: make them idle and serve waiters."""
-        ready = self.store.mark_ready(instance_ids, now=self._clock())
+        now = self._clock()
+        ready = self.store.mark_ready(instance_ids, now=now)
+        self.economics.became_ready(ready, now=now)
         served = self.serve_waiters() if ready else 0
         return {"ready": [m.instance_id for m in ready], "served_waiters": served}
 
@@ -444,7 +494,7 @@ class PoolService:
         if group.paused:
             return {"rebalanced": False, "reason": "paused by an operator"}
         held = self.store.assigned_count() + group.held_other
-        wanted = held + self.config.idle_target + self._waiting_count()
+        wanted = held + self.economics.target + self._waiting_count()
         target = clamp(wanted, group.min_size, max(group.min_size, group.max_size))
         if target > group.desired_capacity:
             return self.rebalance()
@@ -455,7 +505,7 @@ class PoolService:
             capped=capped,
             desired_capacity=None,
             held_other=group.held_other,
-            idle_target=self.config.idle_target,
+            idle_target=self.economics.target,
         )
         return {"rebalanced": False, "reason": "capacity suffices", "target": target, "wanted": wanted}
 
@@ -475,17 +525,32 @@ class PoolService:
         recycled = recycle_step(self, view, group, now=now)
         if expired or replaced or recycled:
             view, group = self.store.view(), self.store.group()
-        plan = plan_capacity(view, group.bounds, idle_target=self.config.idle_target, waiting=self._waiting_count())
+        held = sum(1 for m in view.machines.values() if m.state in HELD_STATES)
+        decision, read = self.economics.decide(now=now, held=held, max_size=group.max_size)
+        plan = plan_capacity(view, group.bounds, idle_target=decision.target, waiting=self._waiting_count())
         set_desired = plan.set_desired
         if set_desired is not None and group.backoff_until > now:
             log.warning("scale-up paused", extra={"wanted": set_desired, "reason": group.backoff_reason})
             set_desired = None
         if set_desired is not None:
             self.effects.set_desired(set_desired)
-        surplus = [m.instance_id for m in plan.terminate if m.instance_id not in group.unadopted]
-        claimed = self.store.claim_for_termination(surplus, now=now, detail="scale-in", reason=events.REASON_SURPLUS)
+            self.economics.launched(set_desired - max(group.desired_capacity, self._occupying(view)))
+        idle = view.by_state(MachineState.IDLE)
+        # Surplus idle is kept for scale_in_delay_s, then retired longest-idle first, a bounded step at a time.
+        surplus = [m for m in plan.terminate if m.instance_id not in group.unadopted]
+        keepable = [m for m in idle if m.instance_id not in group.unadopted]
+        chosen, surplus_since = self.economics.scale_in(surplus, keepable, now=now, surplus_since=read.surplus_since)
+        claimed = self.store.claim_for_termination(
+            [m.instance_id for m in chosen], now=now, detail="scale-in", reason=events.REASON_SURPLUS
+        )
         for m in claimed:
             self.effects.terminate(m.instance_id, decrement=True)
+        self.economics.terminated("scale_in", len(claimed))
+        self.economics.after_rebalance(now=now, idle=len(idle) - len(claimed), surplus_since=surplus_since)
+        if self.config.pending_poll_s > 0 and (set_desired is not None or wants_fast_poll(view.machines.values())):
+            # A launch is noticed within a poll interval, not at the next beat (docs/economics.md).
+            if self.store.request_refresh_soon():
+                self.effects.refresh(delay_s=self.config.pending_poll_s)
         held_other = sum(1 for m in view.machines.values() if m.state in UNASSIGNABLE_HELD)
         self._record_plan_events(group, wanted=plan.wanted, capped=plan.capped, now=now)
         self.store.record_plan(
@@ -493,13 +558,15 @@ class PoolService:
             capped=plan.capped,
             desired_capacity=set_desired,
             held_other=held_other,
-            idle_target=self.config.idle_target,
+            idle_target=decision.target,
         )
         if plan.capped:
             log.warning("pool capped by MaxSize", extra={"wanted": plan.wanted, "max_size": group.max_size})
         converged = self._converge(view.machines.values(), now=now) if converge else 0
         return {
             "rebalanced": True,
+            "idle_target": decision.target,
+            "policy_reason": decision.reason,
             "target": plan.target,
             "wanted": plan.wanted,
             "capped": plan.capped,
@@ -510,6 +577,11 @@ class PoolService:
             "recycled": recycled,
             "converged": converged,
         }
+
+    @staticmethod
+    def _occupying(view: PoolView) -> int:
+        """Machines in the group that are not on their way out (what a desired capacity covers)."""
+        return sum(1 for m in view.machines.values() if m.state is not MachineState.RELEASING)
 
     def _expire_leases(self, now: float, machines: Iterable[Machine]) -> list[str]:
         """Release machines whose lease ran out, exactly like ``release``."""
@@ -525,6 +597,7 @@ class PoolService:
             self._terminate(
                 outcome.machine, decrement=outcome.decrement, reason=events.REASON_LEASE_EXPIRED, paused=False
             )  # rebalance, which expires leases, does not run while paused
+            self.economics.terminated("lease_expired")
             released.append(m.project_id)
         return released
 
@@ -551,6 +624,7 @@ class PoolService:
                 "machine never became ready: replaced", extra={"instance_id": m.instance_id, "detail": m.detail}
             )
             self.effects.terminate(m.instance_id, decrement=decrement)
+        self.economics.terminated("unready", len(claimed))
         recent = self.store.record_unready([m.instance_id for m in claimed], now=now)
         if claimed and recent >= BACKOFF_AFTER:
             pause = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (recent - BACKOFF_AFTER))
@@ -615,4 +689,5 @@ class PoolService:
             address=self.config.address,
             now=self._clock(),
         )
+        status["economics"] = self.economics.status()
         return {**status, **operator_status(self, status)}

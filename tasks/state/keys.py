@@ -80,6 +80,25 @@ key                  type    meaning
                              given_up, last_error, last_error_at, last_event_id
 ===================  ======  ==============================================================
 
+The pool's economics ledger (tasks.state.redis_ledger.RedisLedger, EconomicsKeys; written only
+by the pool worker, except ``policy`` which ``warmpool policy set`` writes after validating it):
+
+===================  ======  ==============================================================
+``econ:figures``     hash    counters and gauges of tasks.pool.ledger (``assigns_warm``,
+                             ``assigns_waited``, ``assigns_failed``, ``wait_bucket:<i>``,
+                             ``wait_seconds_sum``, ``launches``, ``terminations:<reason>``,
+                             ``launch_ready_seconds_sum``/``_count``, ``idle_machine_seconds``;
+                             gauges ``policy_target``, ``policy_reason``, ``policy_spec``,
+                             ``idle_at``, ``idle_count``, ``surplus_since``)
+``econ:launch``      list    recent launch-to-ready seconds, newest first, LAUNCH_KEEP at most
+``econ:claims``      list    recent claim times (epoch s), newest first, CLAIMS_KEEP at most
+``econ:demand:<d>``  hash    day ``d`` (epoch s // 86400) -> {minute index: assigns}; TTL
+                             HISTORY_KEEP_S (15 days): the demand history is bounded by time
+``econ:since``       string  when the demand history began (absent: none, or lost)
+``econ:policy``      string  JSON {"policy": SPEC, "schedules": [...] | null, "set_at": s}: the
+                             runtime override of the configured policy (absent: configured)
+===================  ======  ==============================================================
+
 One more key under the same prefix is written only by the local stack's demo,
 never by warmpool itself (so no PoolKeys field: a store reset keeps it):
 
@@ -199,6 +218,33 @@ class PoolKeys:
 def ui_session_key(session_sha256: str) -> str:
     """``warmpool:ui_session:<sha256 hex>``: one dashboard session (see the docstring)."""
     return UI_SESSION_PREFIX + session_sha256
+
+
+@dataclass(frozen=True)
+class EconomicsKeys:
+    """The key names of one pool's economics ledger (tasks.state.redis_ledger)."""
+
+    figures: str
+    launch: str
+    claims: str
+    since: str
+    policy: str
+    demand_prefix: str  # + day index
+
+    @classmethod
+    def for_group(cls, asg_name: str) -> EconomicsKeys:
+        prefix = f"warmpool:{{{asg_name}}}:econ:"
+        return cls(
+            figures=prefix + "figures",
+            launch=prefix + "launch",
+            claims=prefix + "claims",
+            since=prefix + "since",
+            policy=prefix + "policy",
+            demand_prefix=prefix + "demand:",
+        )
+
+    def demand(self, day: int) -> str:
+        return f"{self.demand_prefix}{day}"
 
 
 def demo_owner_key(asg_name: str) -> str:

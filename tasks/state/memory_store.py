@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -65,7 +65,9 @@ _ADOPTABLE = frozenset({MachineState.PENDING, MachineState.IDLE, MachineState.FO
 class InMemoryStore:
     """A StateStore held in a dict, one lock standing in for Redis atomicity."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        # The coalescing flags' clock (Redis TTLs in RedisStore); the simulator passes its virtual one.
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self.reset()
 
@@ -98,7 +100,7 @@ class InMemoryStore:
             del self._events[: len(self._events) - EVENTS_KEEP]
 
     def _flag(self) -> bool:
-        now = time.monotonic()
+        now = self._monotonic()
         if now < self._flag_until:
             return False
         self._flag_until = now + TOP_UP_COALESCE_MS / 1000
@@ -291,7 +293,7 @@ class InMemoryStore:
 
     def request_refresh_soon(self) -> bool:
         with self._lock:
-            now = time.monotonic()
+            now = self._monotonic()
             if now < self._refresh_until:
                 return False
             self._refresh_until = now + 1.0

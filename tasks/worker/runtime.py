@@ -28,11 +28,13 @@ from tasks.contract import (
     group_mismatch,
 )
 from tasks.errors import InvalidRequest, UnknownPool
+from tasks.pool.policy import parse_schedules
 from tasks.pool.ports import Cloud
 from tasks.pool.service import PoolConfig, PoolService
 from tasks.pools import POOL_QUEUE_PREFIX, Deployment, PoolSettings
 from tasks.state.connect import state_client
 from tasks.state.keys import PoolKeys
+from tasks.state.redis_ledger import RedisLedger
 from tasks.state.redis_store import RedisStore
 from tasks.worker.dry_run import DryRunEffects
 from tasks.worker.side_effects import CelerySideEffects
@@ -73,7 +75,15 @@ class PoolRuntime:
                 pool=self.name,
                 dry_run=bool(s.dry_run),
                 hold_unadopted=bool(s.adopt_hold),
+                policy=s.policy,
+                warm_goal=s.warm_goal,
+                idle_max=s.idle_max,
+                schedules=parse_schedules(s.schedules),
+                scale_in_delay_s=s.scale_in_delay_s,
+                scale_in_step=s.scale_in_step,
+                pending_poll_s=s.pending_poll_s,
             ),
+            ledger=RedisLedger.from_url(s.redis_url, self.pool.namespace, sentinel_master=s.sentinel_master),
         )
 
     @functools.cached_property

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import LocalStack, RedisServer, StackUrls
-from tests.stacks import REGION, PoolStack, require_redis_server, start_stack, wait_for
+from tests.stacks import IMMEDIATE_SCALE_IN, REGION, PoolStack, require_redis_server, start_stack, wait_for
 
 __all__ = ["ASG", "IDLE_TARGET", "REFRESH_S", "REGION", "Stack", "running_stack", "wait_for"]
 
@@ -49,7 +49,7 @@ def running_stack(
             region=REGION,
             idle_target=idle_target,
             refresh_s=REFRESH_S,
-            extra_env=extra_env,
+            extra_env={**IMMEDIATE_SCALE_IN, **(extra_env or {})},
             node="tests",
             app_name="warmpool-tests",
         )
