@@ -133,8 +133,15 @@ def cli_assign(stack: FaultStack, project: str, wait: float) -> tuple[int, dict[
 def test_aws_rejecting_capacity_is_clamped_and_reported_and_leaks_nothing(
     proxy: CapacityProxy, make_stack: Any
 ) -> None:
-    # given a pool whose refreshes we control (no beat), AWS validating capacity like Auto Scaling
-    stack: FaultStack = make_stack(idle_target=3, max_size=10, beats=(), endpoint_url=proxy.endpoint_url)
+    # given a pool whose refreshes we control (no beat, no fast poll of pending launches),
+    # AWS validating capacity like Auto Scaling
+    stack: FaultStack = make_stack(
+        idle_target=3,
+        max_size=10,
+        beats=(),
+        endpoint_url=proxy.endpoint_url,
+        extra_env={"WARMPOOL_PENDING_POLL_S": "0"},
+    )
     holders = {"cap-0": stack.client.assign("cap-0", wait=10).instance_id}
     wait_for(lambda: stack.group()["DesiredCapacity"] == 4, what="desired = 1 assigned + 3 idle")
     stack.refresh_now()
