@@ -11,15 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tasks.contract import (
     CODE_BAD_REQUEST,
     CODE_NO_CAPACITY,
-    CODE_WRONG_GROUP,
     MAX_LEASE_S,
     MAX_WAIT_S,
     STATUS_ASSIGNED,
@@ -28,15 +26,13 @@ from tasks.contract import (
     STATUS_WITHDRAWN,
     check_seconds,
     failure,
-    group_mismatch,
     validate_project_id,
 )
 from tasks.errors import InvalidRequest
-from tasks.pool import events
+from tasks.pool import events, refresh, upkeep
 from tasks.pool.economics import Economics, EconomicsConfig, wants_fast_poll
 from tasks.pool.ledger import OUTCOME_FAILED, OUTCOME_WAITING, OUTCOME_WARM, Ledger, MemoryLedger
 from tasks.pool.model import (
-    AWAITING_READY,
     HELD_STATES,
     UNASSIGNABLE_HELD,
     AddressKind,
@@ -46,35 +42,23 @@ from tasks.pool.model import (
     PoolView,
     Waiter,
     iso_utc,
-    leases_expired,
-    unready_overdue,
 )
-from tasks.pool.operations import hold_unadopted, operator_status, recycle_step
-from tasks.pool.planner import clamp, decrement_allowed, plan_capacity
+from tasks.pool.operations import operator_status, recycle_step
+from tasks.pool.planner import clamp, plan_capacity
 from tasks.pool.policy import Schedule
-from tasks.pool.ports import GroupInfo, RefreshStats, SideEffects, SnapshotRefused, StateStore
-from tasks.pool.reconcile import Reconciliation
+from tasks.pool.ports import RefreshStats, SideEffects, StateStore
+from tasks.pool.refresh import MAX_SNAPSHOT_SKEW_S
 from tasks.pool.status import build_status
+from tasks.pool.upkeep import CONVERGE_AFTER_S
 
 log = logging.getLogger("warmpool.pool")
 
-# How long an assignment may stay untagged/unprotected, or a released machine
-# stay in the group, before rebalance asks AWS again (side effects are retried
-# by the aws workers already; this covers jobs lost outright).
-CONVERGE_AFTER_S = 15.0
+__all__ = ["CONVERGE_AFTER_S", "MAX_SNAPSHOT_SKEW_S", "PoolConfig", "PoolService", "assigned_result"]
+
 # A waiting caller is never served later than this before its own deadline,
 # so the result reaches it before it gives up (covers delivery and clock skew).
 DEADLINE_MARGIN_S = 0.5
-# Launch back-off: after this many machines never became ready within the
-# window, scale-up pauses, doubling from BACKOFF_BASE_S up to BACKOFF_MAX_S.
-BACKOFF_AFTER = 3
-BACKOFF_BASE_S = 60.0
-BACKOFF_MAX_S = 900.0
 MAX_REQUEST_ID_CHARS = 200  # request ids are Celery task ids (UUIDs)
-# A snapshot dated further than this from the pool worker's clock is refused
-# (a broken clock, or a snapshot that waited in the queue that long). Within
-# it, clocks play no part: snapshots are ordered by their sequence number.
-MAX_SNAPSHOT_SKEW_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -127,24 +111,6 @@ def assigned_result(machine: Machine, *, pool: str | None = None) -> dict[str, A
     if machine.lease_expires_at:
         result["lease_expires_at"] = iso_utc(machine.lease_expires_at)
     return result
-
-
-def _absurd_date(observed_at: float, *, now: float) -> str | None:
-    """Why a snapshot read at ``observed_at`` (its aws worker's clock) cannot be right at ``now``, or None."""
-    if not math.isfinite(observed_at) or observed_at <= 0:
-        return f"snapshot dated {observed_at!r}: not a time"
-    skew = observed_at - now
-    if skew > MAX_SNAPSHOT_SKEW_S:
-        return (
-            f"snapshot dated {skew:.0f}s ahead of the pool worker's clock (more than {MAX_SNAPSHOT_SKEW_S:.0f}s): "
-            "the clock of the aws worker that read it is wrong; check its NTP"
-        )
-    if -skew > MAX_SNAPSHOT_SKEW_S:
-        return (
-            f"snapshot dated {-skew:.0f}s before the pool worker's clock (more than {MAX_SNAPSHOT_SKEW_S:.0f}s): "
-            "too old to trust, or a clock is wrong; check NTP on the aws and pool workers"
-        )
-    return None
 
 
 class PoolService:
@@ -362,122 +328,22 @@ class PoolService:
         return len({w.project_id for w in self.store.waiters() if w.deadline > now})
 
     # -- refresh / readiness / rebalance ----------------------------------
+
+    # -- refresh (tasks/pool/refresh.py) ----------------------------------
     def apply_snapshot(self, snapshot: GroupSnapshot, *, stats: RefreshStats | None = None) -> dict[str, Any]:
-        """Fold a refresh into the state, serve waiters, rebalance and converge side effects.
-
-        Refused, changing nothing and saying why in the log: a snapshot of another
-        group (``wrong_group``), one dated absurdly far from this worker's clock, and
-        one out of order (the store's rule: ordered by ``seq``, never by a clock).
-        """
-        if (mismatch := group_mismatch(snapshot.name, own=self.config.asg_name)) is not None:
-            log.error("snapshot refused: another group", extra={"group": snapshot.name[:255], "error": mismatch})
-            return failure(CODE_WRONG_GROUP, mismatch, applied=False)
-        now = self._clock()
-        if (absurd := _absurd_date(snapshot.observed_at, now=now)) is not None:
-            log.error("snapshot refused: absurd date", extra={"seq": snapshot.seq, "error": absurd})
-            self.store.record_refresh_error(f"snapshot refused: {absurd}", now=now)
-            return {"applied": False, "reason": absurd}
-        if stats is not None:
-            self.store.record_refresh_stats(stats)
-        before = self.store.group()
-        rec = self.store.apply_snapshot(
-            snapshot,
-            kind=self.config.address,
-            now=now,
-            require_ready_check=self.config.require_ready_check,
-            new_epoch=uuid.uuid4().hex,
-        )
-        if isinstance(rec, SnapshotRefused):
-            log.warning(
-                "snapshot discarded",
-                extra={"seq": rec.seq, "applied_seq": rec.applied_seq, "issued_seq": rec.issued_seq, "why": rec.reason},
-            )
-            return {"applied": False, "reason": rec.reason}
-        if not snapshot.seq:
-            log.warning("snapshot without a sequence number applied in arrival order (an aws worker older than this)")
-        self._log_changes(rec)
-        self.economics.became_ready(rec.upserts, now=now)
-        if self.config.hold_unadopted and not before.known and not snapshot.epoch_tag:
-            hold_unadopted(self, rec)  # first start on this group (tasks.pool.operations)
-        self._keep_continuity(rec, snapshot)
-        served = self.serve_waiters()
-        summary = self.rebalance(converge=True)
-        return {
-            "applied": True,
-            "instances": len(snapshot.instances),
-            "lost": [x.to_json() for x in rec.lost],
-            "restored": len(rec.restored),
-            "served_waiters": served,
-            **summary,
-        }
-
-    def _keep_continuity(self, rec: Reconciliation, snapshot: GroupSnapshot) -> None:
-        recovery = rec.recovery
-        if not recovery.confirmed and not self.store.group().paused:
-            # Until AWS carries the epoch, a loss of this state could not be told
-            # from a first start: nothing untagged is handed out meanwhile.
-            self.effects.tag_group(recovery.epoch)
-        elif snapshot.epoch_tag and snapshot.epoch_tag != recovery.epoch:
-            log.warning(
-                "the group's warmpool:epoch tag is not this state's: does another warmpool manage it?",
-                extra={"tag": snapshot.epoch_tag, "epoch": recovery.epoch},
-            )
-        if recovery.lost_now:
-            held = [m.instance_id for m in rec.upserts if m.state is MachineState.QUARANTINED]
-            log.error(
-                "pool state was lost: untagged machines quarantined until their tags land or an operator "
-                "releases them (warmpool release-quarantined)",
-                extra={"quarantined": len(held), "instance_ids": held[:50]},
-            )
-
-    def _log_changes(self, rec: Reconciliation) -> None:
-        for lost in rec.lost:
-            log.warning(
-                "assigned machine lost",
-                extra={"project_id": lost.project_id, "instance_id": lost.instance_id, "reason": lost.reason},
-            )
-        for m in rec.restored:
-            log.info("assignment restored from tags", extra={"project_id": m.project_id, "instance_id": m.instance_id})
-        for m in rec.duplicates:
-            log.warning("duplicate claim retired", extra={"instance_id": m.instance_id, "detail": m.detail})
-        for m in rec.turned_unhealthy:
-            # The group replaces unhealthy instances (scale-in protection does not
-            # stop that): the project will lose this machine and it is then
-            # reported lost. The project keeps it until then; its callers see
-            # the health in assign results and status.
-            log.warning(
-                "assigned machine unhealthy: AWS will replace it",
-                extra={"project_id": m.project_id, "instance_id": m.instance_id},
-            )
+        """Fold a refresh into the state, serve waiters, rebalance and converge (refresh.apply_snapshot)."""
+        return refresh.apply_snapshot(self, snapshot, stats=stats)
 
     def release_quarantined(self, instance_ids: Sequence[str] | None) -> dict[str, Any]:
-        """An operator vouches that these quarantined machines (None: all of them) are in nobody's use.
-
-        They go back to pending and the next refresh makes them idle if ready;
-        a machine that is not quarantined is left as it is.
-        """
-        ids = None if instance_ids is None else list(instance_ids)
-        released = self.store.release_quarantine(ids, now=self._clock())
-        for m in released:
-            log.warning("released from quarantine by an operator", extra={"instance_id": m.instance_id})
-        if released and self.store.request_refresh_soon():
-            self.effects.refresh(delay_s=0.0)
-        return {"status": "released_from_quarantine", "instance_ids": [m.instance_id for m in released]}
+        """An operator vouches that these quarantined machines (None: all of them) are in nobody's use."""
+        return refresh.release_quarantined(self, instance_ids)
 
     def mark_ready(self, instance_ids: list[str]) -> dict[str, Any]:
         """Readiness checks passed for these machines: make them idle and serve waiters."""
-        now = self._clock()
-        ready = self.store.mark_ready(instance_ids, now=now)
-        self.economics.became_ready(ready, now=now)
-        served = self.serve_waiters() if ready else 0
-        return {"ready": [m.instance_id for m in ready], "served_waiters": served}
+        return refresh.mark_ready(self, instance_ids)
 
     def record_refresh_error(self, message: str, *, stats: RefreshStats | None = None) -> dict[str, Any]:
-        log.error("refresh failed", extra={"error": message})
-        if stats is not None:
-            self.store.record_refresh_stats(stats)
-        self.store.record_refresh_error(message, now=self._clock())
-        return {"applied": False, "reason": message}
+        return refresh.record_refresh_error(self, message, stats=stats)
 
     def top_up(self) -> dict[str, Any]:
         """The rebalance that assigns, releases and waiting callers ask for: raise capacity if needed.
@@ -499,7 +365,7 @@ class PoolService:
         if target > group.desired_capacity:
             return self.rebalance()
         capped = wanted > group.max_size
-        self._record_plan_events(group, wanted=wanted, capped=capped, now=self._clock())
+        upkeep.record_plan_events(self, group, wanted=wanted, capped=capped, now=self._clock())
         self.store.record_plan(
             wanted=wanted,
             capped=capped,
@@ -520,8 +386,8 @@ class PoolService:
         now = self._clock()
         # One read of the pool serves every step; read again only if a step changed it.
         view = self.store.view()
-        expired = self._expire_leases(now, view.machines.values())
-        replaced = self._replace_unready(now, view.machines.values(), group)
+        expired = upkeep.expire_leases(self, now, view.machines.values())
+        replaced = upkeep.replace_unready(self, now, view.machines.values(), group)
         recycled = recycle_step(self, view, group, now=now)
         if expired or replaced or recycled:
             view, group = self.store.view(), self.store.group()
@@ -552,7 +418,7 @@ class PoolService:
             if self.store.request_refresh_soon():
                 self.effects.refresh(delay_s=self.config.pending_poll_s)
         held_other = sum(1 for m in view.machines.values() if m.state in UNASSIGNABLE_HELD)
-        self._record_plan_events(group, wanted=plan.wanted, capped=plan.capped, now=now)
+        upkeep.record_plan_events(self, group, wanted=plan.wanted, capped=plan.capped, now=now)
         self.store.record_plan(
             wanted=plan.wanted,
             capped=plan.capped,
@@ -562,7 +428,7 @@ class PoolService:
         )
         if plan.capped:
             log.warning("pool capped by MaxSize", extra={"wanted": plan.wanted, "max_size": group.max_size})
-        converged = self._converge(view.machines.values(), now=now) if converge else 0
+        converged = upkeep.converge(self, view.machines.values(), now=now) if converge else 0
         return {
             "rebalanced": True,
             "idle_target": decision.target,
@@ -583,58 +449,6 @@ class PoolService:
         """Machines in the group that are not on their way out (what a desired capacity covers)."""
         return sum(1 for m in view.machines.values() if m.state is not MachineState.RELEASING)
 
-    def _expire_leases(self, now: float, machines: Iterable[Machine]) -> list[str]:
-        """Release machines whose lease ran out, exactly like ``release``."""
-        released = []
-        for m in leases_expired(machines, now=now):
-            assert m.project_id is not None
-            outcome = self.store.release(m.project_id, now=now, lease_expired_before=now)
-            if outcome.machine is None:
-                continue  # touched or released in between
-            log.warning(
-                "lease expired: machine released", extra={"project_id": m.project_id, "instance_id": m.instance_id}
-            )
-            self._terminate(
-                outcome.machine, decrement=outcome.decrement, reason=events.REASON_LEASE_EXPIRED, paused=False
-            )  # rebalance, which expires leases, does not run while paused
-            self.economics.terminated("lease_expired")
-            released.append(m.project_id)
-        return released
-
-    def _replace_unready(self, now: float, machines: Iterable[Machine], group: GroupInfo) -> list[str]:
-        """Terminate machines that never became ready; pause scale-up when launches keep failing."""
-        overdue = unready_overdue(machines, now=now, timeout_s=self.config.ready_timeout_s)
-        overdue = [m for m in overdue if m.instance_id not in group.unadopted]  # not launched by warmpool
-        if not overdue:
-            return []
-        backing_off = group.backoff_until > now
-        # While backing off, do not let AWS replace them: that is the churn we stop.
-        decrement = backing_off and decrement_allowed(group.bounds)
-        detail = f"unready for {self.config.ready_timeout_s:.0f}s"
-        claimed = self.store.claim_for_termination(
-            [m.instance_id for m in overdue],
-            now=now,
-            detail=detail,
-            expected=MachineState.PENDING,
-            decrement=decrement,
-            reason=events.REASON_UNREADY,
-        )
-        for m in claimed:
-            log.warning(
-                "machine never became ready: replaced", extra={"instance_id": m.instance_id, "detail": m.detail}
-            )
-            self.effects.terminate(m.instance_id, decrement=decrement)
-        self.economics.terminated("unready", len(claimed))
-        recent = self.store.record_unready([m.instance_id for m in claimed], now=now)
-        if claimed and recent >= BACKOFF_AFTER:
-            pause = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (recent - BACKOFF_AFTER))
-            reason = f"{recent} machines never became ready within {self.config.ready_timeout_s:.0f}s in the last hour"
-            self.store.record_backoff(until=now + pause, reason=reason)
-            log.error("launches keep failing: scale-up paused", extra={"pause_s": pause, "reason": reason})
-            backoff = events.Event(events.LAUNCH_FAILED, now, reason=reason, extra={"backoff_s": pause})
-            self.store.append_events([backoff])
-        return [m.instance_id for m in claimed]
-
     def _terminate(self, machine: Machine, *, decrement: bool, reason: str, paused: bool | None = None) -> None:
         """Ask AWS to terminate a released machine, and record it (``terminated``, with ``reason``).
 
@@ -645,39 +459,6 @@ class PoolService:
             return
         self.effects.terminate(machine.instance_id, decrement=decrement)
         self.store.append_events([events.terminated(machine, now=self._clock(), reason=reason)])
-
-    def _record_plan_events(self, group: GroupInfo, *, wanted: int, capped: bool, now: float) -> None:
-        """``capped`` when MaxSize starts holding the pool below what is wanted; ``target_changed`` (idle target)."""
-        found: list[events.Event] = []
-        if capped and not group.capped:
-            extra = {"wanted": wanted, "max_size": group.max_size}
-            found.append(events.Event(events.CAPPED, now, reason=f"capped by MaxSize={group.max_size}", extra=extra))
-        if group.idle_target >= 0 and group.idle_target != self.config.idle_target:
-            extra = {"from": group.idle_target, "to": self.config.idle_target, "wanted": wanted}
-            found.append(events.Event(events.TARGET_CHANGED, now, reason="idle target", extra=extra))
-        self.store.append_events(found)
-
-    def _converge(self, machines: Iterable[Machine], *, now: float) -> int:
-        """Re-issue side effects AWS does not reflect yet (lost jobs, exhausted retries); probe readiness."""
-        bounds = self.store.group().bounds
-        count = 0
-        candidates: list[tuple[str, str]] = []
-        untagged: list[Machine] = []
-        for m in machines:
-            overdue = now - m.since >= CONVERGE_AFTER_S
-            if m.state is MachineState.ASSIGNED and not (m.tagged and m.protected) and overdue:
-                untagged.append(m)
-                count += 1
-            elif m.state is MachineState.RELEASING and (overdue or m.detail.startswith("duplicate")):
-                self.effects.terminate(m.instance_id, decrement=decrement_allowed(bounds))
-                count += 1
-            elif m.state is MachineState.PENDING and m.detail == AWAITING_READY and m.ip:
-                candidates.append((m.instance_id, m.ip))
-        if untagged:
-            self.effects.tag_assignments(untagged)
-        if candidates:
-            self.effects.probe(candidates)
-        return count
 
     # -- status -----------------------------------------------------------
     def status(self) -> dict[str, Any]:

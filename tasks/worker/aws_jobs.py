@@ -2,7 +2,7 @@
 
 Retries back off exponentially (with jitter) on throttling and AWS outages;
 validation answers are final. Whatever a retry budget cannot fix, the next
-refresh detects and re-issues (PoolService._converge).
+refresh detects and re-issues (tasks/pool/upkeep.py converge).
 """
 
 from __future__ import annotations
