@@ -43,12 +43,15 @@ import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.config import Settings, Spec, load, specs
 from tasks.config_values import ValueProblem
 from tasks.contract import AWS_QUEUE
 from tasks.errors import ConfigError, InvalidRequest, UnknownPool
+
+if TYPE_CHECKING:
+    from tasks.pool.service import PoolConfig
 from tasks.hooks.config import Webhook, parse_webhooks
 
 CONFIG_ENV = "WARMPOOL_CONFIG"
@@ -156,6 +159,34 @@ class Deployment:
             if p.name == name:
                 return p
         raise UnknownPool(f"unknown pool {name!r}: configured pools are {', '.join(self.names())}", pool=name)
+
+
+def service_config(pool: PoolSettings, **overrides: Any) -> PoolConfig:
+    """The PoolConfig a PoolService of ``pool`` runs with (the workers' and the simulator's alike)."""
+    # Imported here: producers read this module without the pool model's policies.
+    from tasks.pool.policy import parse_schedules
+    from tasks.pool.service import PoolConfig
+
+    s = pool.settings
+    config = PoolConfig(
+        asg_name=s.asg_name,
+        idle_target=s.idle_target,
+        address=s.address,
+        lease_s=s.lease_seconds,
+        require_ready_check=bool(s.ready_url),
+        ready_timeout_s=s.ready_timeout_seconds,
+        pool=pool.name,
+        dry_run=bool(s.dry_run),
+        hold_unadopted=bool(s.adopt_hold),
+        policy=s.policy,
+        warm_goal=s.warm_goal,
+        idle_max=s.idle_max,
+        schedules=parse_schedules(s.schedules),
+        scale_in_delay_s=s.scale_in_delay_s,
+        scale_in_step=s.scale_in_step,
+        pending_poll_s=s.pending_poll_s,
+    )
+    return replace(config, **overrides) if overrides else config
 
 
 def pool_queue(name: str) -> str:

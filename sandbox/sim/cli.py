@@ -14,9 +14,9 @@ from sandbox.sim.report import plot, table, to_json
 from sandbox.sim.trace import TraceError, parse_time, read_trace
 from tasks.errors import ConfigError, InvalidRequest, UnknownPool
 from tasks.pool.model import AddressKind
-from tasks.pool.policy import parse_policy, parse_schedules
+from tasks.pool.policy import parse_policy
 from tasks.pool.service import PoolConfig
-from tasks.pools import load_deployment
+from tasks.pools import load_deployment, service_config
 
 EXIT_OK, EXIT_INVALID, EXIT_OTHER = 0, 2, 1
 
@@ -47,21 +47,16 @@ def pool_config(config_file: str | None, pool_name: str | None) -> tuple[PoolCon
         raise Refused("; ".join(exc.problems)) from None
     except (InvalidRequest, UnknownPool) as exc:
         raise Refused(f"--pool: {exc}") from None
-    s = pool.settings
-    config = PoolConfig(
-        asg_name=s.asg_name,
-        idle_target=s.idle_target,
+    # A simulated group: public addresses, no readiness probe, no lease, no dry run or first-start hold.
+    config = service_config(
+        pool,
         address=AddressKind.PUBLIC,
-        pool=pool.name,
-        policy=s.policy,
-        warm_goal=s.warm_goal,
-        idle_max=s.idle_max,
-        schedules=parse_schedules(s.schedules),
-        scale_in_delay_s=s.scale_in_delay_s,
-        scale_in_step=s.scale_in_step,
-        pending_poll_s=s.pending_poll_s,
+        lease_s=0.0,
+        require_ready_check=False,
+        dry_run=False,
+        hold_unadopted=False,
     )
-    return config, {"refresh_s": s.refresh_seconds}
+    return config, {"refresh_s": pool.settings.refresh_seconds}
 
 
 def policies(specs: list[str] | None, base: PoolConfig) -> list[tuple[str, PoolConfig]]:

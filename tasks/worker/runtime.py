@@ -28,10 +28,9 @@ from tasks.contract import (
     group_mismatch,
 )
 from tasks.errors import InvalidRequest, UnknownPool
-from tasks.pool.policy import parse_schedules
 from tasks.pool.ports import Cloud
-from tasks.pool.service import PoolConfig, PoolService
-from tasks.pools import POOL_QUEUE_PREFIX, Deployment, PoolSettings
+from tasks.pool.service import PoolService
+from tasks.pools import POOL_QUEUE_PREFIX, Deployment, PoolSettings, service_config
 from tasks.state.connect import state_client
 from tasks.state.keys import PoolKeys
 from tasks.state.redis_ledger import RedisLedger
@@ -65,24 +64,7 @@ class PoolRuntime:
         return PoolService(
             RedisStore.from_url(s.redis_url, self.pool.namespace, sentinel_master=s.sentinel_master),
             DryRunEffects(self.side_effects) if s.dry_run else self.side_effects,
-            config=PoolConfig(
-                asg_name=s.asg_name,
-                idle_target=s.idle_target,
-                address=s.address,
-                lease_s=s.lease_seconds,
-                require_ready_check=bool(s.ready_url),
-                ready_timeout_s=s.ready_timeout_seconds,
-                pool=self.name,
-                dry_run=bool(s.dry_run),
-                hold_unadopted=bool(s.adopt_hold),
-                policy=s.policy,
-                warm_goal=s.warm_goal,
-                idle_max=s.idle_max,
-                schedules=parse_schedules(s.schedules),
-                scale_in_delay_s=s.scale_in_delay_s,
-                scale_in_step=s.scale_in_step,
-                pending_poll_s=s.pending_poll_s,
-            ),
+            config=service_config(self.pool),
             ledger=RedisLedger.from_url(s.redis_url, self.pool.namespace, sentinel_master=s.sentinel_master),
         )
 
