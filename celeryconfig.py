@@ -59,8 +59,14 @@ if _settings.result_backend.startswith("sentinel://"):
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # keep reconnecting after a broker restart
 result_expires = 3600
+# A result the worker cannot store (the result Redis restarting) is retried, at most 0.5 s
+# apart, for about a minute: once Redis is back the waiting caller gets its answer within
+# half a second. Celery's default back-off grows to 10 s between tries, which let an answer
+# land after its caller's deadline although Redis had been back for seconds.
 result_backend_always_retry = True
-result_backend_max_retries = 10
+result_backend_base_sleep_between_retries_ms = 10
+result_backend_max_sleep_between_retries_ms = 500
+result_backend_max_retries = 120
 redis_backend_health_check_interval = 30
 worker_cancel_long_running_tasks_on_connection_loss = True
 task_time_limit = 120
