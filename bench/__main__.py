@@ -1,6 +1,6 @@
 """``python -m bench NAME``: run warmpool's benchmarks against real processes.
 
-Names: floor, sequential, burst, slowaws, refresh, orchestrator, profile, pools, all, smoke.
+Names: floor, sequential, burst, slowaws, refresh, orchestrator, profile, pools, launches, all, smoke.
 Every run measures the no-op floor first (ratios need it), prints a table,
 writes raw numbers to bench/results/NAME-<time>.json (and NAME-latest.json)
 and a plot (bench/results/NAME-latest.png; ``all`` also docs/benchmarks.png).
@@ -25,7 +25,19 @@ from bench import report
 from bench.stack import REPO, RESULTS_DIR, Infra
 from bench.stats import say
 
-NAMES = ("floor", "sequential", "burst", "slowaws", "refresh", "orchestrator", "profile", "pools", "all", "smoke")
+NAMES = (
+    "floor",
+    "sequential",
+    "burst",
+    "slowaws",
+    "refresh",
+    "orchestrator",
+    "profile",
+    "pools",
+    "launches",
+    "all",
+    "smoke",
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -59,6 +71,7 @@ def sizes_for(args: argparse.Namespace) -> Any:
 
 def run(name: str, infra: Infra, sizes: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
     from bench import scenarios
+    from bench.launches import launches_scenario
     from bench.original import orchestrator_scenario
     from bench.pools import PoolSizes, pools_scenario
 
@@ -87,6 +100,7 @@ def run(name: str, infra: Infra, sizes: Any, args: argparse.Namespace, results: 
         ),
         ("profile", "profile", lambda: scenarios.profile_scenario(infra, sizes, RESULTS_DIR)),
         ("pools", "pools", lambda: pools_scenario(infra)),
+        ("launches", "launches", lambda: launches_scenario(infra)),
     ]
     for step, key, fn in steps:
         if step != "floor" and step not in wanted:

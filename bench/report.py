@@ -121,9 +121,11 @@ def goal_rows(results: dict[str, Any]) -> list[Row]:
 
 
 def _pools_rows(results: dict[str, Any]) -> list[Row]:
+    from bench.launches import launches_rows
     from bench.pools import pools_rows
 
-    return [(*row[:6], _met(row[6])) for row in pools_rows(results.get("pools", {}))]
+    rows = pools_rows(results.get("pools", {})) + launches_rows(results.get("launches", {}))
+    return [(*row[:6], _met(row[6])) for row in rows]
 
 
 def _refresh_rows(r: dict[str, Any]) -> list[Row]:
