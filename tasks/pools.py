@@ -304,8 +304,10 @@ def _pool(name: str, table: dict[str, Any], base: Settings, *, where: str, probl
     before = len(problems.lines)
     settings = _apply(base, table, where=where, problems=problems, allowed=PER_POOL)
     namespace = _checked(extra.get("namespace", settings.asg_name), _NAMESPACE, "namespace", where, problems)
-    role = _checked(extra.get("role_arn", ""), _ROLE_ARN, "role_arn", where, problems, empty_ok=True)
-    external = _checked(extra.get("role_external_id", ""), _EXTERNAL_ID, "role_external_id", where, problems)
+    role = _checked(extra.get("role_arn", ""), _ROLE_ARN, "role_arn", where, problems, optional=True)
+    external = _checked(
+        extra.get("role_external_id", ""), _EXTERNAL_ID, "role_external_id", where, problems, optional=True
+    )
     aws_queue = _checked(extra.get("aws_queue", AWS_QUEUE), _AWS_QUEUE, "aws_queue", where, problems)
     hooks = _webhooks(extra.get("webhooks"), "webhooks", where, problems)
     if len(problems.lines) > before:
@@ -334,9 +336,10 @@ def _webhooks(value: Any, key: str, where: str, problems: _Problems) -> tuple[We
 
 
 def _checked(
-    value: Any, pattern: re.Pattern[str], key: str, where: str, problems: _Problems, *, empty_ok: bool = True
+    value: Any, pattern: re.Pattern[str], key: str, where: str, problems: _Problems, *, optional: bool = False
 ) -> str:
-    if value == "" and empty_ok:
+    """``value`` if it matches ``pattern`` ("" allowed only for an ``optional`` key); else a problem and ""."""
+    if value == "" and optional:
         return ""
     if not isinstance(value, str) or pattern.fullmatch(value) is None:
         problems.add(where, f"{key} = {str(value)[:80]!r}: expected {_EXPECTED[key]}")

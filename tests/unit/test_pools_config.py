@@ -112,6 +112,8 @@ asg = "b-asg"
         ("[pools.a]\nasg = 'x'\n[pools.b]\nasg = 'x'\n", "also [pools.a]'s"),
         ("broker_url = 'redis://x'\n[pools.a]\nasg = 'x'\n", "set WARMPOOL_BROKER_URL in the environment"),
         ("[pools.a]\nasg = 'x'\nrole_arn = 'admin'\n", "role_arn = 'admin': expected an IAM role ARN"),
+        ("[pools.a]\nasg = 'x'\nnamespace = ''\n", "namespace = '': expected 1-255 characters"),
+        ("[pools.a]\nasg = 'x'\naws_queue = ''\n", "aws_queue = '': expected aws, or aws.<name>"),
         ("[defaults]\nrole_arn = 'x'\n[pools.a]\nasg = 'x'\n", "role_arn belongs in a [pools.NAME] table"),
         ("pools = 3\n", "no pool"),
         ("[pools]\n", "no pool"),
