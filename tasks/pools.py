@@ -193,6 +193,11 @@ def pool_queue(name: str) -> str:
     return POOL_QUEUE_PREFIX + name
 
 
+def pool_of_queue(queue: str) -> str | None:
+    """The pool name of a pool queue (``pool.NAME``), None for any other queue."""
+    return queue[len(POOL_QUEUE_PREFIX) :] if queue.startswith(POOL_QUEUE_PREFIX) else None
+
+
 def check_pool_name(name: Any) -> str:
     """``name`` if it is a well-formed pool name; InvalidRequest naming the rule otherwise."""
     if not isinstance(name, str) or POOL_NAME_PATTERN.fullmatch(name) is None:

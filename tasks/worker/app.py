@@ -12,7 +12,8 @@ from celery import Celery
 from celery.signals import celeryd_after_setup, worker_ready
 
 from tasks.config import Settings
-from tasks.pools import Deployment, load_deployment
+from tasks.contract import POOL_QUEUE
+from tasks.pools import Deployment, load_deployment, pool_of_queue
 from tasks.worker.redelivery import restore_orphaned_jobs
 from tasks.worker.runtime import PoolRuntime, Runtimes
 
@@ -121,6 +122,7 @@ def _warm_up(sender: Any = None, **_: object) -> None:
             rt = runtime(pool.name)
             _service, _cloud = rt.service, rt.cloud
     consumer_app = getattr(sender, "app", app)
-    pool_queues = [q for q in consumer_app.amqp.queues.consume_from or {} if q == "pool" or q.startswith("pool.")]
+    consumed = consumer_app.amqp.queues.consume_from or {}
+    pool_queues = [q for q in consumed if q == POOL_QUEUE or pool_of_queue(q) is not None]
     if pool_queues:
         restore_orphaned_jobs(consumer_app, pool_queues, taken_before=PROCESS_STARTED_AT)

@@ -30,7 +30,7 @@ from tasks.contract import (
 from tasks.errors import InvalidRequest, UnknownPool
 from tasks.pool.ports import Cloud
 from tasks.pool.service import PoolService
-from tasks.pools import POOL_QUEUE_PREFIX, Deployment, PoolSettings, service_config
+from tasks.pools import Deployment, PoolSettings, pool_of_queue, service_config
 from tasks.state.connect import state_client
 from tasks.state.keys import PoolKeys
 from tasks.state.redis_ledger import RedisLedger
@@ -110,10 +110,9 @@ class Runtimes:
         """Record the pools this worker owns from the queues it consumes; the pool queues to add for ``pool``."""
         queues = set(queues)
         names = set(self.deployment.names())
-        owned = {q[len(POOL_QUEUE_PREFIX) :] for q in queues if q.startswith(POOL_QUEUE_PREFIX)} & names
-        strays = sorted(
-            q for q in queues if q.startswith(POOL_QUEUE_PREFIX) and q[len(POOL_QUEUE_PREFIX) :] not in names
-        )
+        named = {q: pool_of_queue(q) for q in queues}
+        owned = {name for name in named.values() if name in names}
+        strays = sorted(q for q, name in named.items() if name is not None and name not in names)
         if strays:
             log.warning(
                 "consuming queues of pools the configuration does not name: their jobs are refused",
@@ -154,9 +153,8 @@ class Runtimes:
 
     def for_queue(self, queue: str) -> PoolRuntime:
         """The runtime of the pool whose queue this is (the default pool for any other queue)."""
-        name = queue[len(POOL_QUEUE_PREFIX) :] if queue.startswith(POOL_QUEUE_PREFIX) else None
         try:
-            return self.get(name)
+            return self.get(pool_of_queue(queue))
         except InvalidRequest:
             return self.get(None)
 
