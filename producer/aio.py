@@ -29,13 +29,11 @@ from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
-from celery import Celery
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from producer.calls import (
     CLIENT_MARGIN_S,
-    DEFAULT_REPLY_TIMEOUT_S,
     FINAL_STATES,
     REDIS_IO_TIMEOUT_S,
     Assign,
@@ -52,7 +50,6 @@ from producer.calls import (
 from producer.client import PoolClient
 from tasks.contract import AssignedMachine
 from tasks.errors import PoolUnavailable
-from tasks.pools import Deployment
 
 log = logging.getLogger("warmpool.client")
 
@@ -266,29 +263,23 @@ class AsyncPoolClient(BaseClient):
     ``CLIENT_MARGIN_S``, with its result, NoCapacity or PoolUnavailable.
     """
 
-    def __init__(
-        self,
-        *,
-        app: Celery | None = None,
-        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
-        group: str | None = None,
-        pool: str | None = None,
-        deployment: Deployment | None = None,
-    ) -> None:
-        super().__init__(app=app, reply_timeout_s=reply_timeout_s, group=group, pool=pool, deployment=deployment)
+    _listener: _ResultListener | None
+    _sync: PoolClient | None
+    _sender: ThreadPoolExecutor
+
+    def _open(self) -> None:
         native = self.redis_backend
         self._listener = _ResultListener(self.backend_url) if native else None
-        self._sync = (
-            None
-            if native
-            else PoolClient(
+        # Any other result backend: the synchronous client's Celery transport, in threads.
+        self._sync = None
+        if not native:
+            self._sync = PoolClient(
                 app=self.app,
-                reply_timeout_s=reply_timeout_s,
+                reply_timeout_s=self.reply_timeout_s,
                 group=self.group,
                 pool=self.pool,
                 deployment=self.deployment,
             )
-        )
         # One thread sends every job: a broker that is down must not stall the event loop
         # (every other call) while kombu retries, and jobs leave in the order of the calls.
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmpool-send")

@@ -522,6 +522,10 @@ class BaseClient:
         self.reply_timeout_s = reply_timeout_s
         self.backend_url = str(self.app.conf.result_backend or "")
         self.group = group
+        self._open()
+
+    def _open(self) -> None:
+        """Set up the client's transport (each client's own), once its configuration is in place."""
 
     def pool_names(self) -> tuple[str, ...]:
         """Every configured pool, the default one first."""

@@ -52,7 +52,6 @@ from producer.calls import (
 )
 from tasks.contract import STATE_WAITING, AssignedMachine
 from tasks.errors import PoolUnavailable
-from tasks.pools import Deployment
 
 # The client core's helpers the gateway, the probe and the CLI import from here.
 __all__ = [
@@ -179,17 +178,10 @@ class PoolClient(BaseClient):
     ``CLIENT_MARGIN_S``, with its result, NoCapacity or PoolUnavailable.
     """
 
-    def __init__(
-        self,
-        *,
-        app: Celery | None = None,
-        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
-        group: str | None = None,
-        pool: str | None = None,
-        deployment: Deployment | None = None,
-    ) -> None:
-        super().__init__(app=app, reply_timeout_s=reply_timeout_s, group=group, pool=pool, deployment=deployment)
-        self._transport: _Transport = (
+    _transport: _Transport
+
+    def _open(self) -> None:
+        self._transport = (
             _RedisTransport(self.app, self.backend_url) if self.redis_backend else _CeleryTransport(self.app)
         )
 
