@@ -16,7 +16,6 @@ Pure standard library: producers import this without the worker's libraries.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -196,14 +195,12 @@ class Settings:
 
 
 def settings_or_exit(env: Mapping[str, str] | None = None) -> Settings:
-    """The settings of ``env``, or (a command's start) one stderr line per problem and SystemExit(2)."""
-    report = load(env)
-    if report.problems:
-        for problem in report.problems:
-            print(f"warmpool: {problem}", file=sys.stderr)
-        raise SystemExit(2)
-    assert report.settings is not None
-    return report.settings
+    """The settings of ``env``, the pools file they name included, or (a command's start) one stderr
+    line per problem and SystemExit(2)."""
+    # The pools file is a setting too; tasks.pools builds on this module, hence the late import.
+    from tasks.pools import deployment_or_exit
+
+    return deployment_or_exit(env).settings
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,21 @@ def test_every_command_checks_the_settings_before_it_starts(command: str) -> Non
     ]
 
 
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_checks_the_pools_file_before_it_starts(command: str, tmp_path: Path) -> None:
+    # given a pools file with a bad key, when any command starts
+    pools = tmp_path / "pools.toml"
+    pools.write_text('[pools.small]\nasg = "ide-small"\nidle_target = -1\n', encoding="utf-8")
+    argv = COMMANDS[command]
+    argv = [str(BIN / argv[0]) if argv[0] != "python" else sys.executable, *argv[1:]]
+    result = run(argv, base_env(WARMPOOL_CONFIG=str(pools)))
+    # expect exit 2, one line naming the table and key, nothing started and no traceback
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"warmpool: {pools}: [pools.small]: idle_target = '-1': expected an integer from 0 to 10000"
+    ]
+
+
 @pytest.mark.parametrize("command", ["assign", "release", "touch", "status"])
 def test_json_commands_print_the_config_error_object(command: str) -> None:
     # given a bad setting, when a command runs with --json
