@@ -218,11 +218,16 @@ def sse_app(pool_name: str, tokens_key: str, *, heartbeat_s: float = 15.0) -> An
     return create_app(FakePool(pools=(pool_name,)), token="admin-secret", access=access, events=feed)
 
 
-def read_frames(response: httpx.Response, *, until: int) -> list[dict[str, str]]:
-    """Parsed SSE frames (comments as {"comment": ...}) until ``until`` frames were read."""
+def read_frames(lines: Iterator[str], *, until: int) -> list[dict[str, str]]:
+    """Parsed SSE frames (comments as {"comment": ...}) until ``until`` frames were read.
+
+    ``lines`` is the caller's ``response.iter_lines()``, kept by the caller for as
+    long as the stream should stay open: dropping that iterator closes it
+    (httpcore closes a connection whose body iterator is finalized unread).
+    """
     frames: list[dict[str, str]] = []
     current: dict[str, str] = {}
-    for line in response.iter_lines():
+    for line in lines:
         if line == "":
             if current:
                 frames.append(current)
@@ -257,7 +262,7 @@ def test_sse_streams_events_resumes_with_last_event_id_and_filters_by_prefix(
             with http.stream("GET", "/v1/events", params={"since": "0"}, headers=auth) as response:
                 assert response.status_code == 200
                 assert response.headers["content-type"].startswith("text/event-stream")
-                frames = read_frames(response, until=3)  # retry, then team-a's event and the pool-wide one
+                frames = read_frames(response.iter_lines(), until=3)  # retry, then team-a's event and the pool-wide one
             events = [f for f in frames if "data" in f]
             assert [(f["id"], f["event"]) for f in events] == [(first, "assigned"), (third, "launched")]
             assert json.loads(events[0]["data"])["pool"] == pool_name
@@ -266,7 +271,7 @@ def test_sse_streams_events_resumes_with_last_event_id_and_filters_by_prefix(
             # a reconnect with Last-Event-ID gets what came after it only
             later = write_event(state, key, "released", project_id="team-a-1", instance_id="i-1")
             with http.stream("GET", "/v1/events", headers={**auth, "Last-Event-ID": third}) as response:
-                resumed = [f for f in read_frames(response, until=2) if "data" in f]
+                resumed = [f for f in read_frames(response.iter_lines(), until=2) if "data" in f]
             assert [f["id"] for f in resumed] == [later]
 
 
@@ -284,7 +289,10 @@ def test_sse_sends_one_notice_for_a_trimmed_stream_then_heartbeats_and_ends_on_d
         feed: EventFeed = app.state.events
         with httpx.Client(base_url=url, timeout=10) as http:
             with http.stream("GET", "/v1/events", headers={**auth, "Last-Event-ID": old}) as response:
-                frames = read_frames(response, until=5)
+                lines = response.iter_lines()
+                frames = read_frames(lines, until=5)
+                # still connected (the same lines go on): heartbeats keep coming and the stream is counted open
+                assert [f.get("comment") for f in read_frames(lines, until=2)] == ["heartbeat", "heartbeat"]
                 assert feed.open == 1, frames
         kinds = [f.get("event") or ("heartbeat" if f.get("comment") == "heartbeat" else "retry") for f in frames]
         assert kinds == ["retry", "notice", "ready", "ready", "heartbeat"]
