@@ -14,6 +14,9 @@ The password (if any) is the Redis master's.
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -45,8 +48,19 @@ def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
     return hosts, db, password
 
 
+def client_name_of(pid: int | None = None, *, host: str | None = None) -> str:
+    """The name (CLIENT SETNAME) of process ``pid``'s connections: ``warmpool-<host>-<pid>``.
+
+    Every connection these clients open carries it, so ``CLIENT LIST`` on the
+    state store says which warmpool process, on which host, holds which connection.
+    """
+    host = host or socket.gethostname()
+    return "warmpool-" + re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64] + f"-{os.getpid() if pid is None else pid}"
+
+
 def state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> redis.Redis:
     """A client of the store at ``url`` (``options``: redis-py connection options such as socket_timeout)."""
+    options.setdefault("client_name", client_name_of())
     if not is_sentinel(url):
         client: redis.Redis = redis.Redis.from_url(url, **options)
         return client
@@ -59,6 +73,7 @@ def state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> 
 
 def async_state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> aioredis.Redis:
     """As state_client, for asyncio (redis.asyncio): the gateway's token store and event streams."""
+    options.setdefault("client_name", client_name_of())
     if not is_sentinel(url):
         client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
         return client
