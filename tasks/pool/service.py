@@ -461,6 +461,19 @@ class PoolService:
         self.store.append_events([events.terminated(machine, now=self._clock(), reason=reason)])
 
     # -- status -----------------------------------------------------------
+    def resend_side_effects(self) -> int:
+        """A restarted pool worker's first step: re-send now what a killed predecessor may have lost.
+
+        The terminations of releasing machines and the tags of untagged assignments
+        (a worker killed after its Lua transition, before its messages left) would
+        otherwise wait for converge's CONVERGE_AFTER_S. Both are idempotent in AWS.
+        Nothing while paused (resume sends them); returns how many were re-sent.
+        """
+        group = self.store.group()
+        if not group.known or group.paused:
+            return 0
+        return upkeep.converge(self, self.store.view().machines.values(), now=self._clock(), overdue_after_s=0.0)
+
     def status(self) -> dict[str, Any]:
         """A pool snapshot: counts by state, machines, group bounds, waiting callers, lost machines."""
         status = build_status(

@@ -93,14 +93,20 @@ def record_plan_events(svc: PoolService, group: GroupInfo, *, wanted: int, cappe
     svc.store.append_events(found)
 
 
-def converge(svc: PoolService, machines: Iterable[Machine], *, now: float) -> int:
-    """Re-issue side effects AWS does not reflect yet (lost jobs, exhausted retries); probe readiness."""
+def converge(
+    svc: PoolService, machines: Iterable[Machine], *, now: float, overdue_after_s: float = CONVERGE_AFTER_S
+) -> int:
+    """Re-issue side effects AWS does not reflect yet (lost jobs, exhausted retries); probe readiness.
+
+    Only what has waited ``overdue_after_s`` (a side effect in flight is not sent twice), except
+    when a restarted pool worker asks with 0: its predecessor may have lost any of them.
+    """
     bounds = svc.store.group().bounds
     count = 0
     candidates: list[tuple[str, str]] = []
     untagged: list[Machine] = []
     for m in machines:
-        overdue = now - m.since >= CONVERGE_AFTER_S
+        overdue = now - m.since >= overdue_after_s
         if m.state is MachineState.ASSIGNED and not (m.tagged and m.protected) and overdue:
             untagged.append(m)
             count += 1

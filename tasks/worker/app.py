@@ -126,3 +126,19 @@ def _warm_up(sender: Any = None, **_: object) -> None:
     pool_queues = [q for q in consumed if q == POOL_QUEUE or pool_of_queue(q) is not None]
     if pool_queues:
         restore_orphaned_jobs(consumer_app, pool_queues, taken_before=PROCESS_STARTED_AT)
+        _resend_lost_side_effects(owned)
+
+
+def _resend_lost_side_effects(owned: frozenset[str] | None) -> None:
+    # A predecessor killed between a Lua transition and sending its messages lost them;
+    # its redelivered job finds the transition done ("not_assigned") and sends nothing.
+    for pool in deployment():
+        if owned and pool.name not in owned:
+            continue
+        try:
+            resent = runtime(pool.name).service.resend_side_effects()
+        except Exception as exc:  # the state store not answering yet: converge catches up later
+            log.warning("could not re-send side effects at start", extra={"pool": pool.name, "error": repr(exc)[:300]})
+            continue
+        if resent:
+            log.info("side effects re-sent at start", extra={"pool": pool.name, "count": resent})

@@ -17,6 +17,7 @@ import pytest
 from tasks.cloud.fake_cloud import FakeCloud
 from tasks.contract import CODE_WRONG_GROUP
 from tasks.errors import CapacityRejected, InvalidProject
+from tasks.pool import operations
 from tasks.pool.model import AddressKind, GroupSnapshot
 from tasks.pool.service import CONVERGE_AFTER_S, MAX_SNAPSHOT_SKEW_S, PoolConfig, PoolService
 from tasks.state.memory_store import InMemoryStore
@@ -394,6 +395,38 @@ class TestRefresh:
         # expect it tagged and protected after all
         inst = pool.cloud.instances()[assigned["instance_id"]]
         assert inst.project_tag == "proj-1" and inst.protected_from_scale_in
+
+    def test_a_restarted_pool_worker_resends_at_once_what_its_killed_predecessor_lost(self, pool: Harness) -> None:
+        # given a release and an assign whose Lua transitions ran but whose messages
+        # were lost with the worker that ran them (killed before the job ended)
+        pool.settle()
+        released = pool.service.assign("proj-1")["instance_id"]
+        pool.run_aws()
+        pool.effects.calls.clear()
+        pool.service.release("proj-1")
+        kept = pool.service.assign("proj-2")["instance_id"]
+        pool.effects.calls.clear()
+        # (the redelivered release finds the transition done and sends nothing)
+        assert pool.service.release("proj-1")["status"] == "not_assigned" and pool.effects.calls == []
+
+        # when the restarted worker starts, well before CONVERGE_AFTER_S
+        resent = pool.service.resend_side_effects()
+
+        # expect the termination and the tag sent again at once
+        assert resent == 2
+        assert [iid for iid, _decrement in pool.effects.of("terminate")] == [released]
+        assert [(iid, project) for iid, project, _at in pool.effects.of("tag")] == [(kept, "proj-2")]
+
+    def test_a_restarted_pool_worker_resends_nothing_while_paused(self, pool: Harness) -> None:
+        # given a released machine whose termination waits for resume
+        pool.settle()
+        pool.service.assign("proj-1")
+        pool.run_aws()
+        operations.pause(pool.service)
+        pool.service.release("proj-1")
+        pool.effects.calls.clear()
+        # when a pool worker starts, expect no AWS change
+        assert pool.service.resend_side_effects() == 0 and pool.effects.calls == []
 
 
 class TestRebalance:
