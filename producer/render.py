@@ -7,6 +7,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -141,7 +142,9 @@ def status_title(status: Mapping[str, Any]) -> str:
     age = status.get("refresh_age_s")
     refreshed = f"refreshed {age:.1f}s ago" if age is not None else "not refreshed yet"
     lost = f" · [red]lost {status['lost_total']}[/]" if status.get("lost_total") else ""
-    return f"{status['asg_name']}: {' · '.join(parts)} · {bounds} · {refreshed}{lost}"
+    policy = (status.get("economics") or {}).get("policy") or {}
+    target = f" · target {policy['target']} ({escape(str(policy.get('reason', '')))})" if "target" in policy else ""
+    return f"{status['asg_name']}: {' · '.join(parts)} · {bounds} · {refreshed}{target}{lost}"
 
 
 def compact_status_table(status: Mapping[str, Any]) -> Table:

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import os
 import secrets
+import shlex
 import signal
 import socket
 import sys
@@ -55,6 +56,7 @@ START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
 ASSIGN_WAIT_S = 20.0
 STAY_INTERVAL_S = 3.0
+ENV_PREFIXES = ("WARMPOOL_", "AWS_")  # what .demo/env passes on to the CLI
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,20 @@ def _create_group(local: LocalStack, say: Callable[[str], None]) -> None:
     )
 
 
+def _write_env_file(env: Mapping[str, str], *, stack: contextlib.ExitStack) -> Path:
+    """``.demo/env``: the stack's WARMPOOL_* and AWS_* settings, for the CLI in another terminal.
+
+    Removed when the demo stops, so it never points at a stack that is gone.
+    """
+    path = (DEMO_DIR / "env").resolve()
+    lines = [f"{name}={shlex.quote(value)}" for name, value in sorted(env.items()) if name.startswith(ENV_PREFIXES)]
+    path.write_text(
+        "# warmpool demo: source it (set -a; . .demo/env; set +a), then run warmpool ...\n" + "\n".join(lines) + "\n"
+    )
+    stack.callback(path.unlink, missing_ok=True)
+    return path
+
+
 def _fresh_log_dir() -> Path:
     log_dir = (DEMO_DIR / "logs").resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -382,6 +398,8 @@ def _run(
     with console.status("starting the pool worker, an aws worker and beat..."):
         local.wait_for_workers(workers, timeout_s=START_TIMEOUT_S)
     say(f"workers answer: {', '.join(local.worker_name(w) for w in workers)}")
+    env_file = _write_env_file(local.env, stack=stack)
+    say(f"another terminal: set -a; . {env_file}; set +a   then: warmpool status, warmpool events --follow, ...")
     client.app.send_task(TASK_REFRESH, queue=AWS_QUEUE)  # don't wait for beat's first interval
     status = _wait_for_idle(client, console, clock, settings.idle_target)
     say(f"pool ready: {status['counts'].get('idle', 0)} idle machines")

@@ -11,8 +11,10 @@ redis-server absent: fails under CI, skips locally.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -218,3 +220,60 @@ def test_ensure_redis_starts_and_stops_a_server_on_a_free_port(tmp_path: Path) -
     assert ensure_redis(url, log=messages.append) is None, "a Redis that answers is left alone"
     server.close()
     assert not redis_answers(url)
+
+
+def _sourced(path: Path) -> dict[str, str]:
+    """The variables of a ``set -a; . FILE`` as a shell would set them."""
+    out = subprocess.run(
+        ["bash", "-c", 'set -a; . "$0"; env -0', str(path)], capture_output=True, text=True, check=True, env={}
+    ).stdout
+    pairs = (item.split("=", 1) for item in out.split("\0") if "=" in item)
+    return {k: v for k, v in pairs if k.startswith(("WARMPOOL_", "AWS_"))}
+
+
+@pytest.mark.timeout(120)
+def test_the_running_demo_is_reachable_from_another_terminal_and_its_buffer_follows_a_policy_change(
+    tmp_path: Path,
+) -> None:
+    require_redis_server()
+    # given the demo running (not --once), on its private Redis
+    argv = [sys.executable, "-m", "sandbox.demo", "--rounds", "1", "--refresh-seconds", "1"]
+    log = (tmp_path / "demo.out").open("w")
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=demo_env(), stdout=log, stderr=subprocess.STDOUT)
+    env_file = tmp_path / ".demo" / "env"
+    try:
+        wait_for(
+            lambda: "running: Ctrl-C" in (tmp_path / "demo.out").read_text() or proc.poll() is not None,
+            timeout_s=90,
+            what="the demo to run",
+        )
+        assert proc.poll() is None, (tmp_path / "demo.out").read_text()
+        out = (tmp_path / "demo.out").read_text()
+        assert f". {env_file.resolve()}" in out, out
+        # when another terminal sources .demo/env and asks for 4 idle machines
+        cli = {**demo_env(), **_sourced(env_file)}
+
+        def warmpool(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "producer.cli", *args], env=cli, capture_output=True, text=True, timeout=30
+            )
+
+        status = warmpool("status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert warmpool("policy", "set", "fixed:4").returncode == 0
+
+        # expect the running pool to follow it: four idle machines, target 4 from the override
+        def four_idle() -> bool:
+            answer = warmpool("status", "--json")
+            pools = json.loads(answer.stdout) if answer.returncode == 0 else []
+            pool = pools[0] if isinstance(pools, list) and pools else pools
+            return bool(pool) and pool["counts"].get("idle", 0) == 4 and pool["economics"]["policy"]["target"] == 4
+
+        wait_for(four_idle, timeout_s=45, what="the demo's pool to grow to 4 idle machines")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        log.close()
+    # and Ctrl-C stops it cleanly and takes the env file away with it
+    assert code == 0, (tmp_path / "demo.out").read_text()
+    assert not env_file.exists()
