@@ -214,9 +214,8 @@ def publish(app: Celery, job: Job, *, task_id: str) -> None:
         expires=job.timeout_s,
         reply_to=app.thread_oid,
     )
-    # Routed as app.send_task would: celeryconfig sends warmpool.* to the pool queue (the
+    # Routed as app.send_task would (tasks/routing.py): pool jobs to their pool's queue (the
     # benchmark's app routes its no-op task to the floor worker's queue the same way).
-    # Routed as app.send_task would (tasks/routing.py): pool jobs to their pool's queue.
     options = app.amqp.router.route({}, job.task, list(job.args), dict(job.kwargs)) or {"queue": POOL_QUEUE}
     try:
         with app.producer_or_acquire() as producer:
