@@ -183,6 +183,11 @@ class Economics:
         return self._last.target
 
     @property
+    def reason(self) -> str:
+        """Why the last evaluation chose its target (``fixed``, ``schedule: <name>``, ``adaptive: ...``)."""
+        return self._last.reason
+
+    @property
     def decision(self) -> Decision:
         return self._last
 

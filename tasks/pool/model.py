@@ -25,6 +25,7 @@ A machine that vanishes from AWS is dropped; an assigned one is reported lost.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -273,14 +274,26 @@ class PoolView:
     machines: Mapping[str, Machine]
     projects: Mapping[str, str]  # project id -> instance id
 
+    @functools.cached_property
+    def _grouped(self) -> dict[MachineState, list[Machine]]:
+        # One pass per view (a view is a read: its mappings never change), shared by every
+        # step of a rebalance that asks for machines of a state.
+        grouped: dict[MachineState, list[Machine]] = {s: [] for s in MachineState}
+        for m in self.machines.values():
+            grouped[m.state].append(m)
+        return grouped
+
     def by_state(self, state: MachineState) -> list[Machine]:
-        return [m for m in self.machines.values() if m.state is state]
+        """The machines in ``state``, in the view's order (a new list)."""
+        return list(self._grouped[state])
+
+    def count_of(self, *states: MachineState) -> int:
+        """How many machines are in any of ``states``."""
+        grouped = self._grouped
+        return sum(len(grouped[s]) for s in states)
 
     def counts(self) -> dict[str, int]:
-        counts = {s.value: 0 for s in MachineState}
-        for m in self.machines.values():
-            counts[m.state.value] += 1
-        return counts
+        return {s.value: len(ms) for s, ms in self._grouped.items()}
 
 
 def choose_for_assignment(idle: Iterable[Machine]) -> Machine | None:

@@ -51,9 +51,9 @@ def plan_capacity(view: PoolView, bounds: GroupBounds, *, idle_target: int, wait
     pick the victims); it names idle machines, and never more than leaves the
     ready buffer at its target while pending machines boot.
     """
-    assigned = sum(1 for m in view.machines.values() if m.state in HELD_STATES)
+    assigned = view.count_of(*HELD_STATES)
     idle = view.by_state(MachineState.IDLE)
-    pending = len(view.by_state(MachineState.PENDING))
+    pending = view.count_of(MachineState.PENDING)
     wanted = assigned + max(0, idle_target) + max(0, waiting)
     low, high = bounds.min_size, max(bounds.min_size, bounds.max_size)
     target = clamp(wanted, low, high)

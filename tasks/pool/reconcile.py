@@ -15,7 +15,7 @@ lands or an operator releases it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from tasks.contract import PROJECT_ID_PATTERN
@@ -241,9 +241,7 @@ def reconcile(
     # then the newest tag first, so when two instances carry the same project
     # (a release's termination still queued when state was lost) the project
     # gets back the machine it was given last, and the older one is retired.
-    ordered = sorted(present.values(), key=lambda i: i.instance_id)
-    ordered.sort(key=lambda i: i.assigned_at_tag or "", reverse=True)
-    ordered.sort(key=lambda i: _held_first(view.machines.get(i.instance_id)))
+    ordered = _in_fold_order(present.values(), view)
     for inst in ordered:
         current = view.machines.get(inst.instance_id)
         if current is not None and current.state in (
@@ -311,9 +309,26 @@ def _departures(
     return removals, lost, project_dels
 
 
-def _held_first(machine: Machine | None) -> int:
-    held = machine is not None and machine.state in (
-        MachineState.ASSIGNED,
-        MachineState.RELEASING,
-    )
-    return 0 if held else 1
+def _in_fold_order(instances: Iterable[CloudInstance], view: PoolView) -> list[CloudInstance]:
+    """Held first, then by newest project tag, then by id (stable sorts: as three sorts would order them)."""
+    held: list[CloudInstance] = []
+    unheld: list[CloudInstance] = []
+    machines = view.machines
+    for inst in sorted(instances, key=_instance_id):
+        m = machines.get(inst.instance_id)
+        (held if m is not None and m.state in _HELD_BY_STORE else unheld).append(inst)
+    for part in (held, unheld):
+        if any(i.assigned_at_tag for i in part):
+            part.sort(key=_tag_time, reverse=True)
+    return held + unheld
+
+
+_HELD_BY_STORE = (MachineState.ASSIGNED, MachineState.RELEASING)  # the store, not tags, is their truth
+
+
+def _instance_id(inst: CloudInstance) -> str:
+    return inst.instance_id
+
+
+def _tag_time(inst: CloudInstance) -> str:
+    return inst.assigned_at_tag or ""

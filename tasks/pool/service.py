@@ -365,7 +365,15 @@ class PoolService:
         if target > group.desired_capacity:
             return self.rebalance()
         capped = wanted > group.max_size
-        upkeep.record_plan_events(self, group, wanted=wanted, capped=capped, now=self._clock())
+        upkeep.record_plan_events(
+            self,
+            group,
+            wanted=wanted,
+            capped=capped,
+            target=self.economics.target,
+            reason=self.economics.reason,
+            now=self._clock(),
+        )
         self.store.record_plan(
             wanted=wanted,
             capped=capped,
@@ -386,12 +394,13 @@ class PoolService:
         now = self._clock()
         # One read of the pool serves every step; read again only if a step changed it.
         view = self.store.view()
-        expired = upkeep.expire_leases(self, now, view.machines.values())
-        replaced = upkeep.replace_unready(self, now, view.machines.values(), group)
+        # Each step is handed the machines of the states it looks at (the view groups them once).
+        expired = upkeep.expire_leases(self, now, view.by_state(MachineState.ASSIGNED))
+        replaced = upkeep.replace_unready(self, now, view.by_state(MachineState.PENDING), group)
         recycled = recycle_step(self, view, group, now=now)
         if expired or replaced or recycled:
             view, group = self.store.view(), self.store.group()
-        held = sum(1 for m in view.machines.values() if m.state in HELD_STATES)
+        held = view.count_of(*HELD_STATES)
         decision, read = self.economics.decide(now=now, held=held, max_size=group.max_size)
         plan = plan_capacity(view, group.bounds, idle_target=decision.target, waiting=self._waiting_count())
         set_desired = plan.set_desired
@@ -413,12 +422,16 @@ class PoolService:
             self.effects.terminate(m.instance_id, decrement=True)
         self.economics.terminated("scale_in", len(claimed))
         self.economics.after_rebalance(now=now, idle=len(idle) - len(claimed), surplus_since=surplus_since)
-        if self.config.pending_poll_s > 0 and (set_desired is not None or wants_fast_poll(view.machines.values())):
+        if self.config.pending_poll_s > 0 and (
+            set_desired is not None or wants_fast_poll(view.by_state(MachineState.PENDING))
+        ):
             # A launch is noticed within a poll interval, not at the next beat (docs/economics.md).
             if self.store.request_refresh_soon():
                 self.effects.refresh(delay_s=self.config.pending_poll_s)
-        held_other = sum(1 for m in view.machines.values() if m.state in UNASSIGNABLE_HELD)
-        upkeep.record_plan_events(self, group, wanted=plan.wanted, capped=plan.capped, now=now)
+        held_other = view.count_of(*UNASSIGNABLE_HELD)
+        upkeep.record_plan_events(
+            self, group, wanted=plan.wanted, capped=plan.capped, target=decision.target, reason=decision.reason, now=now
+        )
         self.store.record_plan(
             wanted=plan.wanted,
             capped=plan.capped,
@@ -428,7 +441,7 @@ class PoolService:
         )
         if plan.capped:
             log.warning("pool capped by MaxSize", extra={"wanted": plan.wanted, "max_size": group.max_size})
-        converged = upkeep.converge(self, view.machines.values(), now=now) if converge else 0
+        converged = upkeep.converge(self, _converging(view), now=now) if converge else 0
         return {
             "rebalanced": True,
             "idle_target": decision.target,
@@ -447,7 +460,7 @@ class PoolService:
     @staticmethod
     def _occupying(view: PoolView) -> int:
         """Machines in the group that are not on their way out (what a desired capacity covers)."""
-        return sum(1 for m in view.machines.values() if m.state is not MachineState.RELEASING)
+        return len(view.machines) - view.count_of(MachineState.RELEASING)
 
     def _terminate(self, machine: Machine, *, decrement: bool, reason: str, paused: bool | None = None) -> None:
         """Ask AWS to terminate a released machine, and record it (``terminated``, with ``reason``).
@@ -472,7 +485,7 @@ class PoolService:
         group = self.store.group()
         if not group.known or group.paused:
             return 0
-        return upkeep.converge(self, self.store.view().machines.values(), now=self._clock(), overdue_after_s=0.0)
+        return upkeep.converge(self, _converging(self.store.view()), now=self._clock(), overdue_after_s=0.0)
 
     def status(self) -> dict[str, Any]:
         """A pool snapshot: counts by state, machines, group bounds, waiting callers, lost machines."""
@@ -485,3 +498,9 @@ class PoolService:
         )
         status["economics"] = self.economics.status()
         return {**status, **operator_status(self, status)}
+
+
+def _converging(view: PoolView) -> list[Machine]:
+    """The machines converge looks at: assigned (tags), releasing (terminations), pending (probes)."""
+    states = (MachineState.ASSIGNED, MachineState.RELEASING, MachineState.PENDING)
+    return [m for state in states for m in view.by_state(state)]

@@ -81,16 +81,21 @@ def replace_unready(svc: PoolService, now: float, machines: Iterable[Machine], g
     return [m.instance_id for m in claimed]
 
 
-def record_plan_events(svc: PoolService, group: GroupInfo, *, wanted: int, capped: bool, now: float) -> None:
-    """``capped`` when MaxSize starts holding the pool below what is wanted; ``target_changed`` (idle target)."""
+def record_plan_events(
+    svc: PoolService, group: GroupInfo, *, wanted: int, capped: bool, target: int, reason: str, now: float
+) -> None:
+    """``capped`` when MaxSize starts holding the pool below what is wanted; ``target_changed`` when the
+    idle target differs from the one the last plan recorded (``group.idle_target``), with the policy's reason.
+    """
     found: list[events.Event] = []
     if capped and not group.capped:
         extra = {"wanted": wanted, "max_size": group.max_size}
         found.append(events.Event(events.CAPPED, now, reason=f"capped by MaxSize={group.max_size}", extra=extra))
-    if group.idle_target >= 0 and group.idle_target != svc.config.idle_target:
-        extra = {"from": group.idle_target, "to": svc.config.idle_target, "wanted": wanted}
-        found.append(events.Event(events.TARGET_CHANGED, now, reason="idle target", extra=extra))
-    svc.store.append_events(found)
+    if group.idle_target >= 0 and group.idle_target != target:
+        extra = {"from": group.idle_target, "to": target, "wanted": wanted}
+        found.append(events.Event(events.TARGET_CHANGED, now, reason=reason or "idle target", extra=extra))
+    if found:
+        svc.store.append_events(found)
 
 
 def converge(
@@ -106,11 +111,13 @@ def converge(
     candidates: list[tuple[str, str]] = []
     untagged: list[Machine] = []
     for m in machines:
-        overdue = now - m.since >= overdue_after_s
-        if m.state is MachineState.ASSIGNED and not (m.tagged and m.protected) and overdue:
-            untagged.append(m)
-            count += 1
-        elif m.state is MachineState.RELEASING and (overdue or m.detail.startswith("duplicate")):
+        if m.state is MachineState.ASSIGNED:
+            if not (m.tagged and m.protected) and now - m.since >= overdue_after_s:
+                untagged.append(m)
+                count += 1
+        elif m.state is MachineState.RELEASING and (
+            now - m.since >= overdue_after_s or m.detail.startswith("duplicate")
+        ):
             svc.effects.terminate(m.instance_id, decrement=decrement_allowed(bounds))
             count += 1
         elif m.state is MachineState.PENDING and m.detail == AWAITING_READY and m.ip:

@@ -15,6 +15,7 @@ import pytest
 from tasks.cloud.fake_cloud import FakeCloud
 from tasks.errors import InvalidRequest
 from tasks.pool import operations
+from tasks.pool.economics import override_text
 from tasks.pool.service import CONVERGE_AFTER_S, PoolService
 from tasks.state.memory_store import InMemoryStore
 from tasks.worker.dry_run import DryRunEffects
@@ -273,6 +274,21 @@ class TestServiceEvents:
         h.settle()
         changed = [e.event for e in h.store.events(after=after, count=100) if e.event["type"] == "target_changed"]
         assert len(changed) == 1 and changed[0]["from"] == 2 and changed[0]["to"] == 4
+
+    def test_a_policy_target_apart_from_the_configured_one_is_recorded_once_not_at_every_rebalance(self) -> None:
+        # given a pool configured for 2 idle machines, whose operator puts fixed:5 in force
+        h = settled(idle_target=2)
+        after = last_id(h)
+        h.service.economics.ledger.set_override(override_text("fixed:5", now=h.clock.now))
+        # when it rebalances again and again on that target
+        for _ in range(5):
+            h.clock.advance(10)
+            h.settle()
+            h.service.top_up()
+        # expect one target_changed, 2 -> 5, saying why
+        changed = [e.event for e in h.store.events(after=after, count=1000) if e.event["type"] == "target_changed"]
+        assert [(c["from"], c["to"]) for c in changed] == [(2, 5)], changed
+        assert changed[0]["reason"] == "fixed"
 
     def test_release_is_recorded_released_then_terminated(self) -> None:
         h = settled()
