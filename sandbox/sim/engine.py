@@ -85,6 +85,8 @@ class SimCloud(FakeCloud):
         self._lo, self._hi = settings.launch_s
         self.lifetimes: dict[str, list[float]] = {}  # instance -> [launched, ended (0: running)]
         self.version = 0
+        self._ready_at: float | None = None
+        self._ready_at_version = -1
         super().__init__(ASG, min_size=settings.min_size, max_size=settings.max_size, clock=clock)
 
     def _launch(self) -> None:
@@ -102,7 +104,11 @@ class SimCloud(FakeCloud):
             self.version += 1
 
     def next_ready_at(self) -> float | None:
-        return min((i.ready_at for i in self._instances.values() if i.ready_at), default=None)
+        # Asked after every refresh and poll; instances change only with the version.
+        if self._ready_at_version != self.version:
+            self._ready_at = min((i.ready_at for i in self._instances.values() if i.ready_at), default=None)
+            self._ready_at_version = self.version
+        return self._ready_at
 
     def terminate_instance(self, instance_id: str, *, decrement: bool) -> bool:
         done = super().terminate_instance(instance_id, decrement=decrement)

@@ -156,9 +156,14 @@ def address_of(instance: CloudInstance, kind: AddressKind) -> str | None:
     return instance.public_ip if kind is AddressKind.PUBLIC else instance.private_ip
 
 
+def is_gone(instance: CloudInstance) -> bool:
+    """Whether ``instance`` has left or is leaving the group (classify's GONE, without its reason)."""
+    return instance.lifecycle_state in _GONE_LIFECYCLES or instance.ec2_state in _GONE_EC2_STATES
+
+
 def classify(instance: CloudInstance, kind: AddressKind) -> tuple[Readiness, str]:
     """Decide whether ``instance`` may be handed out; the string says why not."""
-    if instance.lifecycle_state in _GONE_LIFECYCLES or instance.ec2_state in _GONE_EC2_STATES:
+    if is_gone(instance):
         return Readiness.GONE, f"{instance.lifecycle_state}/{instance.ec2_state or '?'}"
     if instance.lifecycle_state != "InService":
         return Readiness.NOT_READY, f"lifecycle {instance.lifecycle_state}"

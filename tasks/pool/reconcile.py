@@ -33,8 +33,8 @@ from tasks.pool.model import (
     MachineState,
     PoolView,
     Readiness,
-    address_of,
     classify,
+    is_gone,
 )
 
 
@@ -99,7 +99,8 @@ def _valid_tag(value: str | None) -> str | None:
 
 def _observed(current: Machine, inst: CloudInstance, kind: AddressKind) -> Machine:
     """``current`` with the cloud-observed attributes of ``inst`` folded in."""
-    ip = address_of(inst, kind) or current.ip
+    # address_of, inline: this runs for every instance of every refresh.
+    ip = (inst.public_ip if kind is AddressKind.PUBLIC else inst.private_ip) or current.ip
     private_ip = inst.private_ip or current.private_ip
     public_ip = inst.public_ip or current.public_ip
     zone = inst.availability_zone or current.availability_zone
@@ -229,7 +230,7 @@ def reconcile(
     projects = dict(view.projects)
     present: dict[str, CloudInstance] = {}
     for inst in snapshot.instances:
-        if classify(inst, kind)[0] is not Readiness.GONE:
+        if not is_gone(inst):
             present[inst.instance_id] = inst
 
     removals, lost, project_dels = _departures(view, snapshot, present, projects, kind=kind, now=now)

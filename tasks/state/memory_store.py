@@ -399,13 +399,17 @@ class InMemoryStore:
         with self._lock:
             desired = self._group.desired_capacity if desired_capacity is None else desired_capacity
             target = self._group.idle_target if idle_target is None else idle_target
+            g = self._group
+            if (g.wanted, g.capped, g.desired_capacity, g.held_other, g.idle_target) == (
+                wanted,
+                capped,
+                desired,
+                held_other,
+                target,
+            ):
+                return  # every rebalance records its plan; most change nothing
             self._group = replace(
-                self._group,
-                wanted=wanted,
-                capped=capped,
-                desired_capacity=desired,
-                held_other=held_other,
-                idle_target=target,
+                g, wanted=wanted, capped=capped, desired_capacity=desired, held_other=held_other, idle_target=target
             )
 
     def record_refresh_error(self, message: str, *, now: float) -> None:
