@@ -313,6 +313,9 @@ def _write_env_file(env: Mapping[str, str], *, stack: contextlib.ExitStack) -> P
     """
     path = (DEMO_DIR / "env").resolve()
     lines = [f"{name}={shlex.quote(value)}" for name, value in sorted(env.items()) if name.startswith(ENV_PREFIXES)]
+    # It holds the Flower password: readable by its owner only.
+    path.touch(mode=0o600)
+    path.chmod(0o600)
     path.write_text(
         "# warmpool demo: source it (set -a; . .demo/env; set +a), then run warmpool ...\n" + "\n".join(lines) + "\n"
     )
@@ -399,7 +402,10 @@ def _run(
         local.wait_for_workers(workers, timeout_s=START_TIMEOUT_S)
     say(f"workers answer: {', '.join(local.worker_name(w) for w in workers)}")
     env_file = _write_env_file(local.env, stack=stack)
-    say(f"another terminal: set -a; . {env_file}; set +a   then: warmpool status, warmpool events --follow, ...")
+    say(
+        f"another terminal: set -a; . {shlex.quote(str(env_file))}; set +a"
+        "   then: warmpool status, warmpool events --follow"
+    )
     client.app.send_task(TASK_REFRESH, queue=AWS_QUEUE)  # don't wait for beat's first interval
     status = _wait_for_idle(client, console, clock, settings.idle_target)
     say(f"pool ready: {status['counts'].get('idle', 0)} idle machines")

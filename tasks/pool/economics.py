@@ -170,6 +170,12 @@ class Economics:
         if self._override_seen is None:
             self._active = configured
         self._last = Decision(self._initial_target(), "fixed")
+        self._decided = False
+
+    @property
+    def decided(self) -> bool:
+        """Whether this process evaluated the policy yet (before that, ``target`` is the configured one)."""
+        return self._decided
 
     def _initial_target(self) -> int:
         spec = self._configured.spec
@@ -261,6 +267,7 @@ class Economics:
         policy = self._policy(read.override)
         inputs = self._inputs(read, now=now, held=held, max_size=max_size)
         self._last = evaluate(policy.spec, policy.schedules, inputs)
+        self._decided = True
         return self._last, read
 
     # -- scale-in ----------------------------------------------------------------------

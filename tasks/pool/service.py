@@ -360,6 +360,10 @@ class PoolService:
         if group.paused:
             return {"rebalanced": False, "reason": "paused by an operator"}
         held = self.store.assigned_count() + group.held_other
+        if not self.economics.decided:
+            # A fresh process knows only the configured target: ask the policy in force (an
+            # override, a schedule) once, or this plan would record a target it is not using.
+            self.economics.decide(now=self._clock(), held=held, max_size=group.max_size)
         wanted = held + self.economics.target + self._waiting_count()
         target = clamp(wanted, group.min_size, max(group.min_size, group.max_size))
         if target > group.desired_capacity:
@@ -441,7 +445,7 @@ class PoolService:
         )
         if plan.capped:
             log.warning("pool capped by MaxSize", extra={"wanted": plan.wanted, "max_size": group.max_size})
-        converged = upkeep.converge(self, _converging(view), now=now) if converge else 0
+        converged = upkeep.converge(self, upkeep.converging(view), now=now) if converge else 0
         return {
             "rebalanced": True,
             "idle_target": decision.target,
@@ -475,17 +479,8 @@ class PoolService:
 
     # -- status -----------------------------------------------------------
     def resend_side_effects(self) -> int:
-        """A restarted pool worker's first step: re-send now what a killed predecessor may have lost.
-
-        The terminations of releasing machines and the tags of untagged assignments
-        (a worker killed after its Lua transition, before its messages left) would
-        otherwise wait for converge's CONVERGE_AFTER_S. Both are idempotent in AWS.
-        Nothing while paused (resume sends them); returns how many were re-sent.
-        """
-        group = self.store.group()
-        if not group.known or group.paused:
-            return 0
-        return upkeep.converge(self, _converging(self.store.view()), now=self._clock(), overdue_after_s=0.0)
+        """A restarted pool worker's first step: re-send now what a killed predecessor may have lost."""
+        return upkeep.resend_side_effects(self)
 
     def status(self) -> dict[str, Any]:
         """A pool snapshot: counts by state, machines, group bounds, waiting callers, lost machines."""
@@ -498,9 +493,3 @@ class PoolService:
         )
         status["economics"] = self.economics.status()
         return {**status, **operator_status(self, status)}
-
-
-def _converging(view: PoolView) -> list[Machine]:
-    """The machines converge looks at: assigned (tags), releasing (terminations), pending (probes)."""
-    states = (MachineState.ASSIGNED, MachineState.RELEASING, MachineState.PENDING)
-    return [m for state in states for m in view.by_state(state)]

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from tasks.pool import events
-from tasks.pool.model import AWAITING_READY, Machine, MachineState, leases_expired, unready_overdue
+from tasks.pool.model import AWAITING_READY, Machine, MachineState, PoolView, leases_expired, unready_overdue
 from tasks.pool.planner import decrement_allowed
 from tasks.pool.ports import GroupInfo
 
@@ -127,3 +127,23 @@ def converge(
     if candidates:
         svc.effects.probe(candidates)
     return count
+
+
+def converging(view: PoolView) -> list[Machine]:
+    """The machines converge looks at: assigned (tags), releasing (terminations), pending (probes)."""
+    states = (MachineState.ASSIGNED, MachineState.RELEASING, MachineState.PENDING)
+    return [m for state in states for m in view.by_state(state)]
+
+
+def resend_side_effects(svc: PoolService) -> int:
+    """Re-send now the terminations of releasing machines and the tags of untagged assignments.
+
+    A pool worker killed after its Lua transition, before its messages left, lost them;
+    its redelivered job finds the transition done and sends nothing, and converge would
+    wait CONVERGE_AFTER_S. Both are idempotent in AWS. Nothing while paused (resume sends
+    them). Returns how many were re-sent.
+    """
+    group = svc.store.group()
+    if not group.known or group.paused:
+        return 0
+    return converge(svc, converging(svc.store.view()), now=svc._clock(), overdue_after_s=0.0)

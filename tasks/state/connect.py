@@ -51,16 +51,38 @@ def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
 def client_name_of(pid: int | None = None, *, host: str | None = None) -> str:
     """The name (CLIENT SETNAME) of process ``pid``'s connections: ``warmpool-<host>-<pid>``.
 
-    Every connection these clients open carries it, so ``CLIENT LIST`` on the
-    state store says which warmpool process, on which host, holds which connection.
+    Every connection these clients open names itself so when it connects (a
+    prefork child's connections carry the child's pid, not the parent's), so
+    ``CLIENT LIST`` on the state store says which warmpool process, on which
+    host, holds which connection. A Redis whose ACL refuses the command (Redis
+    6 with ``-@dangerous``) leaves the connection unnamed, and usable.
     """
     host = host or socket.gethostname()
     return "warmpool-" + re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64] + f"-{os.getpid() if pid is None else pid}"
 
 
+def _connect_named(connection: Any) -> None:
+    connection.on_connect()
+    try:
+        connection.send_command("CLIENT", "SETNAME", client_name_of(), check_health=False)
+        connection.read_response()
+    except redis.ResponseError:
+        pass  # refused by an ACL: a name is a courtesy, the connection works without it
+
+
+async def _aconnect_named(connection: Any) -> None:
+    await connection.on_connect()
+    try:
+        await connection.send_command("CLIENT", "SETNAME", client_name_of(), check_health=False)
+        await connection.read_response()
+    except redis.ResponseError:
+        pass
+
+
 def state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> redis.Redis:
     """A client of the store at ``url`` (``options``: redis-py connection options such as socket_timeout)."""
-    options.setdefault("client_name", client_name_of())
+    if "client_name" not in options:
+        options["redis_connect_func"] = _connect_named
     if not is_sentinel(url):
         client: redis.Redis = redis.Redis.from_url(url, **options)
         return client
@@ -73,7 +95,8 @@ def state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> 
 
 def async_state_client(url: str, *, master_name: str = "mymaster", **options: Any) -> aioredis.Redis:
     """As state_client, for asyncio (redis.asyncio): the gateway's token store and event streams."""
-    options.setdefault("client_name", client_name_of())
+    if "client_name" not in options:
+        options["redis_connect_func"] = _aconnect_named
     if not is_sentinel(url):
         client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
         return client

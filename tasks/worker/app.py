@@ -133,8 +133,8 @@ def _resend_lost_side_effects(owned: frozenset[str] | None) -> None:
     # A predecessor killed between a Lua transition and sending its messages lost them;
     # its redelivered job finds the transition done ("not_assigned") and sends nothing.
     for pool in deployment():
-        if owned and pool.name not in owned:
-            continue
+        if owned is not None and pool.name not in owned:
+            continue  # another worker's pool (None: not a pool worker yet, as in tests: all)
         try:
             resent = runtime(pool.name).service.resend_side_effects()
         except Exception as exc:  # the state store not answering yet: converge catches up later

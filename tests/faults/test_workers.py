@@ -177,7 +177,8 @@ def _run_killed_burst(
         # Once part of the burst is through, hold the state store's writes so that the
         # worker is certainly in the middle of a job, and kill it there.
         wait_for(lambda: len(done) >= kill_after, timeout_s=30, what="the burst", every_s=0.005)
-        state.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+        # Longer than the wait below: the kill must land while the pause still holds the job.
+        state.execute_command("CLIENT", "PAUSE", "15000", "WRITE")
         try:
             # In a job, not between kombu's BRPOP and its unacked write: a worker killed in
             # that instant loses the message it popped (docs/operations.md), which is not

@@ -231,7 +231,7 @@ def _sourced(path: Path) -> dict[str, str]:
     return {k: v for k, v in pairs if k.startswith(("WARMPOOL_", "AWS_"))}
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_the_running_demo_is_reachable_from_another_terminal_and_its_buffer_follows_a_policy_change(
     tmp_path: Path,
 ) -> None:
@@ -250,6 +250,7 @@ def test_the_running_demo_is_reachable_from_another_terminal_and_its_buffer_foll
         assert proc.poll() is None, (tmp_path / "demo.out").read_text()
         out = (tmp_path / "demo.out").read_text()
         assert f". {env_file.resolve()}" in out, out
+        assert env_file.stat().st_mode & 0o077 == 0, "only its owner may read it (the Flower password)"
         # when another terminal sources .demo/env and asks for 4 idle machines
         cli = {**demo_env(), **_sourced(env_file)}
 
@@ -272,8 +273,13 @@ def test_the_running_demo_is_reachable_from_another_terminal_and_its_buffer_foll
         wait_for(four_idle, timeout_s=45, what="the demo's pool to grow to 4 idle machines")
     finally:
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
-        log.close()
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave a demo running behind the test
+            raise
+        finally:
+            log.close()
     # and Ctrl-C stops it cleanly and takes the env file away with it
     assert code == 0, (tmp_path / "demo.out").read_text()
     assert not env_file.exists()

@@ -290,6 +290,23 @@ class TestServiceEvents:
         assert [(c["from"], c["to"]) for c in changed] == [(2, 5)], changed
         assert changed[0]["reason"] == "fixed"
 
+    def test_a_restarted_worker_whose_first_job_is_a_top_up_records_no_target_change(self) -> None:
+        # given a pool that runs fixed:5 by an operator's override (configured: 2)
+        h = settled(idle_target=2)
+        ledger = h.service.economics.ledger
+        ledger.set_override(override_text("fixed:5", now=h.clock.now))
+        h.clock.advance(10)
+        h.settle()
+        after = last_id(h)
+        # when the pool worker restarts and an assign's top-up runs before any rebalance
+        h.service = PoolService(h.store, h.effects, config=h.service.config, clock=h.clock, ledger=ledger)
+        h.service.top_up()
+        h.clock.advance(10)
+        h.settle()
+        # expect no target_changed (the target never moved), and the recorded target still 5
+        assert [k for k in kinds(h, after) if k[0] == "target_changed"] == []
+        assert h.store.group().idle_target == 5
+
     def test_release_is_recorded_released_then_terminated(self) -> None:
         h = settled()
         iid = h.service.assign("p1")["instance_id"]
