@@ -222,7 +222,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sandbox.demo import run_demo
 
-    return run_demo(idle_target=args.idle_target, stay=not args.once)
+    return run_demo(idle_target=args.idle_target, stay=not args.once, config=args.config)
 
 
 def _project(parser: argparse.ArgumentParser) -> None:
@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the local demo stack (Redis, moto, workers, beat) and show it working")
     p.add_argument("--idle-target", type=int, default=2)
     p.add_argument("--once", action="store_true", help="stop after the scripted assigns and releases")
+    p.add_argument("--config", metavar="FILE", help="a pools file (as WARMPOOL_CONFIG): a group and a worker per pool")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("config", help="check the configuration: every setting, its value and where it came from")

@@ -36,6 +36,15 @@ from rich.markup import escape
 
 from producer.client import PoolClient
 from producer.render import compact_status_table, status_title
+from sandbox.demo_pools import (
+    assign_in_other_pools,
+    check_simulable,
+    create_groups,
+    pool_tables,
+    refresh_now,
+    several,
+    spawn_workers,
+)
 from sandbox.demo_redis import (
     DemoError,
     clear_previous_demo,
@@ -46,11 +55,11 @@ from sandbox.demo_redis import (
 from sandbox.processes import ProcessGroup, free_port
 from sandbox.stack import LocalStack, StackUrls
 from tasks.config import Settings
-from tasks.contract import AWS_QUEUE, TASK_REFRESH
-from tasks.errors import InvalidProject, WarmpoolError
+from tasks.errors import ConfigError, InvalidProject, WarmpoolError
+from tasks.pools import load_deployment
 
 DEMO_DIR = Path(".demo")
-GROUP_MIN, GROUP_MAX, GROUP_DESIRED = 0, 10, 3
+GROUP_DESIRED = 3  # the environment's one pool starts with this many machines
 AWS_WORKER_THREADS = 4
 START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
@@ -176,13 +185,6 @@ def _interrupts() -> Iterator[Callable[[], None]]:
 
 
 # -- starting the stack ----------------------------------------------------------
-def _spawn_workers(local: LocalStack) -> list[str]:
-    """Start the pool worker and an aws worker; return their process names (to wait for)."""
-    local.start_pool_worker("pool-worker", wait=False)
-    local.start_aws_worker("aws-worker", concurrency=AWS_WORKER_THREADS, wait=False)
-    return ["pool-worker", "aws-worker"]
-
-
 def _spawn_beat_and_extras(
     local: LocalStack, demo: DemoStack, extras: Sequence[ExtraProcess], say: Callable[[str], None]
 ) -> None:
@@ -283,29 +285,22 @@ def _current(client: PoolClient) -> RenderableType:
         return f"[yellow]status unavailable: {escape(str(exc))}[/]"
 
 
-def _stay(client: PoolClient, console: Console, procs: ProcessGroup, log_dir: Path) -> None:
-    """Show the pool every few seconds (in place on a terminal) until interrupted."""
+def _stay(view: Callable[[], RenderableType], console: Console, procs: ProcessGroup, log_dir: Path) -> None:
+    """Show the pool(s) every few seconds (in place on a terminal) until interrupted."""
     console.rule("running: Ctrl-C stops everything")
     if not console.is_terminal:
         while True:
             time.sleep(STAY_INTERVAL_S)
             _check_alive(procs, log_dir)
-            console.print(_current(client))
-    with Live(_current(client), console=console, auto_refresh=False) as live:
+            console.print(view())
+    with Live(view(), console=console, auto_refresh=False) as live:
         while True:
             time.sleep(STAY_INTERVAL_S / 3)
             _check_alive(procs, log_dir)
-            live.update(_current(client), refresh=True)
+            live.update(view(), refresh=True)
 
 
 # -- entry points ------------------------------------------------------------------
-def _create_group(local: LocalStack, say: Callable[[str], None]) -> None:
-    group = local.create_group(min_size=GROUP_MIN, max_size=GROUP_MAX, desired=GROUP_DESIRED, reset=False)
-    say(
-        f"simulated group {group['asg_name']}: {len(group['instance_ids'])} instances, min {GROUP_MIN}, max {GROUP_MAX}"
-    )
-
-
 def _write_env_file(env: Mapping[str, str], *, stack: contextlib.ExitStack) -> Path:
     """``.demo/env``: the stack's WARMPOOL_* and AWS_* settings, for the CLI in another terminal.
 
@@ -332,7 +327,12 @@ def _fresh_log_dir() -> Path:
 
 
 def _local_stack(
-    settings: Settings, *, cleanup: contextlib.ExitStack, log_dir: Path, say: Callable[[str], None]
+    settings: Settings,
+    *,
+    cleanup: contextlib.ExitStack,
+    log_dir: Path,
+    say: Callable[[str], None],
+    config_file: str = "",
 ) -> LocalStack:
     """The demo's stack: on a private Redis by default, on the configured one when WARMPOOL_* names it.
 
@@ -351,7 +351,7 @@ def _local_stack(
         region=settings.region,
         idle_target=settings.idle_target,
         refresh_s=settings.refresh_seconds,
-        extra_env=web_env(),
+        extra_env={**web_env(), **({"WARMPOOL_CONFIG": config_file} if config_file else {})},
         node=f"demo{os.getpid()}.{socket.gethostname()}",
         app_name="warmpool-demo",
     )
@@ -382,7 +382,14 @@ def _run(
         console.print(f"[dim]{clock.elapsed()}[/] {message}")
 
     say(f"logs in {log_dir}")
-    local = _local_stack(settings, cleanup=stack, log_dir=log_dir, say=say)
+    deployment = load_deployment()  # WARMPOOL_CONFIG: several pools; else the environment's one
+    multi = several(deployment)
+    check_simulable(deployment)
+    if multi:
+        say(f"pools file {deployment.source}: pools {', '.join(deployment.names())}")
+        settings = replace(settings, asg_name=deployment.pool().asg_name)
+    config_file = str(Path(deployment.source).resolve()) if multi else ""
+    local = _local_stack(settings, cleanup=stack, log_dir=log_dir, say=say, config_file=config_file)
     urls = local.urls
     settings = replace(
         settings, broker_url=urls.broker_url, result_backend=urls.result_backend, redis_url=urls.redis_url
@@ -394,9 +401,9 @@ def _run(
         log_dir=log_dir,
         processes=local.processes,
     )
-    client = PoolClient(app=local.app)
-    workers = _spawn_workers(local)  # they boot while moto builds the group
-    _create_group(local, say)
+    client = PoolClient(app=local.app, deployment=load_deployment(local.env) if multi else None)
+    workers = spawn_workers(local, deployment, aws_threads=AWS_WORKER_THREADS)  # they boot while moto builds
+    create_groups(local, deployment, say, desired=None if multi else GROUP_DESIRED)
     _spawn_beat_and_extras(local, demo, extras, say)
     with console.status("starting the pool worker, an aws worker and beat..."):
         local.wait_for_workers(workers, timeout_s=START_TIMEOUT_S)
@@ -406,14 +413,19 @@ def _run(
         f"another terminal: set -a; . {shlex.quote(str(env_file))}; set +a"
         "   then: warmpool status, warmpool events --follow"
     )
-    client.app.send_task(TASK_REFRESH, queue=AWS_QUEUE)  # don't wait for beat's first interval
-    status = _wait_for_idle(client, console, clock, settings.idle_target)
+    target = deployment.pool().settings.idle_target if multi else settings.idle_target
+    refresh_now(client, deployment)  # don't wait for beat's first interval
+    status = _wait_for_idle(client, console, clock, target)
     say(f"pool ready: {status['counts'].get('idle', 0)} idle machines")
     console.print(compact_status_table(status))
-    _script(client, console, rounds=rounds, target=settings.idle_target)
+    _script(client, console, rounds=rounds, target=target)
+    if multi:
+        console.rule("the other pools")
+        assign_in_other_pools(client, console, deployment, "demo-1")
     say("demo script done")
     if stay:
-        _stay(client, console, local.processes, log_dir)
+        view = (lambda: pool_tables(client, deployment)) if multi else (lambda: _current(client))
+        _stay(view, console, local.processes, log_dir)
 
 
 def run_demo(
@@ -424,13 +436,24 @@ def run_demo(
     stay: bool = True,
     extra_processes: Sequence[ExtraProcess] | None = None,
     console: Console | None = None,
+    config: str | None = None,
 ) -> int:
     """Run the local demo (``warmpool demo``); returns the process exit code.
 
     ``stay=False`` stops after the scripted assigns and releases. Ctrl-C or
-    SIGTERM stops every process the demo started and returns 0.
+    SIGTERM stops every process the demo started and returns 0. ``config``: a
+    pools file (as ``WARMPOOL_CONFIG``): every pool's group simulated, a pool
+    worker each; a bad file is exit 2, one line per problem.
     """
     console = console or Console()
+    if config:
+        os.environ["WARMPOOL_CONFIG"] = config
+    try:
+        load_deployment()
+    except ConfigError as exc:
+        for line in exc.problems or [str(exc)]:
+            console.print(f"[red]{escape(line)}[/]")
+        return 2
     settings = replace(Settings.from_env(), idle_target=idle_target, refresh_seconds=refresh_seconds)
     extras = list(EXTRA_PROCESSES if extra_processes is None else extra_processes)
     with _interrupts() as shutting_down:
@@ -460,9 +483,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--refresh-seconds", type=float, default=2.0, help="beat interval [2.0]")
     parser.add_argument("--rounds", type=int, default=3, help="projects to assign (demo-1..demo-N) [3]")
     parser.add_argument("--once", "--no-stay", dest="stay", action="store_false", help="stop after the scripted part")
+    parser.add_argument("--config", metavar="FILE", help="a pools file (WARMPOOL_CONFIG): every pool simulated")
     args = parser.parse_args(argv)
     return run_demo(
-        idle_target=args.idle_target, refresh_seconds=args.refresh_seconds, rounds=args.rounds, stay=args.stay
+        idle_target=args.idle_target,
+        refresh_seconds=args.refresh_seconds,
+        rounds=args.rounds,
+        stay=args.stay,
+        config=args.config,
     )
 
 

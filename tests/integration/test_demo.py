@@ -283,3 +283,36 @@ def test_the_running_demo_is_reachable_from_another_terminal_and_its_buffer_foll
     # and Ctrl-C stops it cleanly and takes the env file away with it
     assert code == 0, (tmp_path / "demo.out").read_text()
     assert not env_file.exists()
+
+
+REPO = Path(__file__).resolve().parents[2]
+OTHER_POOL = re.compile(r"assign (demo-1)\s+-> (i-[0-9a-f]+)\s+in pool (\w+) \(group ([\w-]+)\)")
+
+
+@pytest.mark.timeout(120)
+def test_demo_with_a_pools_file_runs_a_group_and_a_worker_per_pool(tmp_path: Path) -> None:
+    require_redis_server()
+    # given the compose stack's pools file (two pools, two groups)
+    argv = [*DEMO_ARGV, "--config", str(REPO / "deploy" / "compose" / "pools.toml")]
+    # when the demo runs its script
+    proc = subprocess.run(argv, cwd=tmp_path, env=demo_env(), capture_output=True, text=True, timeout=100)
+    output = proc.stdout + proc.stderr
+    # expect the usual script on the default pool (small), by one solo worker per pool
+    assert proc.returncode == 0, f"demo exited {proc.returncode}:\n{output}\n{logs_of(tmp_path)}"
+    assert_scripted_run(output)
+    assert "pool-worker-small@" in output and "pool-worker-gpu@" in output
+    # and the same project holding a second machine, from the gpu pool's own group
+    other = OTHER_POOL.search(output)
+    assert other is not None, output
+    small = {instance for project, instance, _ in ASSIGNED.findall(output) if project == "demo-1"}
+    assert other.group(3, 4) == ("gpu", "ide-gpu") and other.group(2) not in small
+
+
+def test_demo_refuses_a_bad_pools_file_with_one_line_per_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "pools.toml"
+    bad.write_text('[pools.small]\nasg = "ide-small"\nidle_target = -3\n', encoding="utf-8")
+    argv = [*DEMO_ARGV, "--config", str(bad)]
+    proc = subprocess.run(argv, cwd=tmp_path, env=demo_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "[pools.small]: idle_target = '-3'" in proc.stdout, proc.stdout
+    assert not (tmp_path / ".demo" / "logs" / "pool-worker-small.log").exists()  # nothing was started
