@@ -24,10 +24,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import redis
 from rich.console import Console, RenderableType
@@ -35,7 +34,7 @@ from rich.live import Live
 from rich.markup import escape
 
 from producer.client import PoolClient
-from producer.render import compact_status_table, status_title
+from producer.render import compact_status_table
 from sandbox.demo_pools import (
     assign_in_other_pools,
     check_simulable,
@@ -52,18 +51,17 @@ from sandbox.demo_redis import (
     refuse_foreign_workers,
     start_missing_redis,
 )
+from sandbox.demo_script import Clock, script, wait_for_idle
 from sandbox.processes import ProcessGroup, free_port
 from sandbox.stack import LocalStack, StackUrls
 from tasks.config import Settings
-from tasks.errors import ConfigError, InvalidProject, WarmpoolError
+from tasks.errors import ConfigError, WarmpoolError
 from tasks.pools import load_deployment
 
 DEMO_DIR = Path(".demo")
 GROUP_DESIRED = 3  # the environment's one pool starts with this many machines
 AWS_WORKER_THREADS = 4
 START_TIMEOUT_S = 30.0
-READY_TIMEOUT_S = 30.0
-ASSIGN_WAIT_S = 20.0
 STAY_INTERVAL_S = 3.0
 ENV_PREFIXES = ("WARMPOOL_", "AWS_")  # what .demo/env passes on to the CLI
 
@@ -151,14 +149,6 @@ EXTRA_PROCESSES: list[ExtraProcess] = [
 ]
 
 
-@dataclass
-class _Clock:
-    started: float = field(default_factory=time.monotonic)
-
-    def elapsed(self) -> str:
-        return f"{time.monotonic() - self.started:5.1f}s"
-
-
 # -- signals -------------------------------------------------------------------
 @contextlib.contextmanager
 def _interrupts() -> Iterator[Callable[[], None]]:
@@ -201,81 +191,6 @@ def _check_alive(procs: ProcessGroup, log_dir: Path) -> None:
         if not procs.alive(name):
             code = procs.get(name).returncode
             raise DemoError(f"{name} exited with code {code}; see {log_dir / (name + '.log')}")
-
-
-# -- showing the pool ----------------------------------------------------------------
-def _poll(
-    client: PoolClient,
-    ready: Callable[[Mapping[str, Any]], bool],
-    *,
-    timeout_s: float,
-    on_wait: Callable[[Mapping[str, Any]], None],
-) -> Mapping[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = client.status()
-        if ready(status):
-            return status
-        if time.monotonic() >= deadline:
-            raise DemoError(f"the pool did not get ready within {timeout_s:.0f}s:\n{status_title(status)}")
-        on_wait(status)
-        time.sleep(0.2)
-
-
-def _wait_for_idle(client: PoolClient, console: Console, clock: _Clock, target: int) -> Mapping[str, Any]:
-    with console.status("waiting for the first refresh...") as spinner:
-
-        def progress(status: Mapping[str, Any]) -> None:
-            idle = status["counts"].get("idle", 0)
-            spinner.update(f"waiting for the first refresh: {idle}/{target} idle ({clock.elapsed()})")
-
-        return _poll(
-            client, lambda s: s["counts"].get("idle", 0) >= target, timeout_s=READY_TIMEOUT_S, on_wait=progress
-        )
-
-
-def _settled(released: set[str], target: int) -> Callable[[Mapping[str, Any]], bool]:
-    """Buffer back at target, released machines gone, every assignment tagged and protected in AWS."""
-
-    def check(status: Mapping[str, Any]) -> bool:
-        machines = status["machines"]
-        if status["counts"].get("idle", 0) < target or any(m["instance_id"] in released for m in machines):
-            return False
-        return all(m["tagged"] and m["protected"] for m in machines if m["state"] == "assigned")
-
-    return check
-
-
-# -- the scripted part ----------------------------------------------------------------
-def _assign(client: PoolClient, console: Console, project: str) -> str:
-    started = time.perf_counter()
-    machine = client.assign(project, wait=ASSIGN_WAIT_S)
-    ms = (time.perf_counter() - started) * 1000
-    console.print(f"  assign {project:<8} -> {machine.instance_id}  ip {machine.ip}  ({ms:.0f} ms)")
-    return machine.instance_id
-
-
-def _script(client: PoolClient, console: Console, *, rounds: int, target: int) -> None:
-    projects = [f"demo-{n}" for n in range(1, rounds + 1)]
-    console.rule("assign")
-    held = {p: _assign(client, console, p) for p in projects}
-    again = _assign(client, console, projects[0])
-    same = "[green]same machine[/]" if again == held[projects[0]] else "[red]A DIFFERENT MACHINE[/]"
-    console.print(f"  {projects[0]} asked again: {same}")
-    if again != held[projects[0]]:
-        raise DemoError(f"{projects[0]} got {again}, held {held[projects[0]]}")
-    try:
-        client.assign("not a valid id!")
-    except InvalidProject as exc:
-        console.print(f"  assign 'not a valid id!' -> rejected: {escape(str(exc))}")
-    console.print(compact_status_table(client.status()))
-    console.rule("release")
-    victim = projects[-1]
-    console.print(f"  release {victim:<8} -> {client.release(victim)}  (terminates {held[victim]})")
-    console.print(f"  release {'nobody':<8} -> {client.release('nobody')}  (held nothing: harmless)")
-    with console.status("waiting for the buffer to refill and AWS to show the tags..."):
-        status = _poll(client, _settled({held[victim]}, target), timeout_s=READY_TIMEOUT_S, on_wait=lambda s: None)
-    console.print(compact_status_table(status))
 
 
 def _current(client: PoolClient) -> RenderableType:
@@ -375,16 +290,15 @@ def _run(
     extras: Sequence[ExtraProcess],
     stack: contextlib.ExitStack,
 ) -> None:
-    clock = _Clock()
+    clock = Clock()
     log_dir = _fresh_log_dir()
 
     def say(message: str) -> None:
         console.print(f"[dim]{clock.elapsed()}[/] {message}")
 
     say(f"logs in {log_dir}")
-    deployment = load_deployment()  # WARMPOOL_CONFIG: several pools; else the environment's one
+    deployment = load_deployment()  # WARMPOOL_CONFIG: several pools; else the environment's one (run_demo checked it)
     multi = several(deployment)
-    check_simulable(deployment)
     if multi:
         say(f"pools file {deployment.source}: pools {', '.join(deployment.names())}")
         settings = replace(settings, asg_name=deployment.pool().asg_name)
@@ -401,7 +315,9 @@ def _run(
         log_dir=log_dir,
         processes=local.processes,
     )
-    client = PoolClient(app=local.app, deployment=load_deployment(local.env) if multi else None)
+    if multi:
+        deployment = load_deployment(local.env)  # as the workers read it (their environment, the file)
+    client = PoolClient(app=local.app, deployment=deployment if multi else None)
     workers = spawn_workers(local, deployment, aws_threads=AWS_WORKER_THREADS)  # they boot while moto builds
     create_groups(local, deployment, say, desired=None if multi else GROUP_DESIRED)
     _spawn_beat_and_extras(local, demo, extras, say)
@@ -415,10 +331,10 @@ def _run(
     )
     target = deployment.pool().settings.idle_target if multi else settings.idle_target
     refresh_now(client, deployment)  # don't wait for beat's first interval
-    status = _wait_for_idle(client, console, clock, target)
+    status = wait_for_idle(client, console, clock, target)
     say(f"pool ready: {status['counts'].get('idle', 0)} idle machines")
     console.print(compact_status_table(status))
-    _script(client, console, rounds=rounds, target=target)
+    script(client, console, rounds=rounds, target=target)
     if multi:
         console.rule("the other pools")
         assign_in_other_pools(client, console, deployment, "demo-1")
@@ -446,14 +362,52 @@ def run_demo(
     worker each; a bad file is exit 2, one line per problem.
     """
     console = console or Console()
-    if config:
-        os.environ["WARMPOOL_CONFIG"] = config
+    with _config_file(config):
+        try:
+            check_simulable(load_deployment(), explicit_redis=redis_is_explicit())
+        except ConfigError as exc:
+            for line in exc.problems:
+                console.print(f"[red]{escape(line)}[/]", soft_wrap=True)
+            return 2
+        except DemoError as exc:
+            console.print(f"[red]{escape(str(exc))}[/]", soft_wrap=True)
+            return 2
+        return _run_checked(
+            idle_target=idle_target,
+            refresh_seconds=refresh_seconds,
+            rounds=rounds,
+            stay=stay,
+            extra_processes=extra_processes,
+            console=console,
+        )
+
+
+@contextlib.contextmanager
+def _config_file(config: str | None) -> Iterator[None]:
+    """``WARMPOOL_CONFIG`` set to ``config`` for the demo (every process it starts inherits it), then restored."""
+    if not config:
+        yield
+        return
+    before = os.environ.get("WARMPOOL_CONFIG")
+    os.environ["WARMPOOL_CONFIG"] = config
     try:
-        load_deployment()
-    except ConfigError as exc:
-        for line in exc.problems or [str(exc)]:
-            console.print(f"[red]{escape(line)}[/]")
-        return 2
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WARMPOOL_CONFIG", None)
+        else:
+            os.environ["WARMPOOL_CONFIG"] = before
+
+
+def _run_checked(
+    *,
+    idle_target: int,
+    refresh_seconds: float,
+    rounds: int,
+    stay: bool,
+    extra_processes: Sequence[ExtraProcess] | None,
+    console: Console,
+) -> int:
     settings = replace(Settings.from_env(), idle_target=idle_target, refresh_seconds=refresh_seconds)
     extras = list(EXTRA_PROCESSES if extra_processes is None else extra_processes)
     with _interrupts() as shutting_down:

@@ -1,7 +1,7 @@
 """The demo's pools: the one pool of the environment, or every pool of a ``WARMPOOL_CONFIG`` file.
 
 With a pools file (``warmpool demo --config deploy/compose/pools.toml``) the demo
-simulates each pool's group in its own moto server and starts one solo pool
+simulates each pool's group in its moto server and starts one solo pool
 worker per pool (``-Q pool.<name>``), one aws worker for every pool's AWS queue,
 and beat for all; the scripted assigns run on the default pool, and the same
 project then takes a machine in each other pool (one machine per pool).
@@ -33,17 +33,29 @@ def several(deployment: Deployment) -> bool:
     return deployment.source != "environment"
 
 
-def check_simulable(deployment: Deployment, *, moto_url: str | None = None) -> None:
-    """DemoError unless every pool's AWS can be the demo's moto (no role to assume, no endpoint of its own)."""
+def check_simulable(deployment: Deployment, *, explicit_redis: bool) -> None:
+    """DemoError unless every pool can run on the demo's simulation.
+
+    No role to assume, no AWS endpoint or readiness URL of its own (the simulated
+    machines serve none), and, with a pools file, the demo's private Redis: on a
+    shared one only the environment's single pool is checked for someone's state.
+    """
+    shared_endpoint = deployment.settings.aws_endpoint_url
     for pool in deployment:
         if pool.role_arn:
             raise DemoError(f"pool {pool.name} assumes role {pool.role_arn}: the demo simulates AWS, remove role_arn")
-        endpoint = pool.settings.aws_endpoint_url
-        if several(deployment) and endpoint and endpoint != moto_url:
+        if pool.settings.aws_endpoint_url != shared_endpoint:
             raise DemoError(
-                f"pool {pool.name} names endpoint_url {endpoint}: the demo simulates every group in its own moto,"
-                " remove endpoint_url from the demo's pools file"
+                f"pool {pool.name} names endpoint_url {pool.settings.aws_endpoint_url}: the demo simulates every"
+                " group in its moto server, remove endpoint_url from the demo's pools file"
             )
+        if pool.settings.ready_url:
+            raise DemoError(f"pool {pool.name} sets ready_url: simulated machines serve none, remove it for the demo")
+    if several(deployment) and explicit_redis:
+        raise DemoError(
+            "a demo of a pools file runs on a private Redis only: unset WARMPOOL_BROKER_URL,"
+            " WARMPOOL_RESULT_BACKEND and WARMPOOL_REDIS_URL"
+        )
 
 
 def create_groups(

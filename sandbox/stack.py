@@ -134,7 +134,9 @@ class LocalStack:
             self.redis_server = RedisServer(workdir=self.log_dir, name="redis").start()
             self._urls = StackUrls.on(self.redis_server)
         if self._moto is None:
-            self._moto = MotoServer(log_path=self.log_path("moto"))
+            # One request at a time: moto's Auto Scaling model is not thread-safe, and a test that
+            # resizes the group while the aws workers terminate instances broke it (InvalidAttachment).
+            self._moto = MotoServer(log_path=self.log_path("moto"), serialize_requests=True)
         self._moto.start()
         if self._env is None:
             self._env = self.process_env()

@@ -41,7 +41,8 @@ DEMO_ARGV = [sys.executable, "-m", "sandbox.demo", "--once", "--rounds", "3", "-
 def demo_env(**redis_urls: str) -> dict[str, str]:
     """The test's environment without any WARMPOOL_*/AWS setting the demo would pick up, plus ``redis_urls``."""
     env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
-    for name in ("FORCE_COLOR", "AWS_ENDPOINT_URL", "WARMPOOL_ASG_NAME", "WARMPOOL_IDLE_TARGET", *REDIS_URL_VARIABLES):
+    names = ("FORCE_COLOR", "AWS_ENDPOINT_URL", "WARMPOOL_ASG_NAME", "WARMPOOL_IDLE_TARGET", "WARMPOOL_CONFIG")
+    for name in (*names, *REDIS_URL_VARIABLES):
         env.pop(name, None)
     return {**env, **redis_urls}
 
