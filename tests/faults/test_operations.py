@@ -43,6 +43,14 @@ def aws_changes(proxy: CapacityProxy) -> dict[str, int]:
     return {action: forwarded.get(action, 0) for action in CHANGES}
 
 
+def tagged_and_protected(stack: FaultStack, instance_id: str, project: str) -> bool:
+    """Whether AWS shows ``instance_id`` tagged for ``project`` and protected from scale-in."""
+    protected = any(
+        i["InstanceId"] == instance_id and i.get("ProtectedFromScaleIn") for i in stack.group()["Instances"]
+    )
+    return protected and stack.tags_of(instance_id).get("warmpool:project") == project
+
+
 def running(stack: FaultStack) -> set[str]:
     """The group's instances that EC2 shows running (terminated ones stay listed in moto)."""
     members = {i["InstanceId"] for i in stack.group()["Instances"]}
@@ -60,7 +68,11 @@ def test_paused_during_an_aws_outage_nothing_changes_in_aws(proxy: CapacityProxy
     # given a settled pool (idle target 3) with one assignment
     stack: FaultStack = make_stack(idle_target=3, max_size=10, refresh_s=0.5, endpoint_url=proxy.endpoint_url)
     kept = stack.client.assign("kept", wait=10).instance_id
-    wait_for(lambda: stack.tags_of(kept).get("warmpool:project") == "kept", timeout_s=30, what="the tag")
+    # Settled: the assign's side effects have all landed (tag, then protection in a call of its
+    # own, and the refill), so none of them is still in flight, or retried by botocore, when
+    # the outage and the pause begin.
+    wait_for(lambda: tagged_and_protected(stack, kept, "kept"), timeout_s=30, what="the tag and the protection")
+    stack.wait_until_idle(3)
     # when AWS stops answering and the operator pauses the pool
     proxy.configure(refuse=True)
     try:
