@@ -64,8 +64,13 @@ def test_a_cold_async_client_answers_its_first_calls_at_once(make_stack: Any) ->
     # given a pool worker, and a fresh AsyncPoolClient (a gateway that just started)
     stack: FaultStack = make_stack(idle_target=0, desired=0, aws_workers=(), beats=(), wait_idle=False)
 
+    # A call that missed its answer (a subscription not ready yet) ends only at its deadline,
+    # by reading the stored result: so "at once" is measured against a deadline far away,
+    # not as a speed that a loaded machine might not reach.
+    reply_s = 30.0
+
     async def first_calls(n: int) -> tuple[float, list[str]]:
-        async with AsyncPoolClient(app=stack.app, reply_timeout_s=4) as client:
+        async with AsyncPoolClient(app=stack.app, reply_timeout_s=reply_s) as client:
             started = time.monotonic()
             results = await asyncio.gather(*(client.status() for _ in range(n)), return_exceptions=True)
             return time.monotonic() - started, [repr(r)[:120] for r in results if isinstance(r, BaseException)]
@@ -74,10 +79,10 @@ def test_a_cold_async_client_answers_its_first_calls_at_once(make_stack: Any) ->
     one, errors_one = asyncio.run(first_calls(1))
     burst, errors_burst = asyncio.run(first_calls(150))
 
-    # expect answers in a round trip, not after the reply timeout; no "Too many connections"
+    # expect answers in a round trip, long before the deadline; no "Too many connections"
     assert not errors_one and not errors_burst, errors_one + errors_burst
-    assert one < 2.0, f"the first call took {one:.1f}s"
-    assert burst < 5.0, f"a burst of 150 first calls took {burst:.1f}s"
+    assert one < reply_s / 3, f"the first call took {one:.1f}s"
+    assert burst < reply_s / 2, f"a burst of 150 first calls took {burst:.1f}s"
 
 
 # -- scenario 1: the pool worker is killed during a burst ----------------------------
