@@ -18,9 +18,8 @@ from producer.client import PoolClient
 from producer.render import compact_status_table
 from sandbox.aws_group import create_simulated_group
 from sandbox.demo_redis import DemoError
-from sandbox.processes import worker_argv
 from sandbox.stack import LocalStack
-from tasks.contract import POOL_QUEUE, TASK_REFRESH
+from tasks.contract import TASK_REFRESH
 from tasks.errors import WarmpoolError
 from tasks.pools import Deployment, pool_queue
 
@@ -85,14 +84,12 @@ def spawn_workers(local: LocalStack, deployment: Deployment, *, aws_threads: int
     if several(deployment):
         for pool in deployment:
             name = f"{POOL_WORKER}-{pool.name}"
-            local.spawn(name, worker_argv(pool_queue(pool.name), hostname=local.worker_name(name), solo=True))
+            local.start_pool_worker(name, queue=pool_queue(pool.name), wait=False)
             names.append(name)
     else:
-        local.spawn(POOL_WORKER, worker_argv(POOL_QUEUE, hostname=local.worker_name(POOL_WORKER), solo=True))
+        local.start_pool_worker(POOL_WORKER, wait=False)
         names.append(POOL_WORKER)
-    queues = ",".join(deployment.aws_queues())
-    argv = worker_argv(queues, hostname=local.worker_name("aws-worker"), concurrency=aws_threads, solo=False)
-    local.spawn("aws-worker", argv)
+    local.start_aws_worker("aws-worker", concurrency=aws_threads, queues=deployment.aws_queues(), wait=False)
     return [*names, "aws-worker"]
 
 

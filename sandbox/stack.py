@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -275,12 +275,14 @@ class LocalStack:
         self,
         name: str = "pool",
         *,
+        queue: str = POOL_QUEUE,
         env: Mapping[str, str] | None = None,
         wait: bool = True,
         timeout_s: float = WORKER_START_TIMEOUT_S,
     ) -> None:
-        """THE pool worker (``-Q pool -P solo``); ``wait``: until it answers a ping."""
-        self.spawn(name, worker_argv(POOL_QUEUE, hostname=self.worker_name(name), solo=True), env=env)
+        """A solo pool worker on ``queue`` (``pool``: every pool; ``pool.NAME``: that pool's owner);
+        ``wait``: until it answers a ping."""
+        self.spawn(name, worker_argv(queue, hostname=self.worker_name(name), solo=True), env=env)
         if wait:
             self.wait_for_workers([name], timeout_s=timeout_s)
 
@@ -289,12 +291,14 @@ class LocalStack:
         name: str = "aws",
         *,
         concurrency: int = 4,
+        queues: Sequence[str] = (AWS_QUEUE,),
         env: Mapping[str, str] | None = None,
         wait: bool = True,
         timeout_s: float = WORKER_START_TIMEOUT_S,
     ) -> None:
-        """An aws worker (``-Q aws -P threads -c concurrency``); ``wait``: until it answers a ping."""
-        argv = worker_argv(AWS_QUEUE, hostname=self.worker_name(name), concurrency=concurrency, solo=False)
+        """An aws worker (``-Q aws -P threads -c concurrency``; ``queues``: the AWS queues it consumes);
+        ``wait``: until it answers a ping."""
+        argv = worker_argv(",".join(queues), hostname=self.worker_name(name), concurrency=concurrency, solo=False)
         self.spawn(name, argv, env=env)
         if wait:
             self.wait_for_workers([name], timeout_s=timeout_s)

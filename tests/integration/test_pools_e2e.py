@@ -15,8 +15,7 @@ import pytest
 from producer import PoolClient, UnknownPool
 from sandbox import LocalStack, create_simulated_group
 from sandbox.awsproxy import AwsFaultProxy
-from sandbox.processes import worker_argv
-from tasks.pools import Deployment, load_deployment
+from tasks.pools import Deployment, load_deployment, pool_queue
 from tasks.state.redis_store import RedisStore
 from tests.stacks import REGION, require_redis_server, wait_for
 
@@ -80,8 +79,7 @@ def pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoPools]:
         local.start_aws_worker("aws", wait=False)
         # one solo owner per pool, as `warmpool worker --pool NAME` starts it
         for pool in ("small", "gpu"):
-            argv = worker_argv(f"pool.{pool}", hostname=local.worker_name(f"pool-{pool}"), solo=True)
-            local.spawn(f"pool-{pool}", argv)
+            local.start_pool_worker(f"pool-{pool}", queue=pool_queue(pool), wait=False)
         local.start_beat()
         local.wait_for_workers(["aws", "pool-small", "pool-gpu"])
         env = {**local.env}
