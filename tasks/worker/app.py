@@ -126,15 +126,15 @@ def _warm_up(sender: Any = None, **_: object) -> None:
     pool_queues = [q for q in consumed if q == POOL_QUEUE or pool_of_queue(q) is not None]
     if pool_queues:
         restore_orphaned_jobs(consumer_app, pool_queues, taken_before=PROCESS_STARTED_AT)
-        _resend_lost_side_effects(owned)
+        _resend_lost_side_effects()
 
 
-def _resend_lost_side_effects(owned: frozenset[str] | None) -> None:
+def _resend_lost_side_effects() -> None:
     # A predecessor killed between a Lua transition and sending its messages lost them;
     # its redelivered job finds the transition done ("not_assigned") and sends nothing.
     for pool in deployment():
-        if owned is not None and pool.name not in owned:
-            continue  # another worker's pool (None: not a pool worker yet, as in tests: all)
+        if not runtimes().owns(pool.name):
+            continue  # another worker's pool: its own worker re-sends them
         try:
             resent = runtime(pool.name).service.resend_side_effects()
         except Exception as exc:  # the state store not answering yet: converge catches up later

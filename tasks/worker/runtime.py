@@ -103,6 +103,10 @@ class Runtimes:
             runtime = self._runtimes.setdefault(pool.name, PoolRuntime(self.app, pool, state_redis=self._state_redis))
         return runtime
 
+    def owns(self, name: str) -> bool:
+        """Whether this worker may run pool ``name``'s pool-queue jobs (every pool before it knows its queues)."""
+        return self.owned is None or name in self.owned
+
     def built(self) -> list[PoolRuntime]:
         return list(self._runtimes.values())
 
@@ -136,11 +140,12 @@ class Runtimes:
             return failure(CODE_UNKNOWN_POOL, str(exc), pool=exc.pool)
         except InvalidRequest as exc:
             return failure(CODE_BAD_REQUEST, str(exc))
-        if owner and self.owned is not None and runtime.name not in self.owned:
+        if owner and not self.owns(runtime.name):
             log.error("job refused: a pool this worker does not own", extra={"task": task, "pool": runtime.name})
+            owned = ", ".join(sorted(self.owned or ())) or "none"
             return failure(
                 CODE_WRONG_POOL,
-                f"this worker does not own pool {runtime.name!r} (it owns {', '.join(sorted(self.owned)) or 'none'}): "
+                f"this worker does not own pool {runtime.name!r} (it owns {owned}): "
                 f"only the worker consuming {runtime.pool.queue} may change its state",
                 pool=runtime.name,
             )
