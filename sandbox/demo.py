@@ -56,7 +56,7 @@ from sandbox.processes import ProcessGroup, free_port
 from sandbox.stack import LocalStack, StackUrls
 from tasks.config import Settings
 from tasks.errors import ConfigError, WarmpoolError
-from tasks.pools import load_deployment
+from tasks.pools import Deployment, load_deployment
 
 DEMO_DIR = Path(".demo")
 GROUP_DESIRED = 3  # the environment's one pool starts with this many machines
@@ -284,6 +284,7 @@ def _local_stack(
 def _run(
     settings: Settings,
     *,
+    deployment: Deployment,
     console: Console,
     rounds: int,
     stay: bool,
@@ -297,8 +298,7 @@ def _run(
         console.print(f"[dim]{clock.elapsed()}[/] {message}")
 
     say(f"logs in {log_dir}")
-    deployment = load_deployment()  # WARMPOOL_CONFIG: several pools; else the environment's one (run_demo checked it)
-    multi = several(deployment)
+    multi = several(deployment)  # WARMPOOL_CONFIG: several pools; else the environment's one
     if multi:
         say(f"pools file {deployment.source}: pools {', '.join(deployment.names())}")
         settings = replace(settings, asg_name=deployment.pool().asg_name)
@@ -364,7 +364,8 @@ def run_demo(
     console = console or Console()
     with _config_file(config):
         try:
-            check_simulable(load_deployment(), explicit_redis=redis_is_explicit())
+            deployment = load_deployment()
+            check_simulable(deployment, explicit_redis=redis_is_explicit())
         except ConfigError as exc:
             for line in exc.problems:
                 console.print(f"[red]{escape(line)}[/]", soft_wrap=True)
@@ -373,6 +374,7 @@ def run_demo(
             console.print(f"[red]{escape(str(exc))}[/]", soft_wrap=True)
             return 2
         return _run_checked(
+            deployment,
             idle_target=idle_target,
             refresh_seconds=refresh_seconds,
             rounds=rounds,
@@ -400,6 +402,7 @@ def _config_file(config: str | None) -> Iterator[None]:
 
 
 def _run_checked(
+    deployment: Deployment,
     *,
     idle_target: int,
     refresh_seconds: float,
@@ -414,7 +417,15 @@ def _run_checked(
         with contextlib.ExitStack() as stack:
             stack.callback(console.print, "[dim]stopped everything the demo started[/]")
             try:
-                _run(settings, console=console, rounds=max(1, rounds), stay=stay, extras=extras, stack=stack)
+                _run(
+                    settings,
+                    deployment=deployment,
+                    console=console,
+                    rounds=max(1, rounds),
+                    stay=stay,
+                    extras=extras,
+                    stack=stack,
+                )
             except KeyboardInterrupt:
                 console.print("\ninterrupted")
             except SystemExit as exc:  # ensure_redis explains what to install
