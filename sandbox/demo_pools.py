@@ -29,7 +29,7 @@ POOL_WORKER = "pool-worker"  # the single pool's process name (logs: .demo/logs/
 
 def several(deployment: Deployment) -> bool:
     """Whether the demo runs a pools file (one worker per pool) rather than the environment's one pool."""
-    return deployment.source != "environment"
+    return deployment.from_file
 
 
 def check_simulable(deployment: Deployment, *, explicit_redis: bool) -> None:

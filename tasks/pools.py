@@ -45,7 +45,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from tasks.config import Settings, Spec, load, specs
+from tasks.config import SOURCE_ENV, Settings, Spec, load, specs
 from tasks.config_values import ValueProblem
 from tasks.contract import AWS_QUEUE
 from tasks.errors import ConfigError, InvalidRequest, UnknownPool
@@ -138,7 +138,12 @@ class Deployment:
     settings: Settings  # the process's shared settings (environment only: broker, state store, gateway, ...)
     pools: tuple[PoolSettings, ...]
     default_pool: str
-    source: str  # the file's path, or "environment"
+    source: str  # the file's path, or "environment" (SOURCE_ENV)
+
+    @property
+    def from_file(self) -> bool:
+        """Whether a pools file (``WARMPOOL_CONFIG``) describes these pools, not the environment."""
+        return self.source != SOURCE_ENV
 
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.pools)
@@ -218,7 +223,7 @@ def load_deployment(env: Mapping[str, str] | None = None) -> Deployment:
         explicit = env.get("WARMPOOL_ASG_NAME", "").strip() or None
         base = report.settings
         pool = PoolSettings(DEFAULT_POOL, base, namespace=base.asg_name, job_group=explicit and base.asg_name)
-        return Deployment(base, (pool,), DEFAULT_POOL, source="environment")
+        return Deployment(base, (pool,), DEFAULT_POOL, source=SOURCE_ENV)
     return _from_file(path, report.settings)
 
 
